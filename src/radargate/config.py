@@ -1,0 +1,189 @@
+"""`MoLoRAConfig`: what a mixture of LoRA experts looks like, validated where it is built.
+
+The config holds only plain values (ints, floats, strings, lists), so it round-trips through
+JSON and YAML unchanged; the code resolves strings such as ``gate="radar"`` to classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STRETCH_NAMES = ("softmax", "softplus")
+RADAR_IMPLS = ("span", "materialized")
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass
+class MoLoRAConfig:
+    """A mixture of ``num_experts`` LoRA experts of rank ``r`` on each target module.
+
+    Every field is checked in ``__post_init__``; a bad value raises ``ValueError`` naming the
+    field, the value and what is allowed.
+    """
+
+    num_experts: int = 4
+    """Number of LoRA experts per adapted layer."""
+    r: int = 8
+    """Rank of each expert."""
+    alpha: float = 16.0
+    """LoRA scale numerator: expert outputs are multiplied by ``alpha / r``."""
+    dropout: float = 0.0
+    """Dropout on the layer input before the experts (the gate sees the undropped input)."""
+    target_modules: list[str] | str = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    """A list of module names (a module matches if its full name equals an entry or ends with
+    ``"." + entry``), or one regular expression that must match the full module name."""
+    gate: str = "softmax"
+    """Which gate mixes the experts: ``softmax``, ``topk``, ``uniform`` or ``radar``."""
+    top_k: int = 2
+    """Experts kept per token by the ``topk`` gate (and counted as routed by the load-balance loss)."""
+    topk_renormalize: bool = True
+    """``topk``: renormalise the kept weights to sum to 1 (Mixtral/MixLoRA); ``False`` keeps the
+    raw softmax probabilities (Switch with ``top_k=1``)."""
+    theta_max: float = math.pi / 2
+    """RadarGate: rotation angles lie in ``(-theta_max, theta_max)``."""
+    stretch: str = "softmax"
+    """RadarGate StretchGate: ``softmax`` magnitudes (sum to 1) or unnormalised ``softplus``."""
+    radar_impl: str = "span"
+    """RadarGate implementation: ``span`` (fast, default) or ``materialized`` (reference)."""
+    train_experts: bool = True
+    """``False`` freezes the experts so only the gate trains (the MoLE / X-LoRA way)."""
+    load_balance_weight: float = 0.0
+    """Weight of the Switch/Mixtral load-balancing loss."""
+    z_loss_weight: float = 0.0
+    """Weight of the router z-loss (ST-MoE)."""
+    orthogonality_weight: float = 0.0
+    """Weight of the expert-output orthogonality loss (specialisation, seed 003)."""
+    variance_weight: float = 0.0
+    """Weight of the routing-score variance loss (specialisation, seed 003)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, Sequence) and not isinstance(self.target_modules, str):
+            self.target_modules = list(self.target_modules)
+        for check in (
+            self._check_sizes,
+            self._check_choices,
+            self._check_targets,
+            self._check_weights,
+        ):
+            check()
+
+    def _check_sizes(self) -> None:
+        _require_int("num_experts", self.num_experts, minimum=1)
+        _require_int("r", self.r, minimum=1)
+        _require_int("top_k", self.top_k, minimum=1)
+        if self.top_k > self.num_experts:
+            raise ValueError(
+                f"top_k={self.top_k} is larger than num_experts={self.num_experts}; "
+                f"choose 1 <= top_k <= num_experts"
+            )
+        _require_number("alpha", self.alpha, low=0.0, low_inclusive=False)
+        _require_number("dropout", self.dropout, low=0.0, high=1.0, high_inclusive=False)
+        _require_number("theta_max", self.theta_max, low=0.0, high=math.pi, low_inclusive=False)
+
+    def _check_choices(self) -> None:
+        from radargate.gates import GATES  # the registry is the one list of gates
+
+        _require_choice("gate", self.gate, tuple(GATES))
+        _require_choice("stretch", self.stretch, STRETCH_NAMES)
+        _require_choice("radar_impl", self.radar_impl, RADAR_IMPLS)
+        for name in ("topk_renormalize", "train_experts"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; use true or false")
+
+    def _check_targets(self) -> None:
+        targets = self.target_modules
+        if isinstance(targets, str):
+            try:
+                re.compile(targets)
+            except re.error as error:
+                raise ValueError(
+                    f"target_modules={targets!r} is not a valid regular expression ({error}); "
+                    "give a regex or a list of module names"
+                ) from None
+            return
+        if not targets or not all(isinstance(name, str) and name for name in targets):
+            raise ValueError(
+                f"target_modules={targets!r} is not allowed; give a non-empty list of module "
+                "names such as ['q_proj', 'v_proj'] or one regular expression"
+            )
+
+    def _check_weights(self) -> None:
+        for name in ("load_balance_weight", "z_loss_weight", "orthogonality_weight", "variance_weight"):
+            _require_number(name, getattr(self, name), low=0.0)
+
+    def aux_loss_weights(self) -> dict[str, float]:
+        """Auxiliary loss name -> weight, for the losses that are switched on."""
+        weights = {
+            "load_balance": self.load_balance_weight,
+            "z_loss": self.z_loss_weight,
+            "orthogonality": self.orthogonality_weight,
+            "variance": self.variance_weight,
+        }
+        return {name: weight for name, weight in weights.items() if weight > 0}
+
+    @property
+    def scaling(self) -> float:
+        """The LoRA scale ``alpha / r`` applied to every expert output."""
+        return self.alpha / self.r
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MoLoRAConfig:
+        """Build from a plain dict; an unknown key is an error naming it (typos must not pass)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown MoLoRAConfig key(s) {unknown}; allowed keys are {sorted(known)}"
+            )
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> MoLoRAConfig:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> MoLoRAConfig:
+        return cls.from_json(Path(path).read_text())
+
+
+def _require_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r} is not allowed; it must be an integer >= {minimum}")
+
+
+def _require_number(
+    name: str,
+    value: object,
+    *,
+    low: float,
+    high: float = math.inf,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value >= low if low_inclusive else value > low) and (
+            value <= high if high_inclusive else value < high
+        )
+    if not ok:
+        left = "[" if low_inclusive else "("
+        right = "]" if high_inclusive else ")"
+        raise ValueError(f"{name}={value!r} is not allowed; it must be a number in {left}{low}, {high}{right}")
+
+
+def _require_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is unknown; choose one of {', '.join(allowed)}")

@@ -1,0 +1,83 @@
+"""Stacked LoRA experts: all ``n`` experts of a layer computed as one low-rank product.
+
+Expert ``i`` maps a token ``x`` (``d_in``) to its code ``z_i = x A_i^T`` (``r``) and its output
+``v_i = s * z_i B_i`` (``d_out``), with ``s = alpha / r``. The factors are stored stacked,
+``A: [n, r, d_in]`` (each slice is PEFT's ``lora_A.weight``) and ``B: [n, r, d_out]``, so that
+``A.view(n * r, d_in)`` and ``B.view(n * r, d_out)`` are free views: the codes of every expert
+are one matmul, and any mixture ``sum_i lambda_i v_i`` is a second one, exactly the cost of a
+single LoRA of rank ``n * r``. Nothing here loops over experts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class LoRAExperts(nn.Module):
+    """``num_experts`` LoRA factor pairs; ``B`` starts at zero so the layer starts as the base."""
+
+    def __init__(
+        self,
+        *,
+        num_experts: int,
+        in_features: int,
+        out_features: int,
+        r: int,
+        scaling: float,
+        dtype: torch.dtype | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        self.r = r
+        self.scaling = scaling
+        self.A = nn.Parameter(torch.empty(num_experts, r, in_features, dtype=dtype, device=device))
+        self.B = nn.Parameter(torch.zeros(num_experts, r, out_features, dtype=dtype, device=device))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PEFT's LoRA initialisation: Kaiming-uniform ``A`` per expert, zero ``B``."""
+        bound = 1.0 / math.sqrt(self.A.shape[-1])  # kaiming_uniform_(a=sqrt(5)) on [r, d_in]
+        with torch.no_grad():
+            self.A.uniform_(-bound, bound)
+            self.B.zero_()
+
+    @property
+    def A_flat(self) -> torch.Tensor:
+        """``[n * r, d_in]``: every expert's down-projection, one after another."""
+        return self.A.reshape(-1, self.A.shape[-1])
+
+    @property
+    def B_flat(self) -> torch.Tensor:
+        """``[n * r, d_out]``: every expert's up-projection, one after another."""
+        return self.B.reshape(-1, self.B.shape[-1])
+
+    def codes(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[tokens, d_in] -> [tokens, n, r]``: the low-rank code of each expert."""
+        return (tokens @ self.A_flat.T).view(tokens.shape[0], self.num_experts, self.r)
+
+    def mix(self, codes: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        """``sum_i coefficients_i * v_i`` as one ``[tokens, n r] x [n r, d_out]`` matmul.
+
+        ``codes``: ``[tokens, n, r]``; ``coefficients``: ``[tokens, n]``; returns ``[tokens, d_out]``.
+        """
+        weighted = (codes * coefficients.unsqueeze(-1)).reshape(codes.shape[0], -1)
+        return (weighted @ self.B_flat) * self.scaling
+
+    def outputs(self, codes: torch.Tensor) -> torch.Tensor:
+        """``[tokens, n, r] -> [tokens, n, d_out]``: every expert's output, materialised."""
+        return torch.einsum("tnr,nrd->tnd", codes, self.B) * self.scaling
+
+    def gram(self, codes: torch.Tensor) -> torch.Tensor:
+        """``[tokens, n, n]``: ``G_ij = <v_i, v_j>`` per token, without materialising the outputs.
+
+        ``G_ij = s^2 z_i (B_i B_j^T) z_j^T``: the ``r x r`` blocks ``B_i B_j^T`` are computed
+        once per call, then each token costs ``(n r)^2``, independent of ``d_out``.
+        """
+        n, r = self.num_experts, self.r
+        blocks = (self.B_flat @ self.B_flat.T).view(n, r, n, r)
+        projected = torch.einsum("tia,iajb->tijb", codes, blocks)
+        return torch.einsum("tijb,tjb->tij", projected, codes) * self.scaling**2

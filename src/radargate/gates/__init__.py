@@ -1,0 +1,27 @@
+"""Gate registry: a gate is one file in this package plus one line in ``GATES``."""
+
+from __future__ import annotations
+
+from radargate.gates.base import Gate, GateOutput
+from radargate.gates.radar import RadarGate
+from radargate.gates.softmax import SoftmaxGate
+from radargate.gates.topk import TopKGate
+from radargate.gates.uniform import UniformGate
+
+GATES: dict[str, type[Gate]] = {
+    "softmax": SoftmaxGate,
+    "topk": TopKGate,
+    "uniform": UniformGate,
+    "radar": RadarGate,
+}
+
+
+def get_gate(name: str) -> type[Gate]:
+    """The gate class registered as ``name``."""
+    try:
+        return GATES[name]
+    except KeyError:
+        raise ValueError(f"gate={name!r} is unknown; choose one of {', '.join(GATES)}") from None
+
+
+__all__ = ["GATES", "Gate", "GateOutput", "RadarGate", "SoftmaxGate", "TopKGate", "UniformGate", "get_gate"]

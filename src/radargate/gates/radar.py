@@ -1,0 +1,162 @@
+"""RadarGate: fuse each expert with the others, rotate it towards or away from them, then mix.
+
+The project's definition (``docs/radargate.md``; the paper's equations were not available):
+
+1. StretchGate ``g = softmax(x W_g + b_g)`` (or ``softplus``): per-expert magnitudes ``[T, n]``.
+2. Fusion ("Map"): ``Phi = masked_softmax(P)`` (``n x n``, zero diagonal, row-stochastic);
+   the partner of expert ``i`` is ``c_i = sum_j Phi_ij v_j``.
+3. RotationGate angles ``theta = theta_max * tanh(z W_theta + b_theta)`` read the codes of all
+   experts; ``W_theta, b_theta`` start at zero, so training starts at the plain weighted sum.
+4. Rotate ``v_i`` by ``theta_i`` in the plane of ``v_i`` and ``c_i`` (norm kept);
+   positive angles turn ``v_i`` towards its partner.
+5. ``delta = sum_i g_i v'_i``.
+
+Degenerate planes. With ``q = |v|^2``, ``a = <v, c>``, ``m = |c|^2``, ``kappa = a / (q + tau)``,
+the orthogonal part of the partner is ``p = c - kappa v`` with ``pp = |p|^2``. We use
+
+    omega^2 = pp / (pp + delta^2 m + tau)       # ~1 for a proper plane, -> 0 when degenerate
+    sigma   = sqrt(omega^2 + eps)
+    v'      = cos(theta sigma) v + sin(theta sigma) / sigma * |v|~ / sqrt(pp + delta^2 m + tau) * p
+
+with ``|v|~ = q / sqrt(q + tau)``. For a proper plane this is the exact rotation by
+``theta * sigma ~= theta``, and ``|v'| = |v|`` up to a relative ``eps``. As the plane degenerates
+(``p`` small against ``delta |c|``, or ``v -> 0``) the effective angle shrinks to zero, so the
+rotation becomes the identity smoothly and every gradient stays finite, including at
+initialisation where all ``v_i = 0``. ``theta = 0`` gives ``cos = 1, sin = 0``: exactly the
+weighted sum.
+
+Two implementations of the same function:
+
+- ``materialized``: builds ``v: [T, n, d_out]`` and follows the steps literally (reference).
+- ``span`` (default): everything above depends on the outputs only through the Gram matrix
+  ``G = <v_i, v_j>``, and ``sum_i g_i v'_i = sum_j lambda_j v_j`` with
+  ``lambda_j = g_j (cos_j - beta_j kappa_j) + sum_i g_i beta_i Phi_ij``
+  (``beta_i`` the coefficient of ``p_i`` above). So it computes ``G`` from the codes
+  (``experts.gram``), the coefficients ``lambda: [T, n]``, and one ``experts.mix`` matmul: the cost
+  of a single LoRA of rank ``n r``, never holding ``[T, n, d_out]``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from radargate.experts import LoRAExperts
+from radargate.gates.base import Gate, GateOutput, make_router, upcast
+
+TAU = 1e-12
+"""Absolute floor on squared norms: an expert output with ``|v|^2 << TAU`` counts as zero."""
+DELTA = 1e-3
+"""Relative threshold: a partner whose part orthogonal to ``v`` is ``<< DELTA |c|`` spans no plane.
+Above float32 rounding of ``pp`` (about ``1e-7 m``), so round-off never picks the plane."""
+EPS = 1e-12
+"""Keeps ``sigma`` away from 0 so its square root has a finite derivative."""
+
+
+class RadarGate(Gate):
+    def __init__(self, *, config, in_features, dtype=None, device=None) -> None:
+        super().__init__(config=config, in_features=in_features, dtype=dtype, device=device)
+        n = config.num_experts
+        self.theta_max = config.theta_max
+        self.stretch = config.stretch
+        self.impl = config.radar_impl
+        self.router = make_router(in_features, n, dtype, device)
+        self.fusion_logits = nn.Parameter(torch.zeros(n, n, dtype=dtype, device=device))
+        self.angle = nn.Linear(n * config.r, n, dtype=dtype, device=device)
+        nn.init.zeros_(self.angle.weight)
+        nn.init.zeros_(self.angle.bias)
+
+    def fusion(self) -> torch.Tensor:
+        """``Phi: [n, n]``, row-stochastic with a zero diagonal (all zeros for a single expert)."""
+        n = self.num_experts
+        if n == 1:
+            return torch.zeros_like(self.fusion_logits)
+        eye = torch.eye(n, dtype=torch.bool, device=self.fusion_logits.device)
+        return self.fusion_logits.masked_fill(eye, float("-inf")).softmax(dim=-1)
+
+    def stretch_weights(self, logits: torch.Tensor) -> torch.Tensor:
+        """StretchGate magnitudes ``g: [T, n]``."""
+        logits = upcast(logits)
+        return logits.softmax(dim=-1) if self.stretch == "softmax" else F.softplus(logits)
+
+    def angles(self, codes: torch.Tensor) -> torch.Tensor:
+        """RotationGate angles ``theta: [T, n]`` from the codes of all experts."""
+        flat = codes.reshape(codes.shape[0], -1)
+        return self.theta_max * torch.tanh(upcast(self.angle(flat)))
+
+    def forward(
+        self, tokens: torch.Tensor, codes: torch.Tensor, experts: LoRAExperts, *, with_stats: bool = False
+    ) -> GateOutput:
+        logits = self.router(tokens)
+        weights = self.stretch_weights(logits)
+        theta = self.angles(codes)
+        phi = upcast(self.fusion())
+        if self.impl == "span":
+            delta, gram, geometry = _span_space(codes, experts, weights, phi, theta)
+        else:
+            delta, gram, geometry = _materialized(codes, experts, weights, phi, theta)
+        extras = _statistics(theta, *geometry) if with_stats else {}
+        return GateOutput(delta=delta, weights=weights, router_logits=logits, gram=gram, extras=extras)
+
+
+def _rotation_terms(
+    q: torch.Tensor, m: torch.Tensor, pp: torch.Tensor, theta: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``v' = cos_term * v + beta * p`` (all ``[T, n]``), smooth where the plane degenerates."""
+    plane_norm_sq = pp + DELTA**2 * m + TAU
+    sigma = torch.sqrt(pp / plane_norm_sq + EPS)
+    turned = theta * sigma
+    norm_v = q / torch.sqrt(q + TAU)
+    beta = torch.sin(turned) / sigma * norm_v / torch.sqrt(plane_norm_sq)
+    return torch.cos(turned), beta
+
+
+def _span_space(codes, experts, weights, phi, theta):
+    """Coefficients ``lambda`` from the Gram matrix, then one mix matmul (module docstring)."""
+    gram = upcast(experts.gram(codes))
+    q = torch.diagonal(gram, dim1=-2, dim2=-1)
+    a = (phi * gram).sum(-1)  # <v_i, c_i> = sum_j Phi_ij G_ij
+    gram_phi = gram @ phi.T  # [T, j, i] = <v_j, c_i>
+    m = (phi * gram_phi.transpose(-1, -2)).sum(-1)  # |c_i|^2 = sum_j Phi_ij <v_j, c_i>
+    kappa = a / (q + TAU)
+    pp = (m - 2 * kappa * a + kappa**2 * q).clamp_min(0.0)
+    cos_term, beta = _rotation_terms(q, m, pp, theta)
+    coefficients = weights * (cos_term - beta * kappa) + (weights * beta) @ phi
+    delta = experts.mix(codes, coefficients.to(codes.dtype))
+    return delta, gram, (q, a, m, kappa, cos_term, beta)
+
+
+def _materialized(codes, experts, weights, phi, theta):
+    """The literal definition on ``[T, n, d_out]`` expert outputs: the readable reference."""
+    outputs = upcast(experts.outputs(codes))
+    rotated, geometry = rotate_outputs(outputs, phi, theta)
+    delta = (weights.unsqueeze(-1) * rotated).sum(1).to(codes.dtype)
+    gram = outputs @ outputs.transpose(-1, -2)
+    return delta, gram, geometry
+
+
+def rotate_outputs(outputs: torch.Tensor, phi: torch.Tensor, theta: torch.Tensor):
+    """Steps 2 and 4 on materialised outputs ``[T, n, d_out]``: returns the rotated outputs and the
+    per-expert geometry ``(q, a, m, kappa, cos_term, beta)``, each ``[T, n]``."""
+    partners = torch.einsum("ij,tjd->tid", phi, outputs)
+    q = (outputs * outputs).sum(-1)
+    a = (outputs * partners).sum(-1)
+    m = (partners * partners).sum(-1)
+    kappa = a / (q + TAU)
+    orthogonal = partners - kappa.unsqueeze(-1) * outputs
+    pp = (orthogonal * orthogonal).sum(-1)
+    cos_term, beta = _rotation_terms(q, m, pp, theta)
+    rotated = cos_term.unsqueeze(-1) * outputs + beta.unsqueeze(-1) * orthogonal
+    return rotated, (q, a, m, kappa, cos_term, beta)
+
+
+@torch.no_grad()
+def _statistics(theta, q, a, m, kappa, cos_term, beta) -> dict[str, torch.Tensor]:
+    """Angles and the cosine between each expert and its partner before and after rotation.
+
+    ``<v', c> = cos_term a + beta (m - kappa a)`` and ``|v'| = |v|``, so no output is needed.
+    """
+    norms = torch.sqrt(q * m).clamp_min(TAU)
+    after = cos_term * a + beta * (m - kappa * a)
+    return {"theta": theta, "cos_before": a / norms, "cos_after": after / norms}

@@ -1,0 +1,92 @@
+"""`MoLoRALinear`: a frozen base linear layer plus a gated mixture of LoRA experts.
+
+Nothing here is model-specific: the base layer is any ``nn.Linear`` or transformers' GPT-2
+``Conv1D`` (input ``[..., d_in]`` to output ``[..., d_out]``), and it is called as it was.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from radargate.config import MoLoRAConfig
+from radargate.experts import LoRAExperts
+from radargate.gates import get_gate
+from radargate.losses import auxiliary_losses
+from radargate.stats import RoutingStats
+
+try:  # transformers is a dependency, but the layer also serves plain PyTorch models
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover
+    Conv1D = ()  # type: ignore[assignment,misc]
+
+SUPPORTED_LAYERS = (nn.Linear, Conv1D)
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """``(d_in, d_out)`` of a supported base layer (``Conv1D`` stores ``weight: [d_in, d_out]``)."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if Conv1D and isinstance(module, Conv1D):
+        return module.weight.shape[0], module.weight.shape[1]
+    raise TypeError(
+        f"cannot attach experts to {type(module).__name__}; supported layers are nn.Linear and "
+        "transformers' Conv1D"
+    )
+
+
+def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
+    """Adapters train in float32 under a half-precision base (as PEFT does), else the base dtype."""
+    return torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+
+
+class MoLoRALinear(nn.Module):
+    """``y = base(x) + gate(x, experts)``, the experts and gate being the only trainable parts."""
+
+    def __init__(self, base_layer: nn.Module, config: MoLoRAConfig) -> None:
+        super().__init__()
+        in_features, out_features = linear_shape(base_layer)
+        weight = base_layer.weight
+        dtype, device = adapter_dtype(weight), weight.device
+        self.base_layer = base_layer
+        self.experts = LoRAExperts(
+            num_experts=config.num_experts,
+            in_features=in_features,
+            out_features=out_features,
+            r=config.r,
+            scaling=config.scaling,
+            dtype=dtype,
+            device=device,
+        )
+        self.gate = get_gate(config.gate)(config=config, in_features=in_features, dtype=dtype, device=device)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.enabled = True
+        self.aux_names: tuple[str, ...] = ()
+        """Auxiliary losses to compute on each call; set by the model while labels are given."""
+        self.aux_losses: dict[str, torch.Tensor] = {}
+        self.routing_stats: RoutingStats | None = None
+        """Set to a ``RoutingStats`` to accumulate routing statistics on every call."""
+
+    @property
+    def in_features(self) -> int:
+        return self.experts.A.shape[-1]
+
+    @property
+    def out_features(self) -> int:
+        return self.experts.B.shape[-1]
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        result = self.base_layer(x, *args, **kwargs)
+        if not self.enabled:
+            return result
+        tokens = x.reshape(-1, x.shape[-1]).to(self.experts.A.dtype)
+        codes = self.experts.codes(self.dropout(tokens))
+        output = self.gate(tokens, codes, self.experts, with_stats=self.routing_stats is not None)
+        if self.aux_names:
+            self.aux_losses = auxiliary_losses(output, codes, self.experts, self.aux_names)
+        if self.routing_stats is not None:
+            self.routing_stats.update(output)
+        return result + output.delta.view(*x.shape[:-1], -1).to(result.dtype)
+
+    def extra_repr(self) -> str:
+        return f"experts={self.experts.num_experts}, r={self.experts.r}, gate={type(self.gate).__name__}"

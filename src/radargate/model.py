@@ -1,0 +1,265 @@
+"""`MoLoRAModel`: attach, run, save and load mixtures of LoRA experts on any model.
+
+``get_molora_model(model, config)`` freezes the base model, swaps each target linear layer for a
+``MoLoRALinear`` (in place, so the model's own forward and ``generate`` work unchanged) and wraps
+it. Calling the wrapper with ``labels=`` adds the weighted auxiliary losses to the model's loss
+and reports them separately (``output["lm_loss"]``, ``output["aux_losses"]``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from radargate.checkpoint import (
+    CONFIG_METADATA_KEY,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    atomic_write_text,
+    load_tensors,
+    save_tensors,
+)
+from radargate.config import MoLoRAConfig
+from radargate.injection import attach_experts
+from radargate.layer import MoLoRALinear
+from radargate.peft_interop import PeftAdapter, read_peft_adapter
+from radargate.stats import RoutingStats
+
+
+def get_molora_model(model: nn.Module, config: MoLoRAConfig) -> MoLoRAModel:
+    """Freeze ``model``, attach experts and a gate to its target layers, and wrap it."""
+    return MoLoRAModel(model, config)
+
+
+class MoLoRAModel(nn.Module):
+    """A base model whose target layers carry gated LoRA experts; attributes fall through to it."""
+
+    def __init__(self, base_model: nn.Module, config: MoLoRAConfig) -> None:
+        super().__init__()
+        if isinstance(base_model, MoLoRAModel):
+            raise ValueError("the model already carries experts; pass its base_model instead")
+        self.base_model = base_model
+        self.molora_config = config
+        base_model.requires_grad_(False)
+        self._layers = attach_experts(base_model, config)
+        for layer in self._layers.values():
+            layer.experts.requires_grad_(config.train_experts)
+            layer.gate.requires_grad_(True)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    @property
+    def molora_layers(self) -> dict[str, MoLoRALinear]:
+        """Module name (inside the base model) -> mixture layer."""
+        return dict(self._layers)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The base model's forward; with ``labels=`` the loss includes the auxiliary losses."""
+        weights = self.molora_config.aux_loss_weights() if kwargs.get("labels") is not None else {}
+        for layer in self._layers.values():
+            layer.aux_names = tuple(weights)
+            layer.aux_losses = {}
+        output = self.base_model(*args, **kwargs)
+        if weights and getattr(output, "loss", None) is not None:
+            aux = self.aux_losses()
+            output["lm_loss"] = output["loss"]
+            output["aux_losses"] = {name: value.detach() for name, value in aux.items()}
+            output["loss"] = output["loss"] + sum(weights[name] * value for name, value in aux.items())
+        return output
+
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        """Each auxiliary loss of the last forward, averaged over the layers that computed it."""
+        per_name: dict[str, list[torch.Tensor]] = {}
+        for layer in self._layers.values():
+            for name, value in layer.aux_losses.items():
+                per_name.setdefault(name, []).append(value)
+        return {name: torch.stack(values).mean() for name, values in per_name.items()}
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        for layer in self._layers.values():
+            layer.aux_names = ()
+        return self.base_model.generate(*args, **kwargs)
+
+    def gradient_checkpointing_enable(self, **checkpoint_kwargs: Any) -> None:
+        """Activation checkpointing in the base model, non-reentrant by default so that gradients
+        reach the experts although the base (and its input embeddings) are frozen."""
+        checkpoint_kwargs.setdefault("use_reentrant", False)
+        enable = getattr(self.base_model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=checkpoint_kwargs)
+        else:
+            self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
+
+    @contextlib.contextmanager
+    def record_routing(self) -> Iterator[dict[str, RoutingStats]]:
+        """Accumulate routing statistics per layer while inside the block."""
+        stats = {name: RoutingStats(layer.experts.num_experts) for name, layer in self._layers.items()}
+        for name, layer in self._layers.items():
+            layer.routing_stats = stats[name]
+        try:
+            yield stats
+        finally:
+            for layer in self._layers.values():
+                layer.routing_stats = None
+
+    @contextlib.contextmanager
+    def disable_experts(self) -> Iterator[None]:
+        """Run the plain base model inside the block."""
+        for layer in self._layers.values():
+            layer.enabled = False
+        try:
+            yield
+        finally:
+            for layer in self._layers.values():
+                layer.enabled = True
+
+    # -- parameters ------------------------------------------------------------------------------
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """``(trainable, total)`` parameter counts."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return trainable, sum(p.numel() for p in self.parameters())
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.parameter_counts()
+        print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every expert and gate tensor, keyed ``<module name>.<parameter>``; no base weights."""
+        return {
+            f"{name}.{key}": value
+            for name, layer in self._layers.items()
+            for key, value in layer.state_dict().items()
+            if not key.startswith("base_layer.")
+        }
+
+    def load_adapter_state_dict(self, tensors: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """Copy expert and gate tensors in; any missing, extra or misshapen tensor is an error."""
+        own = self.adapter_state_dict()
+        problems = [f"missing {key}" for key in own.keys() - tensors.keys()]
+        problems += [f"unexpected {key}" for key in tensors.keys() - own.keys()]
+        problems += [
+            f"{key} has shape {list(tensors[key].shape)} in the checkpoint but {list(value.shape)} in the model"
+            for key, value in own.items()
+            if key in tensors and tensors[key].shape != value.shape
+        ]
+        if problems:
+            shown = "; ".join(sorted(problems)[:5])
+            raise ValueError(
+                f"{source} does not fit this base model ({len(problems)} problem(s)): {shown}. "
+                "Was it saved from a different base model or config?"
+            )
+        with torch.no_grad():
+            for key, value in own.items():
+                value.copy_(tensors[key])
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``molora_model.safetensors`` and ``molora_config.json``, each atomically."""
+        directory = Path(directory)
+        config_json = self.molora_config.to_json()
+        save_tensors(directory / WEIGHTS_NAME, self.adapter_state_dict(), {CONFIG_METADATA_KEY: config_json})
+        atomic_write_text(directory / CONFIG_NAME, config_json + "\n")
+
+    @classmethod
+    def from_pretrained(
+        cls, base_model: nn.Module, directory: str | Path, *, is_trainable: bool = False
+    ) -> MoLoRAModel:
+        """Attach the experts and gates saved in ``directory`` to ``base_model``.
+
+        Frozen and in eval mode unless ``is_trainable``, as in PEFT.
+        """
+        path = Path(directory) / WEIGHTS_NAME
+        tensors, metadata = load_tensors(path)
+        if CONFIG_METADATA_KEY not in metadata:
+            raise ValueError(f"{path} is not a radargate checkpoint: its metadata has no {CONFIG_METADATA_KEY!r}")
+        model = cls(base_model, MoLoRAConfig.from_json(metadata[CONFIG_METADATA_KEY]))
+        model.load_adapter_state_dict(tensors, source=f"checkpoint {path}")
+        if not is_trainable:
+            model.requires_grad_(False)
+            model.eval()
+        return model
+
+    # -- PEFT adapters as experts ----------------------------------------------------------------
+
+    @classmethod
+    def from_peft_adapters(
+        cls,
+        base_model: nn.Module,
+        adapter_dirs: Sequence[str | Path],
+        config: MoLoRAConfig | None = None,
+    ) -> MoLoRAModel:
+        """One frozen expert per PEFT LoRA adapter, so only the gate trains (MoLE / X-LoRA).
+
+        Without ``config``, the mixture targets the adapters' modules with a softmax gate, rank the
+        largest adapter rank, and ``train_experts=False``. Pass a config with
+        ``train_experts=True`` to fine-tune the experts too.
+        """
+        adapters = [read_peft_adapter(path) for path in adapter_dirs]
+        if config is None:
+            rank = max(adapter.r for adapter in adapters)
+            config = MoLoRAConfig(
+                num_experts=len(adapters),
+                r=rank,
+                alpha=float(rank),
+                target_modules=sorted({m for a in adapters for m in a.factors}),
+                train_experts=False,
+            )
+        model = cls(base_model, config)
+        model.load_peft_experts(adapters)
+        return model
+
+    def load_peft_experts(self, adapters: Sequence[PeftAdapter]) -> None:
+        """Put adapter ``i`` into expert slot ``i`` of every layer (zero where it has no factors).
+
+        A smaller adapter rank is zero-padded; the adapter's scale is folded into ``B``.
+        """
+        n = self.molora_config.num_experts
+        if len(adapters) != n:
+            raise ValueError(f"got {len(adapters)} adapters for num_experts={n}; give exactly one per expert")
+        for adapter in adapters:
+            self._check_adapter_fits(adapter)
+        with torch.no_grad():
+            for name, layer in self._layers.items():
+                for slot, adapter in enumerate(adapters):
+                    _load_expert(layer, slot, adapter, name)
+
+    def _check_adapter_fits(self, adapter: PeftAdapter) -> None:
+        foreign = sorted(set(adapter.factors) - set(self._layers))
+        if foreign:
+            raise ValueError(
+                f"adapter {adapter.path} adapts modules that carry no experts here: {foreign[:5]}; "
+                "add them to target_modules"
+            )
+        if adapter.r > self.molora_config.r:
+            raise ValueError(f"adapter {adapter.path} has rank r={adapter.r} > the experts' r={self.molora_config.r}")
+
+
+def _load_expert(layer: MoLoRALinear, slot: int, adapter: PeftAdapter, name: str) -> None:
+    experts = layer.experts
+    experts.A[slot].zero_()
+    experts.B[slot].zero_()
+    if name not in adapter.factors:
+        return
+    a, b = adapter.factors[name]
+    if a.shape[1] != experts.A.shape[-1] or b.shape[1] != experts.B.shape[-1]:
+        raise ValueError(
+            f"adapter {adapter.path} module {name}: factors {list(a.shape)} x {list(b.shape)} do not fit "
+            f"d_in={experts.A.shape[-1]}, d_out={experts.B.shape[-1]}"
+        )
+    experts.A[slot, : adapter.r] = a
+    experts.B[slot, : adapter.r] = b * (adapter.scaling / experts.scaling)

@@ -1,0 +1,62 @@
+"""Routing statistics gathered while a model runs, for analysis plots and reports.
+
+Per layer: the mean gate weight per expert, how often each expert is a token's top choice,
+the routing entropy, and for RadarGate a sample of angles and of the cosine between each
+expert's output and its fused partner before and after rotation (the contrastive analysis).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from radargate.gates.base import GateOutput
+
+MAX_SAMPLES = 20_000
+"""Per-layer cap on stored (token, expert) samples of angles and cosines."""
+
+
+@dataclass
+class RoutingStats:
+    num_experts: int
+    tokens: int = 0
+    weight_sum: torch.Tensor | None = None
+    top_choice_count: torch.Tensor | None = None
+    entropy_sum: float = 0.0
+    samples: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def update(self, output: GateOutput) -> None:
+        weights = output.weights.detach().double().cpu()
+        if self.weight_sum is None:
+            self.weight_sum = torch.zeros(self.num_experts, dtype=torch.float64)
+            self.top_choice_count = torch.zeros(self.num_experts, dtype=torch.float64)
+        self.tokens += weights.shape[0]
+        self.weight_sum += weights.sum(0)
+        self.top_choice_count += torch.bincount(weights.argmax(-1), minlength=self.num_experts).double()
+        share = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
+        self.entropy_sum += float(-(share * share.clamp_min(1e-12).log()).sum())
+        self._keep_samples(output.extras)
+
+    def _keep_samples(self, extras: dict[str, torch.Tensor]) -> None:
+        stored = sum(t.numel() for t in self.samples.get("theta", []))
+        room = MAX_SAMPLES - stored
+        if room <= 0:
+            return
+        for name, values in extras.items():
+            self.samples.setdefault(name, []).append(values.detach().float().flatten()[:room].cpu())
+
+    def summary(self) -> dict[str, object]:
+        """Plain values: means per expert, usage shares, entropy, and the stored samples."""
+        if not self.tokens:
+            return {"tokens": 0}
+        result: dict[str, object] = {
+            "tokens": self.tokens,
+            "mean_weight": (self.weight_sum / self.tokens).tolist(),
+            "top_choice_share": (self.top_choice_count / self.tokens).tolist(),
+            "mean_entropy": self.entropy_sum / self.tokens,
+        }
+        for name, chunks in self.samples.items():
+            result[name] = torch.cat(chunks).tolist()
+        return result
