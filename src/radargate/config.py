@@ -42,7 +42,7 @@ class MoLoRAConfig:
     gate: str = "softmax"
     """Which gate mixes the experts: ``softmax``, ``topk``, ``uniform`` or ``radar``."""
     top_k: int = 2
-    """Experts kept per token by the ``topk`` gate (and counted as routed by the load-balance loss)."""
+    """Experts kept per token by the ``topk`` gate."""
     topk_renormalize: bool = True
     """``topk``: renormalise the kept weights to sum to 1 (Mixtral/MixLoRA); ``False`` keeps the
     raw softmax probabilities (Switch with ``top_k=1``)."""
@@ -78,7 +78,7 @@ class MoLoRAConfig:
         _require_int("num_experts", self.num_experts, minimum=1)
         _require_int("r", self.r, minimum=1)
         _require_int("top_k", self.top_k, minimum=1)
-        if self.top_k > self.num_experts:
+        if self.gate == "topk" and self.top_k > self.num_experts:
             raise ValueError(
                 f"top_k={self.top_k} is larger than num_experts={self.num_experts}; "
                 f"choose 1 <= top_k <= num_experts"

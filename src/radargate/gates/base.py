@@ -37,7 +37,7 @@ class GateOutput:
 
     @property
     def router_probs(self) -> torch.Tensor | None:
-        return None if self.router_logits is None else self.router_logits.float().softmax(dim=-1)
+        return None if self.router_logits is None else upcast(self.router_logits).softmax(dim=-1)
 
 
 class Gate(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from radargate.experts import LoRAExperts
-from radargate.gates.base import Gate, GateOutput, make_router
+from radargate.gates.base import Gate, GateOutput, make_router, upcast
 
 
 class SoftmaxGate(Gate):
@@ -17,6 +17,6 @@ class SoftmaxGate(Gate):
         self, tokens: torch.Tensor, codes: torch.Tensor, experts: LoRAExperts, *, with_stats: bool = False
     ) -> GateOutput:
         logits = self.router(tokens)
-        weights = logits.float().softmax(dim=-1)
+        weights = upcast(logits).softmax(dim=-1)
         delta = experts.mix(codes, weights.to(codes.dtype))
         return GateOutput(delta=delta, weights=weights, router_logits=logits)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from radargate.experts import LoRAExperts
-from radargate.gates.base import Gate, GateOutput, make_router
+from radargate.gates.base import Gate, GateOutput, make_router, upcast
 
 
 class TopKGate(Gate):
@@ -24,7 +24,7 @@ class TopKGate(Gate):
         self, tokens: torch.Tensor, codes: torch.Tensor, experts: LoRAExperts, *, with_stats: bool = False
     ) -> GateOutput:
         logits = self.router(tokens)
-        probs = logits.float().softmax(dim=-1)
+        probs = upcast(logits).softmax(dim=-1)
         kept = probs.topk(self.top_k, dim=-1).indices
         selected = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, kept, True)
         weights = probs * selected

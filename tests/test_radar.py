@@ -1,0 +1,175 @@
+"""RadarGate: the properties the project's spec pins down."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from radargate.gates.radar import rotate_outputs
+from tests.layer_helpers import copy_adapters, make_layer, random_input
+
+
+def random_fusion(generator: torch.Generator, n: int) -> torch.Tensor:
+    logits = torch.randn(n, n, generator=generator, dtype=torch.float64)
+    logits.fill_diagonal_(-math.inf)
+    return logits.softmax(-1)
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual - expected).norm() / expected.norm())
+
+
+def forward_and_gradients(layer, x):
+    x = x.clone().requires_grad_(True)
+    output = layer(x)
+    target = torch.linspace(-1, 1, output.numel(), dtype=output.dtype).view_as(output)
+    (output * target).sum().backward()
+    grads = {name: p.grad.clone() for name, p in layer.named_parameters() if p.grad is not None}
+    grads["input"] = x.grad.clone()
+    return output.detach(), grads
+
+
+@pytest.mark.parametrize("stretch", ["softmax", "softplus"])
+@pytest.mark.parametrize("num_experts", [1, 2, 5])
+def test_span_space_equals_materialized_in_float64(generator, stretch, num_experts):
+    span = make_layer(generator, gate="radar", num_experts=num_experts, stretch=stretch, radar_impl="span")
+    materialized = make_layer(
+        generator, gate="radar", num_experts=num_experts, stretch=stretch, radar_impl="materialized"
+    )
+    materialized.load_state_dict(span.state_dict())
+    x = random_input(generator, 3, 11, 10)
+    out_span, grads_span = forward_and_gradients(span, x)
+    out_ref, grads_ref = forward_and_gradients(materialized, x)
+    assert relative_error(out_span, out_ref) < 1e-10
+    assert grads_span.keys() == grads_ref.keys()
+    for name, grad in grads_ref.items():
+        if grad.norm() > 0:
+            assert relative_error(grads_span[name], grad) < 1e-10, name
+        else:
+            assert grads_span[name].norm() == 0, name
+    assert grads_ref["gate.angle.weight"].norm() > 0, "the angles must receive gradients"
+
+
+@pytest.mark.parametrize("impl", ["span", "materialized"])
+def test_zero_angles_give_the_softmax_gate(generator, impl):
+    radar = make_layer(generator, gate="radar", radar_impl=impl)
+    softmax = make_layer(generator, gate="softmax")
+    copy_adapters(radar, softmax)
+    with torch.no_grad():
+        radar.gate.angle.weight.zero_()
+        radar.gate.angle.bias.zero_()
+    x = random_input(generator, 20, 10)
+    if impl == "span":
+        assert torch.equal(radar(x), softmax(x))
+    else:
+        torch.testing.assert_close(radar(x), softmax(x), rtol=1e-13, atol=1e-13)
+
+
+def test_rotation_preserves_norms_and_turns_by_theta_in_the_plane(generator):
+    tokens, n, d = 50, 4, 16
+    outputs = random_input(generator, tokens, n, d)
+    phi = random_fusion(generator, n)
+    theta = (torch.rand(tokens, n, generator=generator, dtype=torch.float64) - 0.5) * 0.98 * math.pi
+    rotated, _ = rotate_outputs(outputs, phi, theta)
+    torch.testing.assert_close(rotated.norm(dim=-1), outputs.norm(dim=-1), rtol=1e-9, atol=0)
+    # the angle between v and v' is |theta| (independently, through arccos)
+    cos_turn = (rotated * outputs).sum(-1) / outputs.norm(dim=-1) ** 2
+    torch.testing.assert_close(torch.arccos(cos_turn.clamp(-1, 1)), theta.abs(), rtol=1e-5, atol=1e-6)
+    # v' stays in the plane of v and its partner, and positive angles turn towards the partner
+    partners = torch.einsum("ij,tjd->tid", phi, outputs)
+    plane = torch.stack([outputs, partners], dim=-1)  # [T, n, d, 2]
+    coefficients = torch.linalg.lstsq(plane, rotated.unsqueeze(-1)).solution
+    residual = (plane @ coefficients).squeeze(-1) - rotated
+    assert residual.norm() / rotated.norm() < 1e-10
+
+    def cosine(a, b):
+        return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+
+    closer = cosine(rotated, partners) > cosine(outputs, partners)
+    assert torch.equal(closer, theta > 0)
+
+
+def test_degenerate_plane_gives_the_identity(generator):
+    """Two parallel experts: the partner spans no plane, so nothing rotates."""
+    outputs = random_input(generator, 30, 1, 8) * torch.tensor([1.0, -2.5], dtype=torch.float64).view(1, 2, 1)
+    phi = random_fusion(generator, 2)
+    theta = torch.full((30, 2), 1.2, dtype=torch.float64)
+    rotated, _ = rotate_outputs(outputs, phi, theta)
+    torch.testing.assert_close(rotated, outputs, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("impl", ["span", "materialized"])
+def test_gradients_finite_at_initialisation(generator, impl):
+    layer = make_layer(generator, gate="radar", radar_impl=impl, randomize=False)
+    with torch.no_grad():  # nonzero angles too: B = 0 must not break them
+        layer.gate.angle.bias.fill_(0.7)
+        layer.gate.fusion_logits.normal_(generator=generator)
+    assert torch.count_nonzero(layer.experts.B) == 0
+    _, grads = forward_and_gradients(layer, random_input(generator, 6, 10))
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert grads["experts.B"].norm() > 0
+
+
+@pytest.mark.parametrize("impl", ["span", "materialized"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gradients_finite_with_parallel_experts(generator, impl, dtype):
+    layer = make_layer(generator, gate="radar", radar_impl=impl, num_experts=2, dtype=dtype)
+    with torch.no_grad():
+        layer.experts.A[1].copy_(layer.experts.A[0])
+        layer.experts.B[1].copy_(-3 * layer.experts.B[0])
+    _, grads = forward_and_gradients(layer, random_input(generator, 6, 10, dtype=dtype))
+    assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+def fit(layer, x, target, steps=300, lr=0.05) -> float:
+    optimizer = torch.optim.Adam([p for p in layer.parameters() if p.requires_grad], lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = (layer(x) - target).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return float((layer(x) - target).pow(2).mean())
+
+
+def test_radar_fits_a_target_outside_the_convex_cone(generator):
+    """Targets turned 60 degrees away from the other expert lie outside the cone of the fixed
+    expert outputs: no weighted sum reaches them, a rotation does."""
+    layers = {}
+    for gate in ("softmax", "radar"):
+        layers[gate] = make_layer(generator, gate=gate, num_experts=2, r=2, d_in=6, d_out=5)
+        layers[gate].experts.requires_grad_(False)
+        with torch.no_grad():
+            layers[gate].base_layer.weight.zero_()
+            layers[gate].base_layer.bias.zero_()
+    copy_adapters(layers["radar"], layers["softmax"])
+    x = random_input(generator, 64, 6)
+    with torch.no_grad():
+        outputs = layers["radar"].experts.outputs(layers["radar"].experts.codes(x))
+        v1, v2 = outputs[:, 0], outputs[:, 1]
+        away = v2 - (v2 * v1).sum(-1, keepdim=True) / v1.norm(dim=-1, keepdim=True) ** 2 * v1
+        away = -away / away.norm(dim=-1, keepdim=True)
+        target = math.cos(math.pi / 3) * v1 + math.sin(math.pi / 3) * v1.norm(dim=-1, keepdim=True) * away
+    losses = {gate: fit(layer, x, target) for gate, layer in layers.items()}
+    scale = float(target.pow(2).mean())
+    assert losses["radar"] < 0.1 * losses["softmax"], f"radar {losses['radar']:.4g} vs softmax {losses['softmax']:.4g}"
+    assert losses["softmax"] > 0.05 * scale, f"softmax {losses['softmax']:.4g} should stay far (target {scale:.4g})"
+
+
+def test_recorded_cosines_match_the_rotated_outputs(generator):
+    layer = make_layer(generator, gate="radar", radar_impl="span")
+    x = random_input(generator, 12, 10)
+    codes = layer.experts.codes(x)
+    stats = layer.gate(x, codes, layer.experts, with_stats=True).extras
+    outputs = layer.experts.outputs(codes)
+    phi = layer.gate.fusion()
+    rotated, _ = rotate_outputs(outputs, phi, stats["theta"])
+    partners = torch.einsum("ij,tjd->tid", phi, outputs)
+
+    def cosine(a, b):
+        return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+
+    torch.testing.assert_close(stats["cos_before"], cosine(outputs, partners), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(stats["cos_after"], cosine(rotated, partners), rtol=1e-9, atol=1e-12)
