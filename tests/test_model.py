@@ -221,3 +221,15 @@ def test_routing_statistics_are_recorded(generator):
     assert len(summary["theta"]) == len(summary["cos_after"]) == 24 * 3
     assert max(abs(t) for t in summary["theta"]) > 0
     assert model.molora_layers["model.layers.0.self_attn.q_proj"].routing_stats is None
+
+
+def test_half_precision_base_trains_float32_adapters(generator):
+    torch.manual_seed(0)
+    model = get_molora_model(tiny_llama().to(torch.bfloat16), MoLoRAConfig(gate="radar", target_modules=["q_proj"]))
+    layer = model.molora_layers["model.layers.0.self_attn.q_proj"]
+    assert layer.experts.A.dtype == torch.float32 and layer.base_layer.weight.dtype == torch.bfloat16
+    ids = token_batch()
+    output = model(input_ids=ids, labels=ids)
+    assert output.logits.dtype == torch.bfloat16
+    output.loss.backward()
+    assert torch.isfinite(layer.experts.B.grad).all() and layer.experts.B.grad.norm() > 0
