@@ -1,0 +1,394 @@
+"""BIG-bench JSON tasks as multiple-choice examples with deterministic splits, offline.
+
+**Source.** The JSON tasks (Apache-2.0) ship inside the PyPI sdist ``bigbench==1.0.0`` (358 MB), which is
+downloaded once with pip and read straight out of the tarball, never installed. Cache layout, under
+``<cache>/bigbench/`` (``<cache>`` as in :func:`radargate.data.cache_root`)::
+
+    bigbench-1.0.0.tar.gz       the sdist, sha256-checked after download
+    index.json                  task name -> tar member and example count; one ~20 s pass to build
+    tasks/<name>/task.json      task files copied out of the tarball on first use
+
+A gzip tarball has no random access, so every read is a sequential pass (~5 s); the index pass also copies
+out the :data:`DEFAULT_SUITE` files, and later misses are copied out together in one pass.
+
+**Names.** ``<task>`` or ``<task>/<subtask>`` for tasks split into subtasks (``logical_deduction/
+three_objects``); a parent name has no examples of its own. Only tasks whose examples all carry
+``target_scores`` are multiple-choice; programmatic (``task.py``) tasks are not in the index.
+
+**Examples.** Exact duplicates are dropped; so are examples with fewer than two choices or no single best
+score. ``answer`` is the index of the highest score (first on ties, as BIG-bench does). ``choices`` are in a
+stable order derived from sha256 of the example (BIG-bench also permutes, with NumPy's generator), because
+some tasks list the right answer first (``date_understanding``: 364 of 369).
+
+**Prompt** (zero-shot, as BIG-bench's ``JsonTask`` builds it, leading whitespace stripped)::
+
+    task_prefix + example_input_prefix + input [+ choice_prefix + choice_prefix.join(choices)]
+        + example_output_prefix
+
+with the BIG-bench defaults ``""``, ``"\\nQ: "``, ``"\\n  choice: "`` and ``"\\nA: "``; the choices are
+appended unless the task sets ``append_choices_to_input`` to false. A choice is scored as the continuation
+``prompt + choice``, whitespace exactly as the task defines it; :meth:`MCExample.scoring_pairs` moves the
+prompt's trailing space onto the choices for subword tokenizers.
+
+**Splits.** Each example goes to a split by ``u``, the first 64 bits of
+``sha256(f"{seed}\\0{task}\\0{input}")`` divided by 2**64, a number in [0, 1): ``train`` if
+``u < f_train``, ``validation`` if ``u < f_train + f_validation``, else ``test``. The rule depends only on
+the content, so splits are disjoint, cover every example, and are the same on every machine and whatever
+the input order; examples sharing an input (``logical_deduction`` asks several questions about one
+paragraph) share a split. A cap keeps the examples with the smallest ``u`` in that (task, split), and each
+split is sorted by (task, ``u``, id).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+import tarfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from radargate.data import atomic_write_bytes, cache_root, fetch_distribution
+
+__all__ = [
+    "DEFAULT_SUITE",
+    "SPLITS",
+    "MCExample",
+    "PromptFormat",
+    "fetch_bigbench",
+    "list_tasks",
+    "load_suite",
+    "load_task",
+    "load_tasks",
+    "split_examples",
+    "split_of",
+]
+
+SDIST = "bigbench-1.0.0.tar.gz"
+SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
+_INDEX_FORMAT = 1
+_TASKS_DIR = "/bigbench/benchmark_tasks/"
+_NAME_PART = re.compile(r"[A-Za-z0-9_.+-]+")
+
+SPLITS = ("train", "validation", "test")
+
+# The multi-task training suite, resolved against the sdist: logical_deduction exists only as three
+# subtasks (different puzzles, all kept); elementary_math_qa has five renderings of the same 7688
+# questions, of which only the plain one is kept (the hint variants state the computation, and mixing
+# renderings would put one question in several splits).
+DEFAULT_SUITE: tuple[str, ...] = (
+    "social_iqa",
+    "strategyqa",
+    "winowhy",
+    "logical_deduction/three_objects",
+    "logical_deduction/five_objects",
+    "logical_deduction/seven_objects",
+    "date_understanding",
+    "sports_understanding",
+    "elementary_math_qa/question_only",
+    "intent_recognition",
+)
+
+
+@dataclass(frozen=True)
+class MCExample:
+    """One multiple-choice example; ``prompt + choices[answer]`` is the right completion."""
+
+    task: str
+    id: str
+    input: str
+    prompt: str
+    choices: tuple[str, ...]
+    target_scores: tuple[float, ...]
+    answer: int
+
+    @property
+    def family(self) -> str:
+        """The top-level task (``logical_deduction`` for ``logical_deduction/three_objects``)."""
+        return self.task.split("/", 1)[0]
+
+    def scoring_pairs(self) -> tuple[str, tuple[str, ...]]:
+        """(context, continuations) with the prompt's trailing whitespace moved onto each choice.
+
+        ``context + continuations[i] == prompt + choices[i]``; subword tokenizers encode ``"A:" + " Yes"``
+        far more naturally than ``"A: " + "Yes"``.
+        """
+        context = self.prompt.rstrip()
+        space = self.prompt[len(context) :]
+        return context, tuple(space + choice for choice in self.choices)
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """The prompt fields of a task.json, with BIG-bench's defaults (see the module docstring)."""
+
+    task_prefix: str = ""
+    input_prefix: str = "\nQ: "
+    choice_prefix: str = "\n  choice: "
+    output_prefix: str = "\nA: "
+    append_choices: bool = True
+
+    @classmethod
+    def from_task(cls, task: Mapping[str, Any]) -> PromptFormat:
+        """Read the fields from a parsed task.json."""
+        default = cls()
+        return cls(
+            task_prefix=str(task.get("task_prefix", default.task_prefix)),
+            input_prefix=str(task.get("example_input_prefix", default.input_prefix)),
+            choice_prefix=str(task.get("choice_prefix", default.choice_prefix)),
+            output_prefix=str(task.get("example_output_prefix", default.output_prefix)),
+            append_choices=bool(task.get("append_choices_to_input", default.append_choices)),
+        )
+
+    def render(self, text: str, choices: Sequence[str]) -> str:
+        """The zero-shot prompt for one example."""
+        body = text + (self.choice_prefix + self.choice_prefix.join(choices) if self.append_choices else "")
+        return (self.task_prefix + self.input_prefix + body + self.output_prefix).lstrip()
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+
+def fetch_bigbench(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Path of the cached ``bigbench-1.0.0`` sdist, downloading it with pip (once, atomically) if missing."""
+    return fetch_distribution(
+        "bigbench==1.0.0", SDIST, SDIST_SHA256, _bigbench_dir(cache_dir), ["--no-binary", ":all:"]
+    )
+
+
+def list_tasks(cache_dir: str | os.PathLike[str] | None = None, *, multiple_choice_only: bool = True) -> list[str]:
+    """Sorted task names in the sdist that have JSON examples (only multiple-choice ones by default)."""
+    tasks = _index(cache_dir)["tasks"]
+    return sorted(name for name, info in tasks.items() if info["multiple_choice"] or not multiple_choice_only)
+
+
+def _bigbench_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
+    return cache_root(cache_dir) / "bigbench"
+
+
+def _index(cache_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """The task index, built on first use and cached as JSON next to the tarball."""
+    tarball = fetch_bigbench(cache_dir)
+    path = tarball.parent / "index.json"
+    size = tarball.stat().st_size
+    if path.is_file():
+        index = json.loads(path.read_text(encoding="utf-8"))
+        if index.get("format") == _INDEX_FORMAT and index.get("tarball_size") == size:
+            return index
+    index = {"format": _INDEX_FORMAT, "tarball_size": size, "tasks": _scan(tarball, set(DEFAULT_SUITE))}
+    atomic_write_bytes(path, json.dumps(index, indent=1, sort_keys=True).encode("utf-8"))
+    return index
+
+
+def _task_name(member: str) -> str | None:
+    """``x/bigbench/benchmark_tasks/a/b/task.json`` -> ``a/b``; None for any other member."""
+    head, sep, rest = member.partition(_TASKS_DIR)
+    if not sep or "/" in head or not rest.endswith("/task.json"):
+        return None
+    parts = rest.split("/")[:-1]
+    ok = all(_NAME_PART.fullmatch(p) and p not in {".", ".."} for p in parts)
+    return "/".join(parts) if ok else None
+
+
+def _scan(tarball: Path, extract: set[str]) -> dict[str, dict[str, Any]]:
+    """One pass over the tarball: index every task.json with examples, copy out those in ``extract``."""
+    tasks: dict[str, dict[str, Any]] = {}
+    for name, member, data in _task_files(tarball):
+        examples = json.loads(data).get("examples") or []
+        if not examples:
+            continue
+        mc = all(isinstance(e, dict) and isinstance(e.get("target_scores"), dict) for e in examples)
+        tasks[name] = {"member": member, "examples": len(examples), "multiple_choice": mc}
+        if name in extract:
+            atomic_write_bytes(_extracted_path(tarball.parent, name), data)
+    return tasks
+
+
+def _task_files(tarball: Path, wanted: set[str] | None = None) -> Iterable[tuple[str, str, bytes]]:
+    """Yield (task name, member, bytes) for task.json members, stopping once all ``wanted`` are seen."""
+    remaining = None if wanted is None else set(wanted)
+    with tarfile.open(tarball, mode="r|gz") as archive:
+        for member in archive:
+            name = _task_name(member.name) if member.isfile() else None
+            if name is None or (remaining is not None and name not in remaining):
+                continue
+            handle = archive.extractfile(member)
+            if handle is None:
+                continue
+            yield name, member.name, handle.read()
+            if remaining is not None:
+                remaining.discard(name)
+                if not remaining:
+                    return
+
+
+def _extracted_path(root: Path, name: str) -> Path:
+    return root / "tasks" / name / "task.json"
+
+
+def _task_paths(names: Sequence[str], cache_dir: str | os.PathLike[str] | None) -> dict[str, Path]:
+    """Paths of the extracted task.json files, copying the missing ones out in a single pass."""
+    root = _bigbench_dir(cache_dir)
+    paths = {name: _extracted_path(root, name) for name in names}
+    missing = {name for name, path in paths.items() if not path.is_file()}
+    if missing:
+        for name, _, data in _task_files(root / SDIST, missing):
+            atomic_write_bytes(paths[name], data)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------- tasks
+
+
+def _check_name(name: str, tasks: Mapping[str, Mapping[str, Any]]) -> None:
+    """Raise a ValueError that names ``name`` and says what to use instead."""
+    info = tasks.get(name)
+    if info is not None and info["multiple_choice"]:
+        return
+    available = sorted(n for n, i in tasks.items() if i["multiple_choice"])
+    if info is not None:
+        raise ValueError(f"BIG-bench task {name!r} is not multiple-choice (its examples lack target_scores)")
+    subtasks = [n for n in available if n.startswith(name + "/")]
+    if subtasks:
+        raise ValueError(f"BIG-bench task {name!r} is split into subtasks; use one of: {', '.join(subtasks)}")
+    close = difflib.get_close_matches(name, available, n=5, cutoff=0.5)
+    hint = f"closest: {', '.join(close)}; " if close else ""
+    raise ValueError(
+        f"unknown BIG-bench task {name!r}; {hint}{len(available)} multiple-choice tasks available "
+        "(see radargate.data.bigbench.list_tasks())"
+    )
+
+
+def _example_id(task: str, text: str, scores: Mapping[str, float]) -> str:
+    payload = json.dumps([task, text, sorted(scores.items())], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def _make_example(task: str, raw: Mapping[str, Any], fmt: PromptFormat, shuffle: bool) -> MCExample | None:
+    """Build one example, or None when it has no usable multiple-choice target."""
+    text = str(raw["input"])
+    scores = {str(k): float(v) for k, v in raw["target_scores"].items()}
+    if len(scores) < 2 or max(scores.values()) <= min(scores.values()):
+        return None
+    example_id = _example_id(task, text, scores)
+    best = max(scores, key=scores.__getitem__)
+    choices = sorted(scores, key=lambda c: _sha(f"{example_id}\0{c}")) if shuffle else list(scores)
+    return MCExample(
+        task=task,
+        id=example_id,
+        input=text,
+        prompt=fmt.render(text, choices),
+        choices=tuple(choices),
+        target_scores=tuple(scores[c] for c in choices),
+        answer=choices.index(best),
+    )
+
+
+def _examples_from_task(name: str, task: Mapping[str, Any], shuffle: bool) -> list[MCExample]:
+    fmt = PromptFormat.from_task(task)
+    examples: dict[str, MCExample] = {}
+    for raw in task["examples"]:
+        example = _make_example(name, raw, fmt, shuffle)
+        if example is not None:
+            examples.setdefault(example.id, example)
+    return list(examples.values())
+
+
+def load_tasks(
+    names: Iterable[str], cache_dir: str | os.PathLike[str] | None = None, *, shuffle_choices: bool = True
+) -> dict[str, list[MCExample]]:
+    """Examples of several multiple-choice tasks, in file order; unknown names raise ValueError.
+
+    ``shuffle_choices=False`` keeps each example's choices in task.json order.
+    """
+    names = list(dict.fromkeys(names))
+    tasks = _index(cache_dir)["tasks"]
+    for name in names:
+        _check_name(name, tasks)
+    paths = _task_paths(names, cache_dir)
+    return {name: _examples_from_task(name, json.loads(paths[name].read_bytes()), shuffle_choices) for name in names}
+
+
+def load_task(
+    name: str, cache_dir: str | os.PathLike[str] | None = None, *, shuffle_choices: bool = True
+) -> list[MCExample]:
+    """Examples of one multiple-choice task (``task`` or ``task/subtask``); see :func:`load_tasks`."""
+    return load_tasks([name], cache_dir, shuffle_choices=shuffle_choices)[name]
+
+
+# -------------------------------------------------------------------------------------------- splits
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _unit(example: MCExample, seed: int) -> float:
+    """The example's position in [0, 1), from sha256 of seed, task and input (64 bits)."""
+    return int(_sha(f"{seed}\0{example.task}\0{example.input}")[:16], 16) / 2**64
+
+
+def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-9:
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
+    train, validation, test = (float(f) for f in fractions)
+    return train, validation, test
+
+
+def split_of(example: MCExample, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> str:
+    """The split (``train``, ``validation`` or ``test``) of one example; see the module docstring."""
+    train, validation, _ = _check_fractions(fractions)
+    u = _unit(example, seed)
+    return "train" if u < train else "validation" if u < train + validation else "test"
+
+
+def _caps(max_per_split: int | Mapping[str, int] | None) -> dict[str, int | None]:
+    if max_per_split is None or isinstance(max_per_split, int):
+        return dict.fromkeys(SPLITS, max_per_split)
+    unknown = set(max_per_split) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"max_per_split has unknown splits {sorted(unknown)}; use {SPLITS}")
+    return {split: max_per_split.get(split) for split in SPLITS}
+
+
+def split_examples(
+    examples: Iterable[MCExample],
+    *,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    max_per_split: int | Mapping[str, int] | None = None,
+) -> dict[str, list[MCExample]]:
+    """Deterministic train/validation/test split, with optional caps per task and split.
+
+    ``max_per_split`` is one cap for every split or a mapping such as ``{"train": 1000, "test": 200}``
+    (a split left out is uncapped). The result does not depend on the order of ``examples``.
+    """
+    _check_fractions(fractions)
+    caps = _caps(max_per_split)
+    groups: dict[tuple[str, str], list[tuple[float, str, MCExample]]] = {}
+    for example in examples:
+        key = (split_of(example, fractions, seed), example.task)
+        groups.setdefault(key, []).append((_unit(example, seed), example.id, example))
+    result: dict[str, list[MCExample]] = {split: [] for split in SPLITS}
+    for (split, _), members in sorted(groups.items(), key=lambda item: item[0][1]):
+        members.sort(key=lambda member: member[:2])
+        result[split].extend(example for _, _, example in members[: caps[split]])
+    return result
+
+
+def load_suite(
+    names: Iterable[str] = DEFAULT_SUITE,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    max_per_split: int | Mapping[str, int] | None = None,
+) -> dict[str, list[MCExample]]:
+    """Load several tasks and split them: ``{"train": [...], "validation": [...], "test": [...]}``."""
+    tasks = load_tasks(names, cache_dir)
+    examples = (example for task in tasks.values() for example in task)
+    return split_examples(examples, fractions=fractions, seed=seed, max_per_split=max_per_split)
