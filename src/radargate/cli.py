@@ -1,8 +1,15 @@
-"""The ``radargate`` command line: thin, parses arguments and calls the library."""
+"""The ``radargate`` command line: thin, parses arguments, calls the library, prints.
+
+    radargate train   --config configs/quickstart.yaml [--set train.steps=50] [--resume]
+    radargate eval    --run runs/quickstart/radar [--tasks TASK ...] [--split test]
+    radargate compare --config configs/quickstart.yaml [--set compare.methods=[lora,radar]]
+    radargate gates | radargate tasks
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -11,20 +18,132 @@ from radargate.gates import GATES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="radargate", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="radargate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"radargate {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train one method (config key `method`) and evaluate it")
+    _add_config_arguments(train)
+    train.add_argument("--resume", action="store_true", help="continue the run in the run folder exactly")
+
+    evaluate = commands.add_parser("eval", help="evaluate a trained run (or the base model) on BIG-bench tasks")
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="a run folder written by `radargate train` (or a method folder of compare)")
+    source.add_argument("--config", help="a YAML config: evaluates its model without training (method base)")
+    evaluate.add_argument("--tasks", nargs="+", help="BIG-bench multiple-choice tasks (default: the run's tasks)")
+    evaluate.add_argument("--split", choices=("train", "validation", "test"), default="test")
+    evaluate.add_argument("--output", help="also write the results as JSON here (refuses to overwrite)")
+
+    compare = commands.add_parser("compare", help="train and evaluate several methods side by side")
+    _add_config_arguments(compare)
+
     commands.add_parser("gates", help="list the registered gates")
+    commands.add_parser("tasks", help="list the BIG-bench multiple-choice tasks (fetches BIG-bench once)")
     return parser
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config (see configs/); defaults apply to what it leaves out")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a setting, e.g. --set train.steps=50 --set adapter.num_experts=8",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "gates":
-        for name, gate in GATES.items():
-            summary = (sys.modules[gate.__module__].__doc__ or "").strip().splitlines()
-            print(f"{name:10s} {summary[0] if summary else ''}")
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"radargate {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from radargate.compare import run_method
+    from radargate.experiment import ExperimentConfig
+
+    config = ExperimentConfig.load(args.config, args.overrides)
+    result = run_method(config, config.run_dir, resume=args.resume)
+    print(_accuracy_table({config.method: result["test"]}))
+    print(f"\nrun folder: {config.run_dir}")
     return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from radargate.checkpoint import atomic_write_text
+    from radargate.data.bigbench import load_suite
+    from radargate.evaluate import evaluate_multiple_choice
+    from radargate.experiment import ExperimentConfig
+    from radargate.train import build_model, load_trained
+
+    output = Path(args.output) if args.output else None
+    if output is not None and output.exists():
+        raise FileExistsError(f"{output} exists; choose another --output path")
+    if args.run:
+        model, tokenizer, config = load_trained(args.run)
+    else:
+        config = ExperimentConfig.load(args.config).for_method("base")
+        model, tokenizer = build_model(config)
+    tasks = args.tasks or config.data.tasks
+    examples = load_suite(tasks, seed=config.data.split_seed, max_per_split=config.data.caps)[args.split]
+    result = evaluate_multiple_choice(
+        model, tokenizer, examples, batch_size=config.eval.batch_size, max_length=config.data.max_length
+    )
+    print(_accuracy_table({config.method: result}))
+    if output is not None:
+        atomic_write_text(output, json.dumps(result, indent=1))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from radargate.compare import compare
+    from radargate.experiment import ExperimentConfig
+    from radargate.report import comparison_table
+
+    config = ExperimentConfig.load(args.config, args.overrides)
+    results = compare(config)
+    print(comparison_table(results))
+    print(f"\nreport: {config.run_dir / 'report.md'}")
+    return 0
+
+
+def _gates(args: argparse.Namespace) -> int:
+    for name, gate in GATES.items():
+        summary = (sys.modules[gate.__module__].__doc__ or "").strip().splitlines()
+        print(f"{name:10s} {summary[0] if summary else ''}")
+    return 0
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    from radargate.data.bigbench import list_tasks
+
+    print("\n".join(list_tasks()))
+    return 0
+
+
+def _accuracy_table(results: dict[str, dict]) -> str:
+    """Per-task accuracy (plain / length-normalised) of each method, with counts."""
+    tasks = sorted({task for result in results.values() for task in result["per_task"]})
+    lines = ["| task | n | " + " | ".join(f"{m} acc | {m} acc_norm" for m in results) + " |"]
+    lines.append("|---" * (2 + 2 * len(results)) + "|")
+    for task in [*tasks, "macro"]:
+        cells = []
+        for result in results.values():
+            row = result["per_task"].get(task) if task != "macro" else {
+                "acc": result["macro_acc"], "acc_norm": result["macro_acc_norm"], "n": result["n"]}
+            cells += [f"{100 * row['acc']:.1f}", f"{100 * row['acc_norm']:.1f}"] if row else ["-", "-"]
+        n = next((r["per_task"][task]["n"] for r in results.values() if task in r["per_task"]), None)
+        n = n if task != "macro" else next(iter(results.values()))["n"]
+        lines.append(f"| {task} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+COMMANDS = {"train": _train, "eval": _eval, "compare": _compare, "gates": _gates, "tasks": _tasks}
 
 
 if __name__ == "__main__":

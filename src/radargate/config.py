@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from radargate.validation import require_choice, require_int, require_number
+
 STRETCH_NAMES = ("softmax", "softplus")
 RADAR_IMPLS = ("span", "materialized")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -75,24 +77,24 @@ class MoLoRAConfig:
             check()
 
     def _check_sizes(self) -> None:
-        _require_int("num_experts", self.num_experts, minimum=1)
-        _require_int("r", self.r, minimum=1)
-        _require_int("top_k", self.top_k, minimum=1)
+        require_int("num_experts", self.num_experts, minimum=1)
+        require_int("r", self.r, minimum=1)
+        require_int("top_k", self.top_k, minimum=1)
         if self.gate == "topk" and self.top_k > self.num_experts:
             raise ValueError(
                 f"top_k={self.top_k} is larger than num_experts={self.num_experts}; "
                 f"choose 1 <= top_k <= num_experts"
             )
-        _require_number("alpha", self.alpha, low=0.0, low_inclusive=False)
-        _require_number("dropout", self.dropout, low=0.0, high=1.0, high_inclusive=False)
-        _require_number("theta_max", self.theta_max, low=0.0, high=math.pi, low_inclusive=False)
+        require_number("alpha", self.alpha, low=0.0, low_inclusive=False)
+        require_number("dropout", self.dropout, low=0.0, high=1.0, high_inclusive=False)
+        require_number("theta_max", self.theta_max, low=0.0, high=math.pi, low_inclusive=False)
 
     def _check_choices(self) -> None:
         from radargate.gates import GATES  # the registry is the one list of gates
 
-        _require_choice("gate", self.gate, tuple(GATES))
-        _require_choice("stretch", self.stretch, STRETCH_NAMES)
-        _require_choice("radar_impl", self.radar_impl, RADAR_IMPLS)
+        require_choice("gate", self.gate, tuple(GATES))
+        require_choice("stretch", self.stretch, STRETCH_NAMES)
+        require_choice("radar_impl", self.radar_impl, RADAR_IMPLS)
         for name in ("topk_renormalize", "train_experts"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; use true or false")
@@ -116,7 +118,7 @@ class MoLoRAConfig:
 
     def _check_weights(self) -> None:
         for name in ("load_balance_weight", "z_loss_weight", "orthogonality_weight", "variance_weight"):
-            _require_number(name, getattr(self, name), low=0.0)
+            require_number(name, getattr(self, name), low=0.0)
 
     def aux_loss_weights(self) -> dict[str, float]:
         """Auxiliary loss name -> weight, for the losses that are switched on."""
@@ -157,33 +159,3 @@ class MoLoRAConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> MoLoRAConfig:
         return cls.from_json(Path(path).read_text())
-
-
-def _require_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} is not allowed; it must be an integer >= {minimum}")
-
-
-def _require_number(
-    name: str,
-    value: object,
-    *,
-    low: float,
-    high: float = math.inf,
-    low_inclusive: bool = True,
-    high_inclusive: bool = True,
-) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value >= low if low_inclusive else value > low) and (
-            value <= high if high_inclusive else value < high
-        )
-    if not ok:
-        left = "[" if low_inclusive else "("
-        right = "]" if high_inclusive else ")"
-        raise ValueError(f"{name}={value!r} is not allowed; it must be a number in {left}{low}, {high}{right}")
-
-
-def _require_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is unknown; choose one of {', '.join(allowed)}")

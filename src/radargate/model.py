@@ -66,18 +66,29 @@ class MoLoRAModel(nn.Module):
 
     # -- running ---------------------------------------------------------------------------------
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """The base model's forward; with ``labels=`` the loss includes the auxiliary losses."""
-        weights = self.molora_config.aux_loss_weights() if kwargs.get("labels") is not None else {}
+    def forward(self, *args: Any, with_aux: bool | None = None, **kwargs: Any) -> Any:
+        """The base model's forward, plus the auxiliary losses that have a positive weight.
+
+        They are computed when ``with_aux`` is true (default: when ``labels=`` is given) and
+        reported as ``output["aux_losses"]`` (per loss, detached) and ``output["aux_loss"]`` (the
+        weighted sum, differentiable); with labels, ``output.loss`` includes that sum and
+        ``output["lm_loss"]`` keeps the model's own loss.
+        """
+        if with_aux is None:
+            with_aux = kwargs.get("labels") is not None
+        weights = self.molora_config.aux_loss_weights() if with_aux else {}
         for layer in self._layers.values():
             layer.aux_names = tuple(weights)
             layer.aux_losses = {}
         output = self.base_model(*args, **kwargs)
-        if weights and getattr(output, "loss", None) is not None:
+        if weights and isinstance(output, dict):
             aux = self.aux_losses()
-            output["lm_loss"] = output["loss"]
+            total = sum((weights[name] * value for name, value in aux.items()), torch.zeros(()))
             output["aux_losses"] = {name: value.detach() for name, value in aux.items()}
-            output["loss"] = output["loss"] + sum(weights[name] * value for name, value in aux.items())
+            output["aux_loss"] = total
+            if output.get("loss") is not None:
+                output["lm_loss"] = output["loss"]
+                output["loss"] = output["loss"] + total
         return output
 
     def aux_losses(self) -> dict[str, torch.Tensor]:

@@ -15,6 +15,8 @@ from radargate.gates.base import GateOutput
 
 MAX_SAMPLES = 20_000
 """Per-layer cap on stored (token, expert) samples of angles and cosines."""
+SAMPLES_PER_CALL = 256
+"""Random (token, expert) samples kept per call, so that the samples span many batches."""
 
 
 @dataclass
@@ -25,6 +27,7 @@ class RoutingStats:
     top_choice_count: torch.Tensor | None = None
     entropy_sum: float = 0.0
     samples: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    sample_count: int = 0
 
     @torch.no_grad()
     def update(self, output: GateOutput) -> None:
@@ -40,12 +43,18 @@ class RoutingStats:
         self._keep_samples(output.extras)
 
     def _keep_samples(self, extras: dict[str, torch.Tensor]) -> None:
-        stored = sum(t.numel() for t in self.samples.get("theta", []))
-        room = MAX_SAMPLES - stored
+        """Keep a random subset of this call's samples, the same positions for every quantity."""
+        if not extras:
+            return
+        room = min(MAX_SAMPLES - self.sample_count, SAMPLES_PER_CALL)
         if room <= 0:
             return
+        size = next(iter(extras.values())).numel()
+        generator = torch.Generator().manual_seed(self.tokens)
+        chosen = torch.randperm(size, generator=generator)[:room]
+        self.sample_count += len(chosen)
         for name, values in extras.items():
-            self.samples.setdefault(name, []).append(values.detach().float().flatten()[:room].cpu())
+            self.samples.setdefault(name, []).append(values.detach().float().flatten().cpu()[chosen])
 
     def summary(self) -> dict[str, object]:
         """Plain values: means per expert, usage shares, entropy, and the stored samples."""

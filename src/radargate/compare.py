@@ -1,0 +1,91 @@
+"""Train and evaluate one method, or several side by side with the same data, budget and seed.
+
+``compare`` keeps each method in ``<run_dir>/<method>/``; a method whose ``result.json`` exists is
+not run again, and an unfinished one resumes from its checkpoint, so an interrupted comparison
+loses nothing. The combined ``results.json``, ``report.md`` and plots are rebuilt at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from radargate.analysis import summarize_routing
+from radargate.checkpoint import atomic_write_text
+from radargate.data.bigbench import load_suite
+from radargate.evaluate import evaluate_multiple_choice
+from radargate.experiment import ExperimentConfig
+from radargate.model import MoLoRAModel
+from radargate.report import write_report
+from radargate.train import autocast_dtype, summarize, train
+
+RESULT_NAME = "result.json"
+
+
+def hardware_description() -> str:
+    if torch.cuda.is_available():
+        device = f"GPU: {torch.cuda.get_device_name(0)}"
+    else:
+        device = f"CPU: {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
+    return f"{device}, torch {torch.__version__}"
+
+
+def evaluate_with_routing(model, tokenizer, config: ExperimentConfig, examples) -> dict[str, Any]:
+    """Test accuracy, plus routing statistics gathered on the same inputs for mixtures."""
+    kwargs = {
+        "batch_size": config.eval.batch_size,
+        "max_length": config.data.max_length,
+        "autocast_dtype": autocast_dtype(config.train.precision),
+    }
+    if not isinstance(model, MoLoRAModel):
+        return {"test": evaluate_multiple_choice(model, tokenizer, examples, **kwargs), "routing": None}
+    with model.record_routing() as stats:
+        test = evaluate_multiple_choice(model, tokenizer, examples, **kwargs)
+    return {"test": test, "routing": summarize_routing(stats)}
+
+
+def run_method(config: ExperimentConfig, run_dir: Path, *, resume: bool = True, show_progress: bool = True) -> dict:
+    """Train ``config.method`` in ``run_dir`` (resuming if asked), evaluate on the test split."""
+    result_path = run_dir / RESULT_NAME
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    started = time.perf_counter()
+    model, tokenizer, state = train(config, resume=resume, run_dir=run_dir, show_progress=show_progress)
+    test_examples = load_suite(config.data.tasks, seed=config.data.split_seed, max_per_split=config.data.caps)["test"]
+    result = summarize(config, model, state)
+    result.update(evaluate_with_routing(model, tokenizer, config, test_examples))
+    result["wall_time_s"] = time.perf_counter() - started
+    atomic_write_text(result_path, json.dumps(result, indent=1))
+    return result
+
+
+def compare(config: ExperimentConfig, *, show_progress: bool = True) -> dict[str, Any]:
+    """Run every method of ``config.compare.methods`` and write the combined results and report."""
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    methods = {}
+    for method in config.compare.methods:
+        methods[method] = run_method(config.for_method(method), run_dir / method, show_progress=show_progress)
+    splits = load_suite(config.data.tasks, seed=config.data.split_seed, max_per_split=config.data.caps)
+    results = {
+        "name": config.name,
+        "model": config.model.name,
+        "tasks": list(config.data.tasks),
+        "split_sizes": {split: len(examples) for split, examples in splits.items()},
+        "hardware": hardware_description(),
+        "seed": config.train.seed,
+        "steps": config.train.steps,
+        "wall_time_s": sum(result.get("wall_time_s", 0.0) for result in methods.values()),
+        "config": config.to_dict(),
+        "methods": methods,
+    }
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
+    write_report(results, run_dir)
+    return results
+

@@ -1,0 +1,85 @@
+"""Turning (prompt, answer) text pairs into padded token batches for training and scoring.
+
+The prompt is tokenised with the tokenizer's special tokens (a BOS where the model uses one), the
+answer without, and the two are joined, so the answer's tokens are exactly those that are
+trained on or scored. A pair longer than ``max_length`` loses the beginning of its prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    input_ids: tuple[int, ...]
+    context_length: int
+    """Tokens before the answer; the answer is ``input_ids[context_length:]``."""
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    """``input_ids`` with prompt and padding positions set to ``IGNORE_INDEX``."""
+    first_answer_position: int
+    """Smallest context length in the batch: positions before it never need logits."""
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
+            self.first_answer_position,
+        )
+
+    @property
+    def answer_tokens(self) -> int:
+        return int((self.labels != IGNORE_INDEX).sum())
+
+
+def encode_pair(tokenizer, context: str, continuation: str, max_length: int) -> EncodedPair:
+    context_ids = tokenizer(context, add_special_tokens=True)["input_ids"]
+    answer_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    if not answer_ids:
+        raise ValueError(f"answer {continuation!r} tokenises to nothing; every choice needs at least one token")
+    answer_ids = answer_ids[: max_length - 1]
+    context_ids = context_ids[max(0, len(context_ids) + len(answer_ids) - max_length) :]
+    return EncodedPair(tuple(context_ids) + tuple(answer_ids), len(context_ids))
+
+
+def collate(pairs: Sequence[EncodedPair], pad_token_id: int) -> Batch:
+    """Right-pad to the longest pair; labels cover the answers only."""
+    length = max(len(pair.input_ids) for pair in pairs)
+    input_ids = torch.full((len(pairs), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(pairs), length), dtype=torch.long)
+    labels = torch.full((len(pairs), length), IGNORE_INDEX, dtype=torch.long)
+    for row, pair in enumerate(pairs):
+        ids = torch.tensor(pair.input_ids)
+        input_ids[row, : len(ids)] = ids
+        attention_mask[row, : len(ids)] = 1
+        labels[row, pair.context_length : len(ids)] = ids[pair.context_length :]
+    first = min(pair.context_length for pair in pairs)
+    return Batch(input_ids, attention_mask, labels, first_answer_position=max(first, 1))
+
+
+def answer_logprobs(model, batch: Batch, **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """Log-probabilities of each answer token, ``[B, L']``, with the mask of real answer tokens.
+
+    Logits are only computed from the first answer position on (``logits_to_keep``), which skips
+    the vocabulary projection for the prompts. Returns the model output too (auxiliary losses).
+    """
+    length = batch.input_ids.shape[1]
+    keep = torch.arange(batch.first_answer_position - 1, length - 1, device=batch.input_ids.device)
+    output = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep, **forward_kwargs
+    )
+    targets = batch.labels[:, batch.first_answer_position :]
+    mask = targets != IGNORE_INDEX
+    logprobs = torch.log_softmax(output.logits.float(), dim=-1)
+    picked = logprobs.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return picked * mask, mask, output

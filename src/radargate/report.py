@@ -1,0 +1,186 @@
+"""Markdown report of one comparison run, with its figures, written into the run folder.
+
+Every number in the report is read from the results dict that ``compare`` produces; a piece the
+dict lacks (no validation, no routing for plain LoRA, no loss for the untrained base) is shown
+as "-" or left out, never filled in. Accuracies are percentages with one decimal, losses have
+three decimals.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from radargate import plots
+from radargate.analysis import summarize_contrast
+from radargate.checkpoint import atomic_write_text
+
+PLOTS_DIR = "plots"
+MISSING = "-"
+
+
+def write_report(results: Mapping, run_dir: str | Path) -> Path:
+    """Draw the figures into ``run_dir/plots/`` and write ``run_dir/report.md``; return its path."""
+    run_dir = Path(run_dir)
+    sections = [
+        _header(results),
+        "## Comparison",
+        comparison_table(results),
+        _per_task_section(results),
+        _figures_section(results, run_dir),
+        *(_routing_section(method, summary["routing"], run_dir)
+          for method, summary in results.get("methods", {}).items() if summary.get("routing")),
+    ]
+    path = run_dir / "report.md"
+    atomic_write_text(path, "\n\n".join(section for section in sections if section) + "\n")
+    return path
+
+
+def comparison_table(results: Mapping) -> str:
+    """One row per method: size, training loss and time, validation and test accuracy."""
+    header = ["method", "trainable params", "final train loss", "val macro acc (%, last eval)",
+              "test macro acc (%)", "test macro acc_norm (%)", "train time (s)", "tokens/s"]
+    rows = []
+    for name, method in results.get("methods", {}).items():
+        test = method.get("test") or {}
+        validation = method.get("validation") or []
+        rows.append([
+            name,
+            _count(method.get("trainable_params")),
+            _number(method.get("final_train_loss"), ".3f"),
+            _percent(validation[-1].get("macro_acc") if validation else None),
+            _percent(test.get("macro_acc")),
+            _percent(test.get("macro_acc_norm")),
+            _number(method.get("train_time_s"), ".1f"),
+            _number(method.get("tokens_per_s"), ",.0f"),
+        ])
+    return markdown_table(header, rows)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(str(cell).replace("|", "\\|") for cell in line) + " |" for line in lines)
+
+
+def _header(results: Mapping) -> str:
+    lines = [f"# radargate comparison: {results.get('name', 'run')}", ""]
+    facts = [
+        ("Model", results.get("model")),
+        ("Tasks", _tasks_line(results.get("tasks"))),
+        ("Split sizes (examples)", _splits_line(results.get("split_sizes"))),
+        ("Hardware", results.get("hardware")),
+        ("Training steps", results.get("steps")),
+        ("Seed", results.get("seed")),
+        ("Wall time", None if results.get("wall_time_s") is None else f"{_number(results['wall_time_s'], '.1f')} s"),
+    ]
+    lines += [f"- **{label}:** {value}" for label, value in facts if value is not None]
+    return "\n".join(lines)
+
+
+def _tasks_line(tasks: Sequence[str] | None) -> str | None:
+    return f"{len(tasks)}: {', '.join(tasks)}" if tasks else None
+
+
+def _splits_line(splits: Mapping[str, int] | None) -> str | None:
+    return ", ".join(f"{split} {size}" for split, size in splits.items()) if splits else None
+
+
+def _per_task_section(results: Mapping) -> str:
+    """Tasks by methods, test accuracy (%); ``n`` lists each distinct count the methods report."""
+    methods = {name: method["test"] for name, method in results.get("methods", {}).items() if method.get("test")}
+    if not methods:
+        return ""
+    per_task = [test.get("per_task", {}) for test in methods.values()]
+    tasks = list(dict.fromkeys([*(results.get("tasks") or []), *(task for rows in per_task for task in rows)]))
+    rows = [
+        [task, *(_percent(rows.get(task, {}).get("acc")) for rows in per_task),
+         _counts([rows.get(task, {}).get("n") for rows in per_task])]
+        for task in tasks
+    ]
+    rows.append(["**macro**", *(_percent(test.get("macro_acc")) for test in methods.values()),
+                 _counts([test.get("n") for test in methods.values()])])
+    return "## Test accuracy per task (%)\n\n" + markdown_table(["task", *methods, "n"], rows)
+
+
+def _figures_section(results: Mapping, run_dir: Path) -> str:
+    methods = results.get("methods", {})
+    lines = []
+    histories = {name: method.get("history") or [] for name, method in methods.items()}
+    if any(histories.values()):
+        plots.plot_loss_curves(histories, run_dir / PLOTS_DIR / "loss_curves.png")
+        lines.append(f"![Training loss per step]({PLOTS_DIR}/loss_curves.png)")
+    if any(method.get("test") for method in methods.values()):
+        plots.plot_task_accuracy(methods, run_dir / PLOTS_DIR / "task_accuracy.png")
+        lines.append(f"![Test accuracy per task]({PLOTS_DIR}/task_accuracy.png)")
+    return "## Figures\n\n" + "\n\n".join(lines) if lines else ""
+
+
+def _routing_section(method: str, routing: Mapping[str, Mapping], run_dir: Path) -> str:
+    """Gate weights for every routed method; angles and the contrastive analysis for RadarGate."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", method)
+    lines = [f"## Routing: {method}"]
+    if any(layer.get("mean_weight") for layer in routing.values()):
+        name = f"gate_weights_{stem}.png"
+        plots.plot_gate_weights(routing, run_dir / PLOTS_DIR / name, f"{method}: mean gate weight")
+        lines.append(f"![Mean gate weight per layer and expert, {method}]({PLOTS_DIR}/{name})")
+    if any(layer.get("theta_hist") for layer in routing.values()):
+        name = f"angles_{stem}.png"
+        plots.plot_angle_histograms(routing, run_dir / PLOTS_DIR / name)
+        lines.append(f"![RadarGate rotation angles, {method}]({PLOTS_DIR}/{name})")
+    if any(layer.get("contrast") for layer in routing.values()):
+        name = f"contrast_{stem}.png"
+        plots.plot_contrast(routing, run_dir / PLOTS_DIR / name)
+        lines.append(f"![Contrastive analysis, {method}]({PLOTS_DIR}/{name})")
+        lines.append(_contrast_text(routing))
+    return "\n\n".join(lines)
+
+
+CONTRAST_NOTE = (
+    "Contrastive analysis: ρ is the Spearman rank correlation between the cosine of an expert's output "
+    "with its fused partner before rotation and the change the rotation makes to it, over the recorded "
+    "(token, expert) samples. ρ > 0 means the rotation raises cosines that were high and lowers those "
+    "that were low (the paper's prediction). A cosine near ±1 can only move inwards, so angles unrelated "
+    "to the cosine already give ρ < 0: the shuffled-θ column is ρ for the same angles in random order, "
+    "the baseline to compare with."
+)
+
+
+def _contrast_text(routing: Mapping[str, Mapping]) -> str:
+    summary = summarize_contrast(routing)
+    rows = [
+        [row["layer"], str(routing[row["layer"]]["tokens"]), _number(routing[row["layer"]].get("theta_mean"), "+.3f"),
+         _number(routing[row["layer"]].get("theta_abs_mean"), ".3f"), _number(row["rho"], "+.3f"),
+         _number(row["rho_shuffled_theta_baseline"], "+.3f"), _number(row["rho_theta_vs_cos_before"], "+.3f"),
+         str(row["n"])]
+        for row in summary["per_layer"]
+    ]
+    table = markdown_table(["layer", "tokens", "mean θ (rad)", "mean |θ| (rad)", "ρ(cos before, change)",
+                            "shuffled-θ baseline", "ρ(θ, cos before)", "samples"], rows)
+    overall = (
+        f"Over {summary['layers']} RadarGate layers: mean ρ {_number(summary['mean_rho'], '+.3f')} "
+        f"(shuffled-θ baseline {_number(summary['mean_rho_shuffled_theta_baseline'], '+.3f')}); "
+        f"ρ > 0 in {summary['positive']}, ρ < 0 in {summary['negative']}, undefined in {summary['undefined']}."
+    )
+    return "\n\n".join([CONTRAST_NOTE, overall, table])
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _number(value: object, spec: str) -> str:
+    return format(value, spec) if _is_number(value) else MISSING
+
+
+def _percent(value: object) -> str:
+    return format(100 * value, ".1f") if _is_number(value) else MISSING
+
+
+def _count(value: object) -> str:
+    return format(value, ",") if isinstance(value, int) and not isinstance(value, bool) else MISSING
+
+
+def _counts(values: Sequence[object]) -> str:
+    distinct = list(dict.fromkeys(value for value in values if isinstance(value, int)))
+    return "/".join(str(value) for value in distinct) if distinct else MISSING
