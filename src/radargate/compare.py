@@ -23,7 +23,7 @@ from radargate.evaluate import evaluate_multiple_choice
 from radargate.experiment import ExperimentConfig
 from radargate.model import MoLoRAModel
 from radargate.report import write_report
-from radargate.train import autocast_dtype, summarize, train
+from radargate.train import autocast_dtype, check_same_run, summarize, train
 
 RESULT_NAME = "result.json"
 
@@ -51,9 +51,14 @@ def evaluate_with_routing(model, tokenizer, config: ExperimentConfig, examples) 
 
 
 def run_method(config: ExperimentConfig, run_dir: Path, *, resume: bool = True, show_progress: bool = True) -> dict:
-    """Train ``config.method`` in ``run_dir`` (resuming if asked), evaluate on the test split."""
+    """Train ``config.method`` in ``run_dir`` and evaluate it on the test split.
+
+    With ``resume``, a finished run's result is returned as it is and an unfinished one continues
+    from its checkpoint; without, an existing run is an error (nothing is overwritten).
+    """
     result_path = run_dir / RESULT_NAME
-    if result_path.is_file():
+    if resume and result_path.is_file():
+        check_same_run(run_dir, config)
         return json.loads(result_path.read_text())
     started = time.perf_counter()
     model, tokenizer, state = train(config, resume=resume, run_dir=run_dir, show_progress=show_progress)

@@ -186,22 +186,34 @@ def _prepare_run_dir(run_dir: Path, config: ExperimentConfig, resume: bool) -> N
             raise FileExistsError(
                 f"{run_dir} already holds a run; pass --resume to continue it, or choose another name"
             )
-        previous = ExperimentConfig.load(saved).to_dict()
-        changed = _differences(previous, config.to_dict())
-        if changed:
-            raise ValueError(f"cannot resume {run_dir} with a different config; changed: {', '.join(changed[:8])}")
+        check_same_run(run_dir, config)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved, config.to_yaml())
 
 
+IRRELEVANT_TO_A_RUN = ("output_dir", "compare")
+"""Settings that do not change what one run computes (where it lives, which others run beside it)."""
+
+
+def check_same_run(run_dir: Path, config: ExperimentConfig) -> None:
+    """Refuse to continue (or reuse) a run with settings other than those it was made with."""
+    previous = ExperimentConfig.load(run_dir / "config.yaml").to_dict()
+    current = config.to_dict()
+    for key in IRRELEVANT_TO_A_RUN:
+        previous.pop(key, None)
+        current.pop(key, None)
+    changed = _differences(previous, current)
+    if changed:
+        raise ValueError(f"cannot resume {run_dir} with a different config; changed: {', '.join(changed[:8])}")
+
+
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(old) | set(new))
     changed = []
-    for key in keys:
+    for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             changed += _differences(a, b, f"{prefix}{key}.")
-        elif a != b and key != "output_dir":
+        elif a != b:
             changed.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return changed
 
@@ -263,8 +275,8 @@ class _Trainer:
             lm_loss, aux = self._losses(batch.to(self.accelerator.device))
             loss = (lm_loss + aux) / settings.grad_accum
             self.accelerator.backward(loss)
-            totals["loss"] += float(loss)
-            totals["lm_loss"] += float(lm_loss) / settings.grad_accum
+            totals["loss"] += float(loss.detach())
+            totals["lm_loss"] += float(lm_loss.detach()) / settings.grad_accum
             totals["tokens"] += int(batch.attention_mask.sum())
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), settings.max_grad_norm)
         self.optimizer.step()

@@ -1,0 +1,184 @@
+"""The training pipeline on a tiny model with a few real BIG-bench examples: scoring, exact resume,
+the CLI, and its errors. The tokenizer is SmolLM2's (from the offline cache), the model a tiny
+random Llama saved to disk and loaded through transformers' ordinary path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+import radargate.train as train_module
+from radargate.cli import main
+from radargate.data.bigbench import MCExample
+from radargate.evaluate import _accuracies, score_choices
+from radargate.experiment import ExperimentConfig
+from radargate.loading import load_model_and_tokenizer
+from radargate.train import BatchSchedule, train
+
+TASKS = ["sports_understanding", "date_understanding"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_model_and_tokenizer()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def config_file(tmp_path, tiny_model_dir):
+    values = {
+        "name": "tiny", "output_dir": str(tmp_path / "runs"), "method": "radar",
+        "model": {"name": str(tiny_model_dir)},
+        "data": {"tasks": TASKS, "max_train_per_task": 16, "max_validation_per_task": 3,
+                 "max_test_per_task": 5, "max_length": 128},
+        "adapter": {"num_experts": 3, "r": 2, "target_modules": ["q_proj", "v_proj"], "load_balance_weight": 0.01,
+                    "dropout": 0.1},
+        "train": {"steps": 6, "batch_size": 4, "lr": 0.01, "warmup_steps": 1, "save_every": 2, "precision": "no"},
+        "eval": {"batch_size": 8},
+        "compare": {"methods": ["lora", "softmax", "radar"]},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_scores_equal_hand_computed_log_likelihoods(tokenizer, architecture):
+    torch.manual_seed(0)
+    if architecture == "llama":
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4))
+    model.eval()
+    items = [("Q: is the sky blue?\nA:", [" yes", " no, never at all", " maybe"]),
+             ("Question: two plus two equals what number?\nAnswer:", [" four", " 22 or so"]),
+             ("Hi", [" there friend"])]
+    scores = score_choices(model, tokenizer, items, batch_size=4, max_length=64)
+    with torch.no_grad():
+        for (context, continuations), item_scores in zip(items, scores, strict=True):
+            for continuation, score in zip(continuations, item_scores, strict=True):
+                prompt = tokenizer(context)["input_ids"]
+                answer = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+                logits = model(input_ids=torch.tensor([prompt + answer])).logits[0]
+                logprobs = torch.log_softmax(logits.double(), dim=-1)
+                expected = sum(float(logprobs[len(prompt) - 1 + j, token]) for j, token in enumerate(answer))
+                assert score == pytest.approx(expected, abs=1e-4)
+
+
+def test_accuracy_is_argmax_plain_and_per_byte():
+    examples = [
+        MCExample(task="t", id="a", input="", prompt="Q: ", choices=("x", "yyyy"), target_scores=(1.0, 0.0), answer=0),
+        MCExample(task="t", id="b", input="", prompt="Q: ", choices=("x", "yyyy"), target_scores=(0.0, 1.0), answer=1),
+        MCExample(task="u", id="c", input="", prompt="Q: ", choices=("x", "yy"), target_scores=(0.0, 1.0), answer=1),
+    ]
+    # continuations are " x" (2 bytes) and " yyyy" (5): example b per byte is -1.0 vs -1.2, still wrong
+    scores = [[-1.0, -5.0], [-2.0, -6.0], [-3.0, -1.0]]
+    result = _accuracies(examples, scores)
+    assert result["per_task"]["t"] == {"acc": 0.5, "acc_norm": 0.5, "n": 2}
+    assert result["per_task"]["u"] == {"acc": 1.0, "acc_norm": 1.0, "n": 1}
+    assert result["macro_acc"] == 0.75 and result["n"] == 3
+    scores[1] = [-2.0, -4.0]  # per byte: " x" -1.0 vs " yyyy" -0.8 -> normalised picks the long answer
+    assert _accuracies(examples, scores)["per_task"]["t"] == {"acc": 0.5, "acc_norm": 1.0, "n": 2}
+
+
+def test_batch_schedule_depends_on_the_step_only():
+    schedule = BatchSchedule(num_examples=10, batch_size=4, grad_accum=2, seed=7)
+    assert schedule.micro_batch(3, 1) == BatchSchedule(10, 4, 2, 7).micro_batch(3, 1)
+    first_epoch = [i for step in range(5) for micro in range(2) for i in schedule.micro_batch(step, micro)][:10]
+    assert sorted(first_epoch) == list(range(10))
+    assert schedule.micro_batch(0, 0) != BatchSchedule(10, 4, 2, 8).micro_batch(0, 0)
+
+
+def test_resumed_run_equals_uninterrupted_run(config_file, tmp_path, monkeypatch):
+    config = ExperimentConfig.load(config_file)
+    _, _, whole = train(config, run_dir=tmp_path / "whole", show_progress=False)
+
+    original_step = train_module._Trainer._step
+
+    def killed_at_step_five(self, step):
+        if step == 4:
+            raise KeyboardInterrupt("killed")
+        return original_step(self, step)
+
+    monkeypatch.setattr(train_module._Trainer, "_step", killed_at_step_five)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run_dir=tmp_path / "split", show_progress=False)
+    monkeypatch.setattr(train_module._Trainer, "_step", original_step)
+    _, _, resumed = train(config, run_dir=tmp_path / "split", resume=True, show_progress=False)
+    assert [row["loss"] for row in resumed.history] == [row["loss"] for row in whole.history]
+    assert len(resumed.history) == 6
+    logged = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged] == [1, 2, 3, 4, 5, 6]
+    whole_weights = (tmp_path / "whole" / "adapter" / "molora_model.safetensors").read_bytes()
+    assert (tmp_path / "split" / "adapter" / "molora_model.safetensors").read_bytes() == whole_weights
+
+
+def test_cli_compare_trains_evaluates_and_reports(config_file, tmp_path, capsys):
+    assert main(["compare", "--config", str(config_file), "--set", "train.steps=3"]) == 0
+    printed = capsys.readouterr().out
+    run_dir = tmp_path / "runs" / "tiny"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert list(results["methods"]) == ["lora", "softmax", "radar"]
+    for method, result in results["methods"].items():
+        assert set(result["test"]["per_task"]) == set(TASKS), method
+        assert result["test"]["n"] == 10 and len(result["history"]) == 3
+        assert method in printed
+    assert results["methods"]["radar"]["routing"]  # routing statistics for mixtures
+    assert results["methods"]["lora"]["routing"] is None
+    assert (run_dir / "report.md").is_file() and (run_dir / "plots" / "loss_curves.png").is_file()
+    # a second compare finds every method done and only rebuilds the report
+    before = (run_dir / "radar" / "result.json").read_bytes()
+    assert main(["compare", "--config", str(config_file), "--set", "train.steps=3"]) == 0
+    assert (run_dir / "radar" / "result.json").read_bytes() == before
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run_dir / "radar"), "--tasks", "winowhy", "--split", "validation"]) == 0
+    assert "winowhy" in capsys.readouterr().out
+
+
+def test_unknown_task_lists_available_tasks(config_file, capsys):
+    assert main(["train", "--config", str(config_file), "--set", "data.tasks=[sports_understandin]"]) == 2
+    error = capsys.readouterr().err
+    assert "sports_understandin" in error and "sports_understanding" in error
+
+
+def test_misspelt_config_key_is_named(config_file, capsys):
+    assert main(["train", "--config", str(config_file), "--set", "train.step=3"]) == 2
+    assert "train.step" in capsys.readouterr().err
+
+
+def test_existing_run_is_not_overwritten(config_file, tmp_path, capsys):
+    args = ["train", "--config", str(config_file), "--set", "train.steps=2", "--set", "compare.methods=[radar]"]
+    assert main(args) == 0
+    config_before = (tmp_path / "runs" / "tiny" / "config.yaml").read_bytes()
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "already holds a run; pass --resume" in capsys.readouterr().err
+    assert main([*args[:-2], "--set", "train.lr=0.5", "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert "cannot resume" in error and "train.lr: 0.01 -> 0.5" in error
+    assert (tmp_path / "runs" / "tiny" / "config.yaml").read_bytes() == config_before
+
+
+def test_corrupt_or_missing_checkpoint_gives_clear_errors(config_file, tmp_path, capsys):
+    assert main(["eval", "--run", str(tmp_path / "nowhere")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    config = ExperimentConfig.load(config_file, ["train.steps=2"])
+    train(config, show_progress=False)
+    (config.run_dir / "checkpoint" / "trainer_state.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"checkpoint .* is missing files or corrupt"):
+        train(config, resume=True, show_progress=False)
