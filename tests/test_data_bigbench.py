@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -148,13 +147,21 @@ def test_generative_task_is_rejected() -> None:
         bb.load_task("ascii_word_recognition")
 
 
-def test_failed_pip_download_raises_clearly_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
-    failing = (sys.executable, "-c", "import sys; print('no index here'); sys.exit(3)")
-    monkeypatch.setattr(data, "PIP_COMMAND", failing)
-    with pytest.raises(RuntimeError, match=r"pip download of bigbench==1\.0\.0 failed \(exit 3\)") as info:
+def test_unreachable_index_raises_clearly_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("RADARGATE_INDEX_URL", "http://127.0.0.1:9/simple")  # discard port: refused at once
+    with pytest.raises(RuntimeError, match=r"could not read the package index page http://127\.0\.0\.1:9/simple/bigbench/"):
         bb.fetch_bigbench(tmp_path)
-    assert "no index here" in str(info.value)
     assert list((tmp_path / "bigbench").iterdir()) == []
+
+
+def test_download_with_wrong_hash_is_discarded(tmp_path: Path, monkeypatch) -> None:
+    """A served file whose sha256 differs from the pinned one never reaches the cache."""
+    served = tmp_path / "served.tar.gz"
+    served.write_bytes(b"not the real sdist")
+    monkeypatch.setattr(data, "_file_url", lambda project, filename: served.as_uri())
+    with pytest.raises(RuntimeError, match="does not match the pinned"):
+        bb.fetch_bigbench(tmp_path / "cache")
+    assert list((tmp_path / "cache" / "bigbench").iterdir()) == []
 
 
 def test_cache_dir_comes_from_the_environment(tmp_path: Path, monkeypatch) -> None:

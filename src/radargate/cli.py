@@ -75,10 +75,10 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from radargate.checkpoint import atomic_write_text
     from radargate.data.bigbench import load_suite
     from radargate.evaluate import evaluate_multiple_choice
     from radargate.experiment import ExperimentConfig
+    from radargate.files import atomic_write_text
     from radargate.train import build_model, load_trained
 
     output = Path(args.output) if args.output else None

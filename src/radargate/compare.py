@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from radargate.analysis import summarize_routing
-from radargate.checkpoint import atomic_write_text
 from radargate.data.bigbench import load_suite
 from radargate.evaluate import evaluate_multiple_choice
 from radargate.experiment import ExperimentConfig
+from radargate.files import atomic_write_text
 from radargate.model import MoLoRAModel
 from radargate.report import write_report
 from radargate.train import autocast_dtype, check_same_run, summarize, train

@@ -20,11 +20,11 @@ from radargate.checkpoint import (
     CONFIG_METADATA_KEY,
     CONFIG_NAME,
     WEIGHTS_NAME,
-    atomic_write_text,
     load_tensors,
     save_tensors,
 )
 from radargate.config import MoLoRAConfig
+from radargate.files import atomic_write_text
 from radargate.injection import attach_experts
 from radargate.layer import MoLoRALinear
 from radargate.peft_interop import PeftAdapter, read_peft_adapter

@@ -19,7 +19,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from radargate.checkpoint import atomic_write
+from radargate.files import atomic_write
 
 DPI = 120
 SMALL_MULTIPLES = 5

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from radargate import plots
 from radargate.analysis import summarize_contrast
-from radargate.checkpoint import atomic_write_text
+from radargate.files import atomic_write_text
 
 PLOTS_DIR = "plots"
 MISSING = "-"

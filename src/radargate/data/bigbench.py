@@ -52,7 +52,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from radargate.data import atomic_write_bytes, cache_root, fetch_distribution
+from radargate.data import cache_root, fetch_distribution
+from radargate.files import atomic_write_bytes
 
 __all__ = [
     "DEFAULT_SUITE",
@@ -154,10 +155,8 @@ class PromptFormat:
 
 
 def fetch_bigbench(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Path of the cached ``bigbench-1.0.0`` sdist, downloading it with pip (once, atomically) if missing."""
-    return fetch_distribution(
-        "bigbench==1.0.0", SDIST, SDIST_SHA256, _bigbench_dir(cache_dir), ["--no-binary", ":all:"]
-    )
+    """Path of the cached ``bigbench-1.0.0`` sdist, downloading it from PyPI (once, atomically) if missing."""
+    return fetch_distribution("bigbench", SDIST, SDIST_SHA256, _bigbench_dir(cache_dir))
 
 
 def list_tasks(cache_dir: str | os.PathLike[str] | None = None, *, multiple_choice_only: bool = True) -> list[str]:

