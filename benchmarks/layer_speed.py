@@ -4,7 +4,8 @@ For each layer shape and number of experts ``n`` (rank ``r`` each) it times, in 
 interleaved round by round (so machine noise hits every method alike):
 
 - ``peft_lora``: PEFT's own LoRA layer at rank ``n * r`` (the arithmetic floor of a mixture);
-- ``softmax``, ``topk`` (k=2), ``radar_span`` (default), ``radar_materialized``: radargate layers;
+- ``softmax``, ``topk`` (k=2), ``radar_span`` (default: span-space, recomputed in backward),
+  ``radar_span_stored`` (span-space, intermediates stored), ``radar_materialized``: radargate layers;
 - ``loop``: a per-expert Python loop with a softmax router (how X-LoRA and MoLE compute).
 
 Time is the median over repeats of forward + backward after warm-up; the base weight is frozen and
@@ -36,7 +37,7 @@ from radargate.files import atomic_write_text
 from radargate.layer import MoLoRALinear
 
 SHAPES = {"smollm_attn": (576, 576), "smollm_mlp": (576, 1536), "7b_attn": (4096, 4096), "7b_mlp": (4096, 11008)}
-METHODS = ("peft_lora", "softmax", "topk", "radar_span", "radar_materialized", "loop")
+METHODS = ("peft_lora", "softmax", "topk", "radar_span", "radar_span_stored", "radar_materialized", "loop")
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -69,10 +70,10 @@ def build(method: str, d_in: int, d_out: int, n: int, r: int, device: str, dtype
     elif method == "loop":
         layer = LoopMixture(base, n, r, scaling=2.0)
     else:
-        gate = {"radar_span": "radar", "radar_materialized": "radar"}.get(method, method)
+        gate = "radar" if method.startswith("radar") else method
         impl = "materialized" if method == "radar_materialized" else "span"
         config = MoLoRAConfig(num_experts=n, r=r, alpha=2 * r, gate=gate, top_k=min(2, n), radar_impl=impl,
-                              target_modules=["proj"])
+                              radar_recompute=method != "radar_span_stored", target_modules=["proj"])
         layer = MoLoRALinear(base, config)
     layer = layer.to(device)
     _randomize(layer, dtype)
@@ -198,7 +199,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--label", default=None, help="name of the results files (default: device)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.shapes, args.experts, args.repeats = ["smollm_attn", "smollm_mlp"], [2, 8, 64], 5
+        args.shapes, args.experts, args.warmup, args.repeats = ["smollm_attn", "smollm_mlp"], [2, 8, 64], 1, 3
     args.label = args.label or ("cpu" if args.device == "cpu" else "cuda")
     return args
 

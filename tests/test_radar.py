@@ -33,8 +33,11 @@ def forward_and_gradients(layer, x):
 
 @pytest.mark.parametrize("stretch", ["softmax", "softplus"])
 @pytest.mark.parametrize("num_experts", [1, 2, 5])
-def test_span_space_equals_materialized_in_float64(generator, stretch, num_experts):
-    span = make_layer(generator, gate="radar", num_experts=num_experts, stretch=stretch, radar_impl="span")
+@pytest.mark.parametrize("recompute", [True, False])
+def test_span_space_equals_materialized_in_float64(generator, stretch, num_experts, recompute):
+    span = make_layer(
+        generator, gate="radar", num_experts=num_experts, stretch=stretch, radar_impl="span", radar_recompute=recompute
+    )
     materialized = make_layer(
         generator, gate="radar", num_experts=num_experts, stretch=stretch, radar_impl="materialized"
     )

@@ -54,6 +54,9 @@ class MoLoRAConfig:
     """RadarGate StretchGate: ``softmax`` magnitudes (sum to 1) or unnormalised ``softplus``."""
     radar_impl: str = "span"
     """RadarGate implementation: ``span`` (fast, default) or ``materialized`` (reference)."""
+    radar_recompute: bool = True
+    """RadarGate ``span``: recompute the Gram matrix and rotation math in the backward pass instead
+    of storing them, so the layer trains in the memory of a weighted-sum gate (a little more time)."""
     train_experts: bool = True
     """``False`` freezes the experts so only the gate trains (the MoLE / X-LoRA way)."""
     load_balance_weight: float = 0.0
@@ -95,7 +98,7 @@ class MoLoRAConfig:
         require_choice("gate", self.gate, tuple(GATES))
         require_choice("stretch", self.stretch, STRETCH_NAMES)
         require_choice("radar_impl", self.radar_impl, RADAR_IMPLS)
-        for name in ("topk_renormalize", "train_experts"):
+        for name in ("topk_renormalize", "train_experts", "radar_recompute"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; use true or false")
 

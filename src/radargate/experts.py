@@ -75,9 +75,11 @@ class LoRAExperts(nn.Module):
         """``[tokens, n, n]``: ``G_ij = <v_i, v_j>`` per token, without materialising the outputs.
 
         ``G_ij = s^2 z_i (B_i B_j^T) z_j^T``: the ``r x r`` blocks ``B_i B_j^T`` are computed
-        once per call, then each token costs ``(n r)^2``, independent of ``d_out``.
+        once per call; then one batched matmul per expert projects its codes through its row of
+        blocks (``[n, tokens, n r]``), and a multiply-sum over ``r`` finishes. Each token costs
+        ``(n r)^2``, independent of ``d_out``.
         """
-        n, r = self.num_experts, self.r
-        blocks = (self.B_flat @ self.B_flat.T).view(n, r, n, r)
-        projected = torch.einsum("tia,iajb->tijb", codes, blocks)
-        return torch.einsum("tijb,tjb->tij", projected, codes) * self.scaling**2
+        n, r, tokens = self.num_experts, self.r, codes.shape[0]
+        blocks = (self.B_flat @ self.B_flat.T).view(n, r, n * r)
+        projected = torch.bmm(codes.transpose(0, 1), blocks).view(n, tokens, n, r)  # [i, t, j, b]
+        return (projected * codes.unsqueeze(0)).sum(-1).transpose(0, 1) * self.scaling**2

@@ -41,6 +41,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from radargate.experts import LoRAExperts
 from radargate.gates.base import Gate, GateOutput, make_router, upcast
@@ -61,6 +62,7 @@ class RadarGate(Gate):
         self.theta_max = config.theta_max
         self.stretch = config.stretch
         self.impl = config.radar_impl
+        self.recompute = config.radar_recompute
         self.router = make_router(in_features, n, dtype, device)
         self.fusion_logits = nn.Parameter(torch.zeros(n, n, dtype=dtype, device=device))
         self.angle = nn.Linear(n * config.r, n, dtype=dtype, device=device)
@@ -93,7 +95,8 @@ class RadarGate(Gate):
         theta = self.angles(codes)
         phi = upcast(self.fusion())
         if self.impl == "span":
-            delta, gram, geometry = _span_space(codes, experts, weights, phi, theta)
+            recompute = self.recompute and torch.is_grad_enabled()
+            delta, gram, geometry = _span_space(codes, experts, weights, phi, theta, recompute)
         else:
             delta, gram, geometry = _materialized(codes, experts, weights, phi, theta)
         extras = _statistics(theta, *geometry) if with_stats else {}
@@ -112,9 +115,29 @@ def _rotation_terms(
     return torch.cos(turned), beta
 
 
-def _span_space(codes, experts, weights, phi, theta):
-    """Coefficients ``lambda`` from the Gram matrix, then one mix matmul (module docstring)."""
-    gram = upcast(experts.gram(codes))
+def _span_space(codes, experts, weights, phi, theta, recompute: bool):
+    """Coefficients ``lambda`` from the Gram matrix, then one mix matmul (module docstring).
+
+    With ``recompute``, the Gram matrix and the per-token rotation math are not kept for the
+    backward pass but recomputed there (activation checkpointing of this small region): the
+    layer then saves no more than a plain weighted-sum gate.
+    """
+
+    def coefficients_from_codes(codes, weights, phi, theta):
+        gram = upcast(experts.gram(codes))
+        return (*_span_coefficients(gram, weights, phi, theta), gram)
+
+    if recompute:
+        coefficients, *geometry, gram = checkpoint(coefficients_from_codes, codes, weights, phi, theta,
+                                                   use_reentrant=False)
+    else:
+        coefficients, *geometry, gram = coefficients_from_codes(codes, weights, phi, theta)
+    delta = experts.mix(codes, coefficients.to(codes.dtype))
+    return delta, gram, tuple(geometry)
+
+
+def _span_coefficients(gram, weights, phi, theta):
+    """``lambda: [T, n]`` with ``sum_i g_i v'_i = sum_j lambda_j v_j``, and the per-expert geometry."""
     q = torch.diagonal(gram, dim1=-2, dim2=-1)
     a = (phi * gram).sum(-1)  # <v_i, c_i> = sum_j Phi_ij G_ij
     gram_phi = gram @ phi.T  # [T, j, i] = <v_j, c_i>
@@ -123,8 +146,7 @@ def _span_space(codes, experts, weights, phi, theta):
     pp = (m - 2 * kappa * a + kappa**2 * q).clamp_min(0.0)
     cos_term, beta = _rotation_terms(q, m, pp, theta)
     coefficients = weights * (cos_term - beta * kappa) + (weights * beta) @ phi
-    delta = experts.mix(codes, coefficients.to(codes.dtype))
-    return delta, gram, (q, a, m, kappa, cos_term, beta)
+    return coefficients, q, a, m, kappa, cos_term, beta
 
 
 def _materialized(codes, experts, weights, phi, theta):
