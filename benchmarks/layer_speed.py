@@ -199,7 +199,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--label", default=None, help="name of the results files (default: device)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.shapes, args.experts, args.warmup, args.repeats = ["smollm_attn", "smollm_mlp"], [2, 8, 64], 1, 3
+        args.shapes, args.experts, args.warmup, args.repeats = ["smollm_attn", "smollm_mlp"], [2, 8, 64], 1, 5
     args.label = args.label or ("cpu" if args.device == "cpu" else "cuda")
     return args
 
