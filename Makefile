@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo bench test lint clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 # BIG-bench suite (fetched from PyPI on first use), evaluate, print the table, write runs/quickstart/.
 demo: $(STAMP)
 	$(VENV)/bin/radargate compare --config configs/quickstart.yaml
+
+# Quick speed and memory benchmarks (about 4.5 min on 2 CPU cores); see benchmarks/README.md.
+bench: $(STAMP)
+	$(PY) benchmarks/layer_speed.py --quick
+	$(PY) benchmarks/model_step.py --quick
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
