@@ -113,3 +113,11 @@ def test_gate_parameters_train_with_frozen_experts(generator):
     randomize_adapters(model, generator, scale=0.1)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".gate." in name for name in trainable)
+
+
+def test_block_gram_gradients_pass_gradcheck(generator):
+    from radargate.experts import BlockGram
+
+    codes = torch.randn(5, 3, 2, generator=generator, dtype=torch.float64, requires_grad=True)
+    b_flat = torch.randn(6, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(BlockGram.apply, (codes, b_flat))

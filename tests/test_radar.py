@@ -176,3 +176,21 @@ def test_recorded_cosines_match_the_rotated_outputs(generator):
 
     torch.testing.assert_close(stats["cos_before"], cosine(outputs, partners), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(stats["cos_after"], cosine(rotated, partners), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("gate", ["radar", "topk"])
+def test_compiled_layer_equals_eager(generator, gate):
+    """The fast paths under torch.compile compute the same function and gradients (float32)."""
+    eager = make_layer(generator, gate=gate, dtype=torch.float32)
+    compiled = make_layer(generator, gate=gate, dtype=torch.float32)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile(dynamic=True)
+    for tokens in (7, 13):  # two sizes: dynamic shapes must not recompile into a wrong result
+        x = random_input(generator, tokens, 10, dtype=torch.float32)
+        out_eager, grads_eager = forward_and_gradients(eager, x)
+        out_compiled, grads_compiled = forward_and_gradients(compiled, x)
+        torch.testing.assert_close(out_compiled, out_eager, rtol=1e-4, atol=1e-5)
+        for name, grad in grads_eager.items():
+            torch.testing.assert_close(grads_compiled[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+        eager.zero_grad()
+        compiled.zero_grad()

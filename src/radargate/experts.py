@@ -74,12 +74,38 @@ class LoRAExperts(nn.Module):
     def gram(self, codes: torch.Tensor) -> torch.Tensor:
         """``[tokens, n, n]``: ``G_ij = <v_i, v_j>`` per token, without materialising the outputs.
 
-        ``G_ij = s^2 z_i (B_i B_j^T) z_j^T``: the ``r x r`` blocks ``B_i B_j^T`` are computed
-        once per call; then one batched matmul per expert projects its codes through its row of
-        blocks (``[n, tokens, n r]``), and a multiply-sum over ``r`` finishes. Each token costs
+        ``G_ij = s^2 z_i (B_i B_j^T) z_j^T`` (see :class:`BlockGram`); each token costs
         ``(n r)^2``, independent of ``d_out``.
         """
-        n, r, tokens = self.num_experts, self.r, codes.shape[0]
-        blocks = (self.B_flat @ self.B_flat.T).view(n, r, n * r)
+        return BlockGram.apply(codes, self.B_flat) * self.scaling**2
+
+
+class BlockGram(torch.autograd.Function):
+    """``G[t, i, j] = z_ti (B_i B_j^T) z_tj^T`` for codes ``z: [T, n, r]`` and ``B_flat: [n r, d]``.
+
+    Forward: the ``r x r`` blocks ``K = B B^T`` once, one batched matmul per expert row
+    (``P[i, t, j] = z_ti K_ij``, ``[n, T, n r]``), then a multiply-sum over ``r``. Autograd would keep
+    ``P`` (the largest tensor here) and make about eight passes over it; this backward keeps nothing
+    but its inputs and makes one: with ``S = dG + dG^T`` and ``X[i, t, j] = S_tij z_tj``,
+    ``dz_ti = X_i K_i^T`` and ``dK + dK^T = sum_t z_ti^T X_ti``, both matmuls with long inner
+    dimensions, and ``dB = (dK + dK^T) B``.
+    """
+
+    @staticmethod
+    def forward(ctx, codes: torch.Tensor, b_flat: torch.Tensor) -> torch.Tensor:
+        tokens, n, r = codes.shape
+        blocks = (b_flat @ b_flat.T).view(n, r, n * r)
         projected = torch.bmm(codes.transpose(0, 1), blocks).view(n, tokens, n, r)  # [i, t, j, b]
-        return (projected * codes.unsqueeze(0)).sum(-1).transpose(0, 1) * self.scaling**2
+        ctx.save_for_backward(codes, b_flat)
+        return (projected * codes.unsqueeze(0)).sum(-1).transpose(0, 1)
+
+    @staticmethod
+    def backward(ctx, grad_gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        codes, b_flat = ctx.saved_tensors
+        tokens, n, r = codes.shape
+        blocks = (b_flat @ b_flat.T).view(n, r, n * r)  # [i, a, (j b)]
+        symmetric = grad_gram + grad_gram.transpose(-1, -2)  # [t, i, j]
+        weighted = (symmetric.transpose(0, 1).unsqueeze(-1) * codes.unsqueeze(0)).reshape(n, tokens, n * r)
+        grad_codes = torch.bmm(weighted, blocks.transpose(1, 2)).transpose(0, 1)  # [t, i, a]
+        grad_blocks = torch.bmm(codes.permute(1, 2, 0), weighted).reshape(n * r, n * r)  # dK + dK^T
+        return grad_codes, grad_blocks @ b_flat

@@ -114,6 +114,13 @@ class MoLoRAModel(nn.Module):
         else:
             self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
 
+    def compile_layers(self, **compile_kwargs: Any) -> None:
+        """``torch.compile`` every mixture layer in place (``dynamic=True`` by default: the number of
+        tokens changes from batch to batch). The base model's own code is left as it is."""
+        compile_kwargs.setdefault("dynamic", True)
+        for layer in self._layers.values():
+            layer.compile(**compile_kwargs)
+
     @contextlib.contextmanager
     def record_routing(self) -> Iterator[dict[str, RoutingStats]]:
         """Accumulate routing statistics per layer while inside the block."""

@@ -227,6 +227,8 @@ class _Trainer:
         if not self.train_pairs:
             raise ValueError(f"no training examples for tasks {config.data.tasks}")
         self.accelerator = Accelerator(mixed_precision=mixed_precision(settings.precision))
+        if settings.compile and isinstance(model, MoLoRAModel):
+            model.compile_layers()
         parameters = list(trainable_parameters(model).values())
         optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
         scheduler = get_cosine_schedule_with_warmup(optimizer, settings.warmup_steps, settings.steps)

@@ -95,7 +95,8 @@ class RadarGate(Gate):
         theta = self.angles(codes)
         phi = upcast(self.fusion())
         if self.impl == "span":
-            recompute = self.recompute and torch.is_grad_enabled()
+            # under torch.compile, the compiler's own partitioner decides what to recompute
+            recompute = self.recompute and torch.is_grad_enabled() and not torch.compiler.is_compiling()
             delta, gram, geometry = _span_space(codes, experts, weights, phi, theta, recompute)
         else:
             delta, gram, geometry = _materialized(codes, experts, weights, phi, theta)
