@@ -129,21 +129,23 @@ def test_resumed_run_equals_uninterrupted_run(config_file, tmp_path, monkeypatch
 
 
 def test_cli_compare_trains_evaluates_and_reports(config_file, tmp_path, capsys):
-    assert main(["compare", "--config", str(config_file), "--set", "train.steps=3"]) == 0
+    methods = "compare.methods=[base,lora,softmax,radar]"
+    assert main(["compare", "--config", str(config_file), "--set", "train.steps=3", "--set", methods]) == 0
     printed = capsys.readouterr().out
     run_dir = tmp_path / "runs" / "tiny"
     results = json.loads((run_dir / "results.json").read_text())
-    assert list(results["methods"]) == ["lora", "softmax", "radar"]
+    assert list(results["methods"]) == ["base", "lora", "softmax", "radar"]
     for method, result in results["methods"].items():
         assert set(result["test"]["per_task"]) == set(TASKS), method
-        assert result["test"]["n"] == 10 and len(result["history"]) == 3
+        assert result["test"]["n"] == 10 and len(result["history"]) == (0 if method == "base" else 3)
         assert method in printed
+    assert results["methods"]["base"]["trainable_params"] == 0
     assert results["methods"]["radar"]["routing"]  # routing statistics for mixtures
     assert results["methods"]["lora"]["routing"] is None
     assert (run_dir / "report.md").is_file() and (run_dir / "plots" / "loss_curves.png").is_file()
     # a second compare finds every method done and only rebuilds the report
     before = (run_dir / "radar" / "result.json").read_bytes()
-    assert main(["compare", "--config", str(config_file), "--set", "train.steps=3"]) == 0
+    assert main(["compare", "--config", str(config_file), "--set", "train.steps=3", "--set", methods]) == 0
     assert (run_dir / "radar" / "result.json").read_bytes() == before
     capsys.readouterr()
     assert main(["eval", "--run", str(run_dir / "radar"), "--tasks", "winowhy", "--split", "validation"]) == 0

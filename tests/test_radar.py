@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -194,3 +195,18 @@ def test_compiled_layer_equals_eager(generator, gate):
             torch.testing.assert_close(grads_compiled[name], grad, rtol=1e-4, atol=1e-5, msg=name)
         eager.zero_grad()
         compiled.zero_grad()
+
+
+@pytest.mark.parametrize("recompute", [True, False])
+def test_radar_trains_under_bfloat16_autocast(generator, recompute):
+    """Forward under autocast, backward outside it, as accelerate and AMP run them."""
+    layer = make_layer(generator, gate="radar", dtype=torch.float32, radar_recompute=recompute)
+    reference = copy.deepcopy(layer)
+    x = random_input(generator, 9, 10, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = layer(x)
+    output.float().pow(2).sum().backward()
+    grads = [p.grad for p in layer.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert layer.experts.B.grad.norm() > 0
+    assert relative_error(output.detach().float(), reference(x).detach()) < 2e-2  # bf16 matmuls

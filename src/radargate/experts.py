@@ -75,9 +75,11 @@ class LoRAExperts(nn.Module):
         """``[tokens, n, n]``: ``G_ij = <v_i, v_j>`` per token, without materialising the outputs.
 
         ``G_ij = s^2 z_i (B_i B_j^T) z_j^T`` (see :class:`BlockGram`); each token costs
-        ``(n r)^2``, independent of ``d_out``.
+        ``(n r)^2``, independent of ``d_out``. Computed in float32 (or float64), also under autocast.
         """
-        return BlockGram.apply(codes, self.B_flat) * self.scaling**2
+        dtype = torch.float64 if torch.float64 in (codes.dtype, self.B.dtype) else torch.float32
+        with torch.autocast(codes.device.type, enabled=False):  # gate math in at least float32
+            return BlockGram.apply(codes.to(dtype), self.B_flat.to(dtype)) * self.scaling**2
 
 
 class BlockGram(torch.autograd.Function):

@@ -254,8 +254,9 @@ class _Trainer:
                 state.step += 1
                 state.tokens += row["tokens"]
                 state.history.append(row)
-                with log.open("a") as stream:
-                    stream.write(json.dumps(row) + "\n")
+                if self.accelerator.is_main_process:
+                    with log.open("a") as stream:
+                        stream.write(json.dumps(row) + "\n")
                 progress.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{state.tokens / state.train_time_s:.0f}")
                 progress.update(1)
                 if settings.eval_every and state.step % settings.eval_every == 0 and state.step < settings.steps:
@@ -265,7 +266,8 @@ class _Trainer:
         if not state.validation or state.validation[-1]["step"] != state.step:
             state.validation.append(self.validate(state.step))
             self.save_checkpoint(state)
-        save_adapter(self.unwrapped, self.run_dir / "adapter")
+        if self.accelerator.is_main_process:
+            save_adapter(self.unwrapped, self.run_dir / "adapter")
 
     def _step(self, step: int) -> dict[str, Any]:
         settings = self.config.train
