@@ -67,7 +67,7 @@ def _train(args: argparse.Namespace) -> int:
 
     config = ExperimentConfig.load(args.config, args.overrides)
     result = run_method(config, config.run_dir, resume=args.resume)
-    print(_accuracy_table({config.method: result["test"]}))
+    print(_accuracy_table(config.method, result["test"]))
     print(f"\nrun folder: {config.run_dir}")
     return 0
 
@@ -94,7 +94,7 @@ def _eval(args: argparse.Namespace) -> int:
     result = evaluate_multiple_choice(
         model, tokenizer, examples, batch_size=config.eval.batch_size, max_length=config.data.max_length
     )
-    print(_accuracy_table({config.method: result}))
+    print(_accuracy_table(config.method, result))
     if output is not None:
         atomic_write_text(output, json.dumps(result, indent=1))
     return 0
@@ -126,20 +126,12 @@ def _tasks(args: argparse.Namespace) -> int:
     return 0
 
 
-def _accuracy_table(results: dict[str, dict]) -> str:
-    """Per-task accuracy (plain / length-normalised) of each method, with counts."""
-    tasks = sorted({task for result in results.values() for task in result["per_task"]})
-    lines = ["| task | n | " + " | ".join(f"{m} acc | {m} acc_norm" for m in results) + " |"]
-    lines.append("|---" * (2 + 2 * len(results)) + "|")
-    for task in [*tasks, "macro"]:
-        cells = []
-        for result in results.values():
-            row = result["per_task"].get(task) if task != "macro" else {
-                "acc": result["macro_acc"], "acc_norm": result["macro_acc_norm"], "n": result["n"]}
-            cells += [f"{100 * row['acc']:.1f}", f"{100 * row['acc_norm']:.1f}"] if row else ["-", "-"]
-        n = next((r["per_task"][task]["n"] for r in results.values() if task in r["per_task"]), None)
-        n = n if task != "macro" else next(iter(results.values()))["n"]
-        lines.append(f"| {task} | {n} | " + " | ".join(cells) + " |")
+def _accuracy_table(method: str, result: dict) -> str:
+    """Per-task test accuracy (plain and length-normalised) of one method, with counts and the macro row."""
+    rows = [(task, r["n"], r["acc"], r["acc_norm"]) for task, r in result["per_task"].items()]
+    rows.append(("macro", result["n"], result["macro_acc"], result["macro_acc_norm"]))
+    lines = [f"| task ({method}) | n | acc (%) | acc_norm (%) |", "|---|---|---|---|"]
+    lines += [f"| {task} | {n} | {100 * acc:.1f} | {100 * norm:.1f} |" for task, n, acc, norm in rows]
     return "\n".join(lines)
 
 
