@@ -14,7 +14,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 import radargate.train as train_module
 from radargate.cli import main
 from radargate.data.bigbench import MCExample
-from radargate.evaluate import _accuracies, score_choices
+from radargate.data.gsm8k import GSM8KExample, is_correct
+from radargate.evaluate import _accuracies, answer_of_completion, score_choices
 from radargate.experiment import ExperimentConfig
 from radargate.loading import load_model_and_tokenizer
 from radargate.train import BatchSchedule, train
@@ -148,8 +149,13 @@ def test_cli_compare_trains_evaluates_and_reports(config_file, tmp_path, capsys)
     assert main(["compare", "--config", str(config_file), "--set", "train.steps=3", "--set", methods]) == 0
     assert (run_dir / "radar" / "result.json").read_bytes() == before
     capsys.readouterr()
-    assert main(["eval", "--run", str(run_dir / "radar"), "--tasks", "winowhy", "--split", "validation"]) == 0
+    output = tmp_path / "eval.json"
+    args = ["--tasks", "winowhy", "--split", "validation", "--gsm8k", "2", "--output", str(output)]
+    assert main(["eval", "--run", str(run_dir / "radar"), *args]) == 0
     assert "winowhy" in capsys.readouterr().out
+    evaluation = json.loads(output.read_text())
+    assert evaluation["gsm8k"]["n"] == 2 and set(evaluation["per_task"]) == {"winowhy"}
+    assert main(["eval", "--run", str(run_dir / "radar"), *args]) == 2  # the output exists: not overwritten
 
 
 def test_unknown_task_lists_available_tasks(config_file, capsys):
@@ -184,3 +190,11 @@ def test_corrupt_or_missing_checkpoint_gives_clear_errors(config_file, tmp_path,
     (config.run_dir / "checkpoint" / "trainer_state.pt").write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"checkpoint .* is missing files or corrupt"):
         train(config, resume=True, show_progress=False)
+
+
+def test_gsm8k_answer_is_cut_where_the_model_starts_a_new_question():
+    example = GSM8KExample(question="q", solution="... #### 18", answer="18")
+    rambling = "She sells 16 - 3 - 4 = 9 eggs, 9 * 2 = 18 dollars.\nQuestion: Another one with 7 apples?"
+    assert answer_of_completion(rambling).endswith("18 dollars.")
+    assert is_correct(answer_of_completion(rambling), example)
+    assert not is_correct(rambling, example)  # uncut, the last number would be 7

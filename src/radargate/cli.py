@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--config", help="a YAML config: evaluates its model without training (method base)")
     evaluate.add_argument("--tasks", nargs="+", help="BIG-bench multiple-choice tasks (default: the run's tasks)")
     evaluate.add_argument("--split", choices=("train", "validation", "test"), default="test")
+    evaluate.add_argument("--gsm8k", type=int, default=0, metavar="N",
+                          help="also score the first N GSM8K test problems by generation (exact final number)")
     evaluate.add_argument("--output", help="also write the results as JSON here (refuses to overwrite)")
 
     compare = commands.add_parser("compare", help="train and evaluate several methods side by side")
@@ -76,7 +78,8 @@ def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from radargate.data.bigbench import load_suite
-    from radargate.evaluate import evaluate_multiple_choice
+    from radargate.data.gsm8k import load_gsm8k_test
+    from radargate.evaluate import evaluate_gsm8k, evaluate_multiple_choice
     from radargate.experiment import ExperimentConfig
     from radargate.files import atomic_write_text
     from radargate.train import build_model, load_trained
@@ -95,6 +98,9 @@ def _eval(args: argparse.Namespace) -> int:
         model, tokenizer, examples, batch_size=config.eval.batch_size, max_length=config.data.max_length
     )
     print(_accuracy_table(config.method, result))
+    if args.gsm8k:
+        result["gsm8k"] = evaluate_gsm8k(model, tokenizer, load_gsm8k_test()[: args.gsm8k])
+        print(f"\nGSM8K exact match: {100 * result['gsm8k']['exact_match']:.1f}% of {result['gsm8k']['n']}")
     if output is not None:
         atomic_write_text(output, json.dumps(result, indent=1))
     return 0

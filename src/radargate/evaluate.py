@@ -1,4 +1,4 @@
-"""Multiple-choice evaluation by per-choice log-likelihood.
+"""Multiple-choice evaluation by per-choice log-likelihood; GSM8K by generation and exact match.
 
 Each choice is scored as the summed log-probability of its tokens after the prompt. ``acc`` picks
 the highest sum; ``acc_norm`` divides by the choice's length in UTF-8 bytes first (as
@@ -20,6 +20,7 @@ import torch
 
 from radargate.data.batching import encode_pair
 from radargate.data.bigbench import MCExample
+from radargate.data.gsm8k import GSM8KExample, is_correct
 
 
 @dataclass(frozen=True)
@@ -155,3 +156,34 @@ def _argmax(values: Sequence[float]) -> int:
 def _mean(values) -> float | None:
     values = list(values)
     return sum(values) / len(values) if values else None
+
+
+def answer_of_completion(completion: str) -> str:
+    """The model's answer: its text up to where it starts a new question (small models ramble on)."""
+    return completion.split("\nQuestion:", 1)[0]
+
+
+@torch.no_grad()
+def evaluate_gsm8k(
+    model, tokenizer, examples: Sequence[GSM8KExample], *, batch_size: int = 8, max_new_tokens: int = 256
+) -> dict:
+    """Greedy generation from the ``Question: ...\nAnswer:`` prompt; exact match of the final number."""
+    device = next(model.parameters()).device
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues on the right
+    was_training = model.training
+    model.eval()
+    hits = []
+    try:
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            encoded = tokenizer([e.prompt for e in chunk], return_tensors="pt", padding=True).to(device)
+            generated = model.generate(
+                **encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+            new_tokens = generated[:, encoded["input_ids"].shape[1] :]
+            completions = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            hits += [is_correct(answer_of_completion(c), e) for c, e in zip(completions, chunk, strict=True)]
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return {"exact_match": _mean(hits), "n": len(hits)}
