@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 from torch import nn
 from transformers import (
     Gemma3ForCausalLM,
@@ -21,6 +22,7 @@ from transformers import (
 )
 
 from radargate import MoLoRAConfig, MoLoRAModel, get_molora_model
+from radargate.loading import load_model_and_tokenizer
 
 VOCAB = 64
 
@@ -78,6 +80,43 @@ def molora(kind: str, seed: int = 0, **overrides) -> MoLoRAModel:
 def token_batch(seed: int = 0, batch: int = 2, length: int = 12) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, VOCAB, (batch, length), generator=generator)
+
+
+PIPELINE_TASKS = ["sports_understanding", "date_understanding"]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return load_model_and_tokenizer()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def config_file(tmp_path, tiny_model_dir):
+    values = {
+        "name": "tiny", "output_dir": str(tmp_path / "runs"), "method": "radar",
+        "model": {"name": str(tiny_model_dir)},
+        "data": {"tasks": PIPELINE_TASKS, "max_train_per_task": 16, "max_validation_per_task": 3,
+                 "max_test_per_task": 5, "max_length": 128},
+        "adapter": {"num_experts": 3, "r": 2, "target_modules": ["q_proj", "v_proj"], "load_balance_weight": 0.01,
+                    "dropout": 0.1},
+        "train": {"steps": 6, "batch_size": 4, "lr": 0.01, "warmup_steps": 1, "save_every": 2, "precision": "no"},
+        "eval": {"batch_size": 8},
+        "compare": {"methods": ["lora", "softmax", "radar"]},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
 
 
 @pytest.fixture

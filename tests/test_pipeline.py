@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-import yaml
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 import radargate.train as train_module
@@ -17,44 +16,10 @@ from radargate.data.bigbench import MCExample
 from radargate.data.gsm8k import GSM8KExample, is_correct
 from radargate.evaluate import _accuracies, answer_of_completion, score_choices
 from radargate.experiment import ExperimentConfig
-from radargate.loading import load_model_and_tokenizer
 from radargate.train import BatchSchedule, train
+from tests.conftest import PIPELINE_TASKS
 
-TASKS = ["sports_understanding", "date_understanding"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_model_and_tokenizer()[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tokenizer):
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture
-def config_file(tmp_path, tiny_model_dir):
-    values = {
-        "name": "tiny", "output_dir": str(tmp_path / "runs"), "method": "radar",
-        "model": {"name": str(tiny_model_dir)},
-        "data": {"tasks": TASKS, "max_train_per_task": 16, "max_validation_per_task": 3,
-                 "max_test_per_task": 5, "max_length": 128},
-        "adapter": {"num_experts": 3, "r": 2, "target_modules": ["q_proj", "v_proj"], "load_balance_weight": 0.01,
-                    "dropout": 0.1},
-        "train": {"steps": 6, "batch_size": 4, "lr": 0.01, "warmup_steps": 1, "save_every": 2, "precision": "no"},
-        "eval": {"batch_size": 8},
-        "compare": {"methods": ["lora", "softmax", "radar"]},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return path
+TASKS = PIPELINE_TASKS
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])

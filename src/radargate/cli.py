@@ -3,6 +3,7 @@
     radargate train   --config configs/quickstart.yaml [--set train.steps=50] [--resume]
     radargate eval    --run runs/quickstart/radar [--tasks TASK ...] [--split test]
     radargate compare --config configs/quickstart.yaml [--set compare.methods=[lora,radar]]
+    radargate study   --config configs/study.yaml
     radargate gates | radargate tasks
 """
 
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="train and evaluate several methods side by side")
     _add_config_arguments(compare)
+
+    study = commands.add_parser("study", help="the resumable scaling sweep (methods x experts x seeds) and its report")
+    _add_config_arguments(study)
 
     commands.add_parser("gates", help="list the registered gates")
     commands.add_parser("tasks", help="list the BIG-bench multiple-choice tasks (fetches BIG-bench once)")
@@ -118,6 +122,15 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from radargate.experiment import ExperimentConfig
+    from radargate.study import study
+
+    config = ExperimentConfig.load(args.config, args.overrides)
+    print(f"report: {study(config)}")
+    return 0
+
+
 def _gates(args: argparse.Namespace) -> int:
     for name, gate in GATES.items():
         summary = (sys.modules[gate.__module__].__doc__ or "").strip().splitlines()
@@ -141,7 +154,9 @@ def _accuracy_table(method: str, result: dict) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"train": _train, "eval": _eval, "compare": _compare, "gates": _gates, "tasks": _tasks}
+COMMANDS = {
+    "train": _train, "eval": _eval, "compare": _compare, "study": _study, "gates": _gates, "tasks": _tasks,
+}
 
 
 if __name__ == "__main__":

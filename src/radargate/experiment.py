@@ -125,6 +125,40 @@ class CompareSettings:
             require_choice("compare.methods", method, method_names())
 
 
+STUDY_AXES = ("fixed_r", "fixed_total_rank")
+UNSEEN_TASKS = ["navigate", "causal_judgment", "disambiguation_qa", "hyperbaton", "snarks", "movie_recommendation"]
+"""BIG-bench multiple-choice tasks outside the training suite, for zero-shot generalisation."""
+
+
+@dataclass
+class StudySettings:
+    """The scaling sweep of ``radargate study``: every method x experts x seed cell, per axis."""
+
+    methods: list[str] = field(default_factory=lambda: ["lora", "softmax", "topk", "radar"])
+    experts: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    axes: list[str] = field(default_factory=lambda: ["fixed_r"])
+    """``fixed_r``: each expert keeps ``adapter.r``; ``fixed_total_rank``: ``r = total_rank / n``."""
+    total_rank: int = 32
+    unseen_tasks: list[str] = field(default_factory=lambda: list(UNSEEN_TASKS))
+    max_unseen_per_task: int = 50
+    report_dir: str = "reports"
+
+    def __post_init__(self) -> None:
+        for method in self.methods:
+            require_choice("study.methods", method, method_names())
+        for axis in self.axes:
+            require_choice("study.axes", axis, STUDY_AXES)
+        for n in self.experts:
+            require_int("study.experts", n, minimum=1)
+        for seed in self.seeds:
+            require_int("study.seeds", seed, minimum=0)
+        if not (self.methods and self.experts and self.seeds and self.axes):
+            raise ValueError("study.methods, study.experts, study.seeds and study.axes must not be empty")
+        require_int("study.total_rank", self.total_rank, minimum=1)
+        require_int("study.max_unseen_per_task", self.max_unseen_per_task, minimum=1)
+
+
 @dataclass
 class ExperimentConfig:
     name: str = "run"
@@ -138,6 +172,7 @@ class ExperimentConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     compare: CompareSettings = field(default_factory=CompareSettings)
+    study: StudySettings = field(default_factory=StudySettings)
 
     def __post_init__(self) -> None:
         require_choice("method", self.method, method_names())

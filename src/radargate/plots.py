@@ -205,6 +205,28 @@ def pick_evenly(items: Sequence[str], count: int) -> list[str]:
     return [items[index] for index in np.unique(np.linspace(0, len(items) - 1, count).round().astype(int))]
 
 
+def plot_metric_against_experts(summary: Sequence[Mapping], metric: str, path: str | Path) -> Path:
+    """One line per method: ``metric`` (mean over seeds, error bars one std) against the number of experts."""
+    figure, axes = _figure(6.0, 4.0)
+    methods = list(dict.fromkeys(entry["method"] for entry in summary))
+    scale = 100.0 if metric.endswith("_acc") else 1.0
+    for color, method in zip(_colors(len(methods)), methods, strict=True):
+        entries = sorted((e for e in summary if e["method"] == method and _is_number(e[metric])), key=lambda e: e["n"])
+        if not entries:
+            continue
+        spread = [scale * e[f"{metric}_std"] if _is_number(e[f"{metric}_std"]) else 0.0 for e in entries]
+        axes.errorbar([e["n"] for e in entries], [scale * e[metric] for e in entries], yerr=spread,
+                      color=color, marker="o", capsize=3, label=method)
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("experts n")
+    axes.set_ylabel(metric.replace("_", " ") + (" (%)" if scale == 100.0 else ""))
+    if methods:
+        axes.legend()
+    else:
+        _note(axes, "no cells")
+    return _save(figure, path)
+
+
 def _figure(width: float, height: float) -> tuple[Figure, Axes]:
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)

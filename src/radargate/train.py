@@ -191,7 +191,7 @@ def _prepare_run_dir(run_dir: Path, config: ExperimentConfig, resume: bool) -> N
     atomic_write_text(saved, config.to_yaml())
 
 
-IRRELEVANT_TO_A_RUN = ("output_dir", "compare")
+IRRELEVANT_TO_A_RUN = ("output_dir", "name", "compare", "study")
 """Settings that do not change what one run computes (where it lives, which others run beside it)."""
 
 

@@ -1,0 +1,248 @@
+"""The scaling study: does RadarGate keep improving as the number of experts grows?
+
+``radargate study --config configs/study.yaml`` trains every cell (axis x method x experts x seed)
+with ``run_method`` in ``<output_dir>/<name>/<axis>/<method>-n<n>-s<seed>/``, evaluates it on the
+test split and zero-shot on BIG-bench tasks outside training (``unseen.json``), and writes
+``<report_dir>/<name>.md`` with ``<name>.json`` / ``<name>.csv`` beside it. Finished cells are never
+run again, so an interrupted sweep resumes and a rerun only rebuilds the report.
+
+Axes: ``fixed_r`` keeps each expert's rank (the mixture grows with ``n``); ``fixed_total_rank``
+sets ``r = total_rank / n`` (the same parameter budget at every ``n``; ``n`` that do not divide it
+are skipped). ``lora`` is PEFT's LoRA at rank ``n * r``, the same trainable width.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from radargate.analysis import summarize_contrast
+from radargate.compare import hardware_description, run_method
+from radargate.data.bigbench import load_suite
+from radargate.evaluate import evaluate_multiple_choice
+from radargate.experiment import ExperimentConfig
+from radargate.files import atomic_write_text
+from radargate.plots import plot_metric_against_experts
+from radargate.report import markdown_table
+from radargate.train import autocast_dtype, load_trained
+
+METRICS = ("final_train_loss", "val_acc", "test_acc", "unseen_acc", "trainable_params", "train_time_s")
+
+
+@dataclass(frozen=True)
+class Cell:
+    axis: str
+    method: str
+    n: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.axis}/{self.method}-n{self.n}-s{self.seed}"
+
+    def config(self, base: ExperimentConfig) -> ExperimentConfig:
+        r = base.study.total_rank // self.n if self.axis == "fixed_total_rank" else base.adapter.r
+        adapter = dataclasses.replace(base.adapter, num_experts=self.n, r=r)
+        train = dataclasses.replace(base.train, seed=self.seed)
+        return dataclasses.replace(base, adapter=adapter, train=train).for_method(self.method)
+
+
+def cells(config: ExperimentConfig) -> list[Cell]:
+    study = config.study
+    return [
+        Cell(axis, method, n, seed)
+        for axis in study.axes
+        for n in study.experts
+        if axis == "fixed_r" or study.total_rank % n == 0
+        for method in study.methods
+        for seed in study.seeds
+    ]
+
+
+def run_cell(config: ExperimentConfig, cell: Cell) -> dict[str, Any]:
+    """Train and test one cell (or read it back), then its zero-shot accuracy on unseen tasks."""
+    cell_config = cell.config(config)
+    directory = config.run_dir / cell.name
+    result = run_method(cell_config, directory, show_progress=False)
+    unseen_path = directory / "unseen.json"
+    if not unseen_path.is_file():
+        unseen = evaluate_unseen(cell_config, directory)
+        atomic_write_text(unseen_path, json.dumps(unseen, indent=1))
+    result["unseen"] = json.loads(unseen_path.read_text())
+    return result
+
+
+def evaluate_unseen(config: ExperimentConfig, directory: Path) -> dict[str, Any]:
+    model, tokenizer, _ = load_trained(directory)
+    study = config.study
+    examples = load_suite(study.unseen_tasks, seed=config.data.split_seed,
+                          max_per_split={"test": study.max_unseen_per_task})["test"]
+    return evaluate_multiple_choice(
+        model, tokenizer, examples, batch_size=config.eval.batch_size, max_length=config.data.max_length,
+        autocast_dtype=autocast_dtype(config.train.precision),
+    )
+
+
+def cell_row(cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of one cell that the report aggregates, straight from its results."""
+    validation = result.get("validation") or [{}]
+    routing = result.get("routing") or {}
+    contrast = summarize_contrast(routing) if any("contrast" in layer for layer in routing.values()) else {}
+    return {
+        "axis": cell.axis, "method": cell.method, "n": cell.n, "seed": cell.seed,
+        "final_train_loss": result.get("final_train_loss"),
+        "val_acc": validation[-1].get("macro_acc"),
+        "test_acc": result["test"]["macro_acc"],
+        "unseen_acc": result["unseen"]["macro_acc"],
+        "trainable_params": result.get("trainable_params"),
+        "train_time_s": result.get("train_time_s"),
+        "wall_time_s": result.get("wall_time_s"),
+        "mean_rho": contrast.get("mean_rho"),
+        "mean_rho_shuffled": contrast.get("mean_rho_shuffled_theta_baseline"),
+        "routing_entropy": _mean(layer.get("mean_entropy") for layer in routing.values()),
+    }
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds, per (axis, method, n)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["axis"], row["method"], row["n"])].append(row)
+    summary = []
+    for (axis, method, n), members in sorted(groups.items()):
+        entry: dict[str, Any] = {"axis": axis, "method": method, "n": n, "seeds": len(members)}
+        for metric in (*METRICS, "mean_rho", "mean_rho_shuffled"):
+            values = [m[metric] for m in members if m[metric] is not None]
+            entry[metric] = _mean(values)
+            entry[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        summary.append(entry)
+    return summary
+
+
+def verdicts(summary: list[dict[str, Any]], metric: str) -> list[str]:
+    """Per (axis, n): RadarGate against the best other method; a tie when the gap is within a std."""
+    lines = []
+    by_case: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for entry in summary:
+        by_case[(entry["axis"], entry["n"])][entry["method"]] = entry
+    for (axis, n), methods in sorted(by_case.items()):
+        radar = methods.get("radar")
+        others = {m: e for m, e in methods.items() if m != "radar" and e[metric] is not None}
+        if radar is None or radar[metric] is None or not others:
+            continue
+        best_name, best = max(others.items(), key=lambda item: item[1][metric])
+        gap = radar[metric] - best[metric]
+        spread = max(radar[f"{metric}_std"] or 0.0, best[f"{metric}_std"] or 0.0)
+        word = "ties with" if abs(gap) <= spread else ("wins over" if gap > 0 else "loses to")
+        lines.append(
+            f"- {axis}, n={n}: radar {word} {best_name} on {metric.replace('_', ' ')} "
+            f"({100 * radar[metric]:.1f}% vs {100 * best[metric]:.1f}%, gap {100 * gap:+.1f} points, "
+            f"seed std up to {100 * spread:.1f})"
+        )
+    return lines
+
+
+def study(config: ExperimentConfig) -> Path:
+    """Run (or read back) every cell, then write the report and the raw results."""
+    started = time.perf_counter()
+    rows = [cell_row(cell, run_cell(config, cell)) for cell in cells(config)]
+    summary = aggregate(rows)
+    report_dir = Path(config.study.report_dir)
+    name = config.name
+    raw = {"config": config.to_dict(), "hardware": hardware_description(), "cells": rows, "summary": summary,
+           "wall_time_s_this_invocation": time.perf_counter() - started}
+    atomic_write_text(report_dir / f"{name}.json", json.dumps(raw, indent=1))
+    atomic_write_text(report_dir / f"{name}.csv", _csv(rows))
+    return write_study_report(config, summary, rows, report_dir)
+
+
+def write_study_report(config: ExperimentConfig, summary: list[dict], rows: list[dict], report_dir: Path) -> Path:
+    name = config.name
+    plots = {}
+    for axis in config.study.axes:
+        for metric in ("test_acc", "unseen_acc", "final_train_loss"):
+            path = report_dir / f"{name}_plots" / f"{axis}_{metric}.png"
+            plot_metric_against_experts([e for e in summary if e["axis"] == axis], metric, path)
+            plots[(axis, metric)] = path.relative_to(report_dir)
+    train_time = sum(row["train_time_s"] or 0.0 for row in rows)
+    wall_time = sum(row["wall_time_s"] or 0.0 for row in rows)
+    lines = [
+        f"# radargate scaling study: {name}",
+        "",
+        f"Generated by `radargate study` from `{name}.json` (raw per-cell numbers also in `{name}.csv`).",
+        "",
+        f"- **Hardware:** {hardware_description()}",
+        f"- **Model:** {config.model.name}; **training tasks:** {', '.join(config.data.tasks)}",
+        f"- **Steps:** {config.train.steps} x batch {config.train.batch_size}; **seeds:** {config.study.seeds}; "
+        f"**experts:** {config.study.experts}; **axes:** {config.study.axes} (total rank {config.study.total_rank})",
+        f"- **Unseen tasks (zero-shot):** {', '.join(config.study.unseen_tasks)}",
+        f"- **Wall time over {len(rows)} cells:** {wall_time:.0f} s (of which training {train_time:.0f} s; "
+        "each cell's time as measured when it ran)",
+        "",
+        "## Where RadarGate wins, ties or loses",
+        "",
+        *verdicts(summary, "test_acc"),
+        *verdicts(summary, "unseen_acc"),
+        "",
+        "## Results (mean ± std over seeds)",
+        "",
+        _summary_table(summary),
+        "",
+    ]
+    for (axis, metric), path in plots.items():
+        lines += [f"![{metric} against n, {axis}]({path})", ""]
+    lines += ["## Contrastive analysis (RadarGate cells)", "", _contrast_table(summary), ""]
+    path = report_dir / f"{name}.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+def _summary_table(summary: list[dict]) -> str:
+    header = ["axis", "method", "n", "seeds", "train loss", "val acc %", "test acc %", "unseen acc %",
+              "trainable params", "train s"]
+    rows = [
+        [e["axis"], e["method"], str(e["n"]), str(e["seeds"]), _pm(e, "final_train_loss", 1, ".3f"),
+         _pm(e, "val_acc", 100, ".1f"), _pm(e, "test_acc", 100, ".1f"), _pm(e, "unseen_acc", 100, ".1f"),
+         f"{e['trainable_params']:,.0f}" if e["trainable_params"] is not None else "-",
+         _pm(e, "train_time_s", 1, ".0f")]
+        for e in summary
+    ]
+    return markdown_table(header, rows)
+
+
+def _contrast_table(summary: list[dict]) -> str:
+    rows = [[e["axis"], str(e["n"]), _pm(e, "mean_rho", 1, "+.3f"), _pm(e, "mean_rho_shuffled", 1, "+.3f")]
+            for e in summary if e["mean_rho"] is not None]
+    if not rows:
+        return "No RadarGate cells with routing data."
+    header = ["axis", "n", "mean Spearman rho (cos before vs change)", "shuffled-angle baseline"]
+    return markdown_table(header, rows)
+
+
+def _pm(entry: dict, metric: str, scale: float, spec: str) -> str:
+    mean, std = entry[metric], entry[f"{metric}_std"]
+    if mean is None:
+        return "-"
+    text = format(scale * mean, spec)
+    return f"{text} ± {format(scale * std, spec.lstrip('+'))}" if std is not None else text
+
+
+def _csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["axis"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None

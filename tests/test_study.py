@@ -1,0 +1,69 @@
+"""The scaling study on a tiny model with a few real examples: cells, resumption and the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import radargate.study as study_module
+from radargate.cli import main
+from radargate.experiment import ExperimentConfig
+from radargate.study import Cell, aggregate, cells, verdicts
+
+STUDY = [
+    "train.steps=2", "study.methods=[softmax,radar]", "study.experts=[2,4]", "study.seeds=[0,1]",
+    "study.axes=[fixed_r,fixed_total_rank]", "study.total_rank=4", "study.unseen_tasks=[navigate]",
+    "study.max_unseen_per_task=3",
+]
+
+
+def test_cells_cover_the_grid_and_fixed_total_rank_divides_the_budget(config_file):
+    config = ExperimentConfig.load(config_file, [*STUDY, "study.experts=[2,3,4]"])
+    grid = cells(config)
+    assert len([c for c in grid if c.axis == "fixed_r"]) == 2 * 3 * 2
+    assert {c.n for c in grid if c.axis == "fixed_total_rank"} == {2, 4}  # 3 does not divide 4
+    cell_config = Cell("fixed_total_rank", "radar", 4, 1).config(config)
+    assert (cell_config.adapter.r, cell_config.adapter.num_experts, cell_config.train.seed) == (1, 4, 1)
+    assert cell_config.method == "radar" and cell_config.adapter.gate == "radar"
+
+
+def test_verdicts_call_ties_within_a_standard_deviation():
+    rows = [
+        {"axis": "fixed_r", "method": m, "n": 2, "seed": s, "test_acc": acc, "final_train_loss": 1.0,
+         "val_acc": None, "unseen_acc": 0.5, "trainable_params": 10, "train_time_s": 1.0, "mean_rho": None,
+         "mean_rho_shuffled": None}
+        for m, s, acc in [("radar", 0, 0.60), ("radar", 1, 0.62), ("softmax", 0, 0.50), ("softmax", 1, 0.52)]
+    ]
+    summary = aggregate(rows)
+    assert verdicts(summary, "test_acc")[0].startswith("- fixed_r, n=2: radar wins over softmax")
+    rows[0]["test_acc"], rows[1]["test_acc"] = 0.50, 0.54  # means 0.52 vs 0.51, std 0.028: a tie
+    assert "ties with softmax" in verdicts(aggregate(rows), "test_acc")[0]
+
+
+def test_study_runs_every_cell_writes_the_report_and_resumes(config_file, tmp_path, monkeypatch):
+    report_dir = tmp_path / "reports"
+    args = ["study", "--config", str(config_file), *[f"--set={o}" for o in STUDY],
+            f"--set=study.report_dir={report_dir}"]
+    assert main(args) == 0
+    raw = json.loads((report_dir / "tiny.json").read_text())
+    assert len(raw["cells"]) == 2 * 2 * 2 * 2  # axes x methods x experts x seeds
+    report = (report_dir / "tiny.md").read_text()
+    for entry in raw["summary"]:
+        assert f"{100 * entry['test_acc']:.1f}" in report
+    assert "## Where RadarGate wins, ties or loses" in report and "Contrastive analysis" in report
+    assert (report_dir / "tiny_plots" / "fixed_r_test_acc.png").stat().st_size > 0
+    assert all(row["unseen_acc"] is not None for row in raw["cells"])
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished cell was trained again")
+
+    monkeypatch.setattr(study_module, "evaluate_unseen", no_training)
+    monkeypatch.setattr("radargate.compare.train", no_training)
+    assert main(args) == 0  # every cell done: only the report is rebuilt
+    assert json.loads((report_dir / "tiny.json").read_text())["cells"] == raw["cells"]
+
+
+def test_bad_study_settings_are_named(config_file):
+    with pytest.raises(ValueError, match=r"study.axes='fixed'"):
+        ExperimentConfig.load(config_file, ["study.axes=[fixed]"])
