@@ -39,6 +39,8 @@ def test_verdicts_call_ties_within_a_standard_deviation():
     assert verdicts(summary, "test_acc")[0].startswith("- fixed_r, n=2: radar wins over softmax")
     rows[0]["test_acc"], rows[1]["test_acc"] = 0.50, 0.54  # means 0.52 vs 0.51, std 0.028: a tie
     assert "ties with softmax" in verdicts(aggregate(rows), "test_acc")[0]
+    single_seed = [row for row in rows if row["seed"] == 0]
+    assert "one seed: no spread to judge, no verdict" in verdicts(aggregate(single_seed), "test_acc")[0]
 
 
 def test_study_runs_every_cell_writes_the_report_and_resumes(config_file, tmp_path, monkeypatch):

@@ -128,7 +128,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def verdicts(summary: list[dict[str, Any]], metric: str) -> list[str]:
-    """Per (axis, n): RadarGate against the best other method; a tie when the gap is within a std."""
+    """Per (axis, n): RadarGate against the best other method; a tie when the gap is within a seed std,
+    and no verdict at all from a single seed."""
     lines = []
     by_case: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for entry in summary:
@@ -140,12 +141,17 @@ def verdicts(summary: list[dict[str, Any]], metric: str) -> list[str]:
             continue
         best_name, best = max(others.items(), key=lambda item: item[1][metric])
         gap = radar[metric] - best[metric]
-        spread = max(radar[f"{metric}_std"] or 0.0, best[f"{metric}_std"] or 0.0)
+        stds = [e[f"{metric}_std"] for e in (radar, best) if e[f"{metric}_std"] is not None]
+        numbers = f"{100 * radar[metric]:.1f}% vs {100 * best[metric]:.1f}%, gap {100 * gap:+.1f} points"
+        if not stds:
+            lines.append(f"- {axis}, n={n}: radar vs {best_name} on {metric.replace('_', ' ')}: {numbers} "
+                         "(one seed: no spread to judge, no verdict)")
+            continue
+        spread = max(stds)
         word = "ties with" if abs(gap) <= spread else ("wins over" if gap > 0 else "loses to")
         lines.append(
             f"- {axis}, n={n}: radar {word} {best_name} on {metric.replace('_', ' ')} "
-            f"({100 * radar[metric]:.1f}% vs {100 * best[metric]:.1f}%, gap {100 * gap:+.1f} points, "
-            f"seed std up to {100 * spread:.1f})"
+            f"({numbers}, seed std up to {100 * spread:.1f})"
         )
     return lines
 
