@@ -17,13 +17,12 @@ from typing import Any
 import torch
 
 from radargate.analysis import summarize_routing
-from radargate.data.bigbench import load_suite
 from radargate.evaluate import evaluate_multiple_choice
 from radargate.experiment import ExperimentConfig
 from radargate.files import atomic_write_text
 from radargate.model import MoLoRAModel
 from radargate.report import write_report
-from radargate.train import autocast_dtype, check_same_run, summarize, train
+from radargate.train import autocast_dtype, check_same_run, load_splits, summarize, train
 
 RESULT_NAME = "result.json"
 
@@ -50,7 +49,14 @@ def evaluate_with_routing(model, tokenizer, config: ExperimentConfig, examples) 
     return {"test": test, "routing": summarize_routing(stats)}
 
 
-def run_method(config: ExperimentConfig, run_dir: Path, *, resume: bool = True, show_progress: bool = True) -> dict:
+def run_method(
+    config: ExperimentConfig,
+    run_dir: Path,
+    *,
+    resume: bool = True,
+    show_progress: bool = True,
+    splits: dict[str, list] | None = None,
+) -> dict:
     """Train ``config.method`` in ``run_dir`` and evaluate it on the test split.
 
     With ``resume``, a finished run's result is returned as it is and an unfinished one continues
@@ -61,10 +67,10 @@ def run_method(config: ExperimentConfig, run_dir: Path, *, resume: bool = True, 
         check_same_run(run_dir, config)
         return json.loads(result_path.read_text())
     started = time.perf_counter()
-    model, tokenizer, state = train(config, resume=resume, run_dir=run_dir, show_progress=show_progress)
-    test_examples = load_suite(config.data.tasks, seed=config.data.split_seed, max_per_split=config.data.caps)["test"]
+    splits = splits or load_splits(config)
+    model, tokenizer, state = train(config, resume=resume, run_dir=run_dir, show_progress=show_progress, splits=splits)
     result = summarize(config, model, state)
-    result.update(evaluate_with_routing(model, tokenizer, config, test_examples))
+    result.update(evaluate_with_routing(model, tokenizer, config, splits["test"]))
     result["wall_time_s"] = time.perf_counter() - started
     atomic_write_text(result_path, json.dumps(result, indent=1))
     return result
@@ -74,10 +80,11 @@ def compare(config: ExperimentConfig, *, show_progress: bool = True) -> dict[str
     """Run every method of ``config.compare.methods`` and write the combined results and report."""
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    methods = {}
-    for method in config.compare.methods:
-        methods[method] = run_method(config.for_method(method), run_dir / method, show_progress=show_progress)
-    splits = load_suite(config.data.tasks, seed=config.data.split_seed, max_per_split=config.data.caps)
+    splits = load_splits(config)  # every method trains and tests on the same data
+    methods = {
+        method: run_method(config.for_method(method), run_dir / method, show_progress=show_progress, splits=splits)
+        for method in config.compare.methods
+    }
     results = {
         "name": config.name,
         "model": config.model.name,

@@ -32,7 +32,7 @@ from radargate.experiment import ExperimentConfig
 from radargate.files import atomic_write_text
 from radargate.plots import plot_metric_against_experts
 from radargate.report import markdown_table
-from radargate.train import autocast_dtype, load_trained
+from radargate.train import autocast_dtype, load_splits, load_trained
 
 METRICS = ("final_train_loss", "val_acc", "test_acc", "unseen_acc", "trainable_params", "train_time_s")
 
@@ -67,11 +67,11 @@ def cells(config: ExperimentConfig) -> list[Cell]:
     ]
 
 
-def run_cell(config: ExperimentConfig, cell: Cell) -> dict[str, Any]:
+def run_cell(config: ExperimentConfig, cell: Cell, splits: dict[str, list]) -> dict[str, Any]:
     """Train and test one cell (or read it back), then its zero-shot accuracy on unseen tasks."""
     cell_config = cell.config(config)
     directory = config.run_dir / cell.name
-    result = run_method(cell_config, directory, show_progress=False)
+    result = run_method(cell_config, directory, show_progress=False, splits=splits)
     unseen_path = directory / "unseen.json"
     if not unseen_path.is_file():
         unseen = evaluate_unseen(cell_config, directory)
@@ -159,7 +159,8 @@ def verdicts(summary: list[dict[str, Any]], metric: str) -> list[str]:
 def study(config: ExperimentConfig) -> Path:
     """Run (or read back) every cell, then write the report and the raw results."""
     started = time.perf_counter()
-    rows = [cell_row(cell, run_cell(config, cell)) for cell in cells(config)]
+    splits = load_splits(config)  # cells differ in method, experts and seed, never in data
+    rows = [cell_row(cell, run_cell(config, cell, splits)) for cell in cells(config)]
     summary = aggregate(rows)
     report_dir = Path(config.study.report_dir)
     name = config.name

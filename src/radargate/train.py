@@ -161,14 +161,29 @@ def autocast_dtype(setting: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision(setting))
 
 
-def train(config: ExperimentConfig, *, resume: bool = False, run_dir: Path | None = None, show_progress: bool = True):
-    """Train ``config.method`` and return ``(model, tokenizer, state)``; see the module docstring."""
+def load_splits(config: ExperimentConfig) -> dict[str, list[MCExample]]:
+    """The train / validation / test examples of ``config.data``."""
+    return load_suite(config.data.tasks, seed=config.data.split_seed, max_per_split=config.data.caps)
+
+
+def train(
+    config: ExperimentConfig,
+    *,
+    resume: bool = False,
+    run_dir: Path | None = None,
+    show_progress: bool = True,
+    splits: dict[str, list[MCExample]] | None = None,
+):
+    """Train ``config.method`` and return ``(model, tokenizer, state)``; see the module docstring.
+
+    ``splits`` saves reloading the data when the caller already has ``load_splits(config)``.
+    """
     run_dir = Path(run_dir or config.run_dir)
     _prepare_run_dir(run_dir, config, resume)
     torch.manual_seed(config.train.seed)
     random.seed(config.train.seed)
     model, tokenizer = build_model(config)
-    splits = load_suite(config.data.tasks, seed=config.data.split_seed, max_per_split=config.data.caps)
+    splits = splits or load_splits(config)
     state = TrainState()
     if config.method == "base":
         return model, tokenizer, state

@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-__all__ = ["cache_root", "fetch_distribution", "index_url", "sha256_file"]
+__all__ = ["cache_root", "fetch_distribution", "index_url"]
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 
@@ -30,15 +30,6 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
         return Path(cache_dir).expanduser()
     env = os.environ.get("RADARGATE_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "radargate"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks (the BIG-bench sdist is 358 MB)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch_distribution(project: str, filename: str, sha256: str, dest: Path) -> Path:

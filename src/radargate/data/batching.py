@@ -37,10 +37,6 @@ class Batch:
             self.first_answer_position,
         )
 
-    @property
-    def answer_tokens(self) -> int:
-        return int((self.labels != IGNORE_INDEX).sum())
-
 
 def encode_pair(tokenizer, context: str, continuation: str, max_length: int) -> EncodedPair:
     context_ids = tokenizer(context, add_special_tokens=True)["input_ids"]
