@@ -62,7 +62,7 @@ def auxiliary_losses(
     probs = output.router_probs
     for name in names:
         if name == "orthogonality":
-            gram = output.gram if output.gram is not None else upcast(experts.gram(codes))
+            gram = output.gram if output.gram is not None else experts.gram(codes)
             losses[name] = orthogonality_loss(gram)
         elif probs is None:
             continue

@@ -125,7 +125,7 @@ def _span_space(codes, experts, weights, phi, theta, recompute: bool):
     """
 
     def coefficients_from_codes(codes, weights, phi, theta):
-        gram = upcast(experts.gram(codes))
+        gram = experts.gram(codes)
         return (*_span_coefficients(gram, weights, phi, theta), gram)
 
     if recompute:
