@@ -9,7 +9,7 @@ import pytest
 import radargate.study as study_module
 from radargate.cli import main
 from radargate.experiment import ExperimentConfig
-from radargate.study import Cell, aggregate, cells, verdicts
+from radargate.study import aggregate, cells, verdicts
 
 STUDY = [
     "train.steps=2", "study.methods=[softmax,radar]", "study.experts=[2,4]", "study.seeds=[0,1]",
@@ -23,7 +23,8 @@ def test_cells_cover_the_grid_and_fixed_total_rank_divides_the_budget(config_fil
     grid = cells(config)
     assert len([c for c in grid if c.axis == "fixed_r"]) == 2 * 3 * 2
     assert {c.n for c in grid if c.axis == "fixed_total_rank"} == {2, 4}  # 3 does not divide 4
-    cell_config = Cell("fixed_total_rank", "radar", 4, 1).config(config)
+    cell = next(c for c in grid if (c.axis, c.method, c.n, c.seed) == ("fixed_total_rank", "radar", 4, 1))
+    cell_config = cell.config(config)
     assert (cell_config.adapter.r, cell_config.adapter.num_experts, cell_config.train.seed) == (1, 4, 1)
     assert cell_config.method == "radar" and cell_config.adapter.gate == "radar"
 
@@ -50,6 +51,8 @@ def test_study_runs_every_cell_writes_the_report_and_resumes(config_file, tmp_pa
     assert main(args) == 0
     raw = json.loads((report_dir / "tiny.json").read_text())
     assert len(raw["cells"]) == 2 * 2 * 2 * 2  # axes x methods x experts x seeds
+    trained = list((tmp_path / "runs" / "tiny").glob("*/result.json"))
+    assert len(trained) == 12  # n=2 has r=2 on both axes (total rank 4): those 4 cells are trained once
     report = (report_dir / "tiny.md").read_text()
     for entry in raw["summary"]:
         assert f"{100 * entry['test_acc']:.1f}" in report

@@ -1,14 +1,15 @@
 """The scaling study: does RadarGate keep improving as the number of experts grows?
 
 ``radargate study --config configs/study.yaml`` trains every cell (axis x method x experts x seed)
-with ``run_method`` in ``<output_dir>/<name>/<axis>/<method>-n<n>-s<seed>/``, evaluates it on the
+with ``run_method`` in ``<output_dir>/<name>/<method>-n<n>-r<r>-s<seed>/``, evaluates it on the
 test split and zero-shot on BIG-bench tasks outside training (``unseen.json``), and writes
 ``<report_dir>/<name>.md`` with ``<name>.json`` / ``<name>.csv`` beside it. Finished cells are never
 run again, so an interrupted sweep resumes and a rerun only rebuilds the report.
 
 Axes: ``fixed_r`` keeps each expert's rank (the mixture grows with ``n``); ``fixed_total_rank``
 sets ``r = total_rank / n`` (the same parameter budget at every ``n``; ``n`` that do not divide it
-are skipped). ``lora`` is PEFT's LoRA at rank ``n * r``, the same trainable width.
+are skipped). ``lora`` is PEFT's LoRA at rank ``n * r``, the same trainable width. A cell that both
+axes contain (``r == total_rank / n``) is trained once: its directory names the settings, not the axis.
 """
 
 from __future__ import annotations
@@ -42,15 +43,15 @@ class Cell:
     axis: str
     method: str
     n: int
+    r: int
     seed: int
 
     @property
     def name(self) -> str:
-        return f"{self.axis}/{self.method}-n{self.n}-s{self.seed}"
+        return f"{self.method}-n{self.n}-r{self.r}-s{self.seed}"
 
     def config(self, base: ExperimentConfig) -> ExperimentConfig:
-        r = base.study.total_rank // self.n if self.axis == "fixed_total_rank" else base.adapter.r
-        adapter = dataclasses.replace(base.adapter, num_experts=self.n, r=r)
+        adapter = dataclasses.replace(base.adapter, num_experts=self.n, r=self.r)
         train = dataclasses.replace(base.train, seed=self.seed)
         return dataclasses.replace(base, adapter=adapter, train=train).for_method(self.method)
 
@@ -58,7 +59,7 @@ class Cell:
 def cells(config: ExperimentConfig) -> list[Cell]:
     study = config.study
     return [
-        Cell(axis, method, n, seed)
+        Cell(axis, method, n, study.total_rank // n if axis == "fixed_total_rank" else config.adapter.r, seed)
         for axis in study.axes
         for n in study.experts
         if axis == "fixed_r" or study.total_rank % n == 0
