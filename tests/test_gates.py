@@ -115,9 +115,19 @@ def test_gate_parameters_train_with_frozen_experts(generator):
     assert trainable and all(".gate." in name for name in trainable)
 
 
-def test_block_gram_gradients_pass_gradcheck(generator):
-    from radargate.experts import BlockGram
+@pytest.mark.parametrize("chunk_tokens", [None, 2])
+def test_block_gram_gradients_pass_gradcheck(generator, monkeypatch, chunk_tokens):
+    """One pass over all tokens, and token chunks of 2 (the last one ragged): forward against the
+    einsum formula, gradients against finite differences."""
+    import radargate.experts as experts
 
-    codes = torch.randn(5, 3, 2, generator=generator, dtype=torch.float64, requires_grad=True)
-    b_flat = torch.randn(6, 4, generator=generator, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(BlockGram.apply, (codes, b_flat))
+    tokens, n, r = 5, 3, 2
+    if chunk_tokens is not None:
+        monkeypatch.setattr(experts, "GRAM_CHUNK_ELEMENTS", chunk_tokens * n * n * r)
+    assert len(experts.token_chunks(tokens, n * n * r)) == (3 if chunk_tokens else 1)
+    codes = torch.randn(tokens, n, r, generator=generator, dtype=torch.float64, requires_grad=True)
+    b_flat = torch.randn(n * r, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    blocks = (b_flat @ b_flat.T).view(n, r, n, r)
+    expected = torch.einsum("tia,iajb,tjb->tij", codes, blocks, codes)
+    torch.testing.assert_close(experts.BlockGram.apply(codes, b_flat), expected, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(experts.BlockGram.apply, (codes, b_flat))
