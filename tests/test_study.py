@@ -58,6 +58,14 @@ def test_study_runs_every_cell_writes_the_report_and_resumes(config_file, tmp_pa
         assert f"{100 * entry['test_acc']:.1f}" in report
     assert "## Where RadarGate wins, ties or loses" in report and "Contrastive analysis" in report
     assert (report_dir / "tiny_plots" / "fixed_r_test_acc.png").stat().st_size > 0
+    unseen_section = report.split("## Unseen tasks")[1].split("##")[0]
+    assert "| navigate | macro |" in unseen_section
+    for entry in raw["summary"]:  # the per-task column is the mean of the cells' per-task accuracies
+        assert f"{100 * entry['unseen_navigate']:.1f}" in unseen_section
+    for cell in ("radar-n4-r2-s0", "softmax-n4-r2-s0", "radar-n4-r1-s0"):  # largest n per axis, first seed
+        assert f"## Routing: {cell}" in report
+    assert (report_dir / "tiny_plots" / "contrast_radar-n4-r1-s0.png").stat().st_size > 0
+    assert "## Routing: radar-n2" not in report
     assert all(row["unseen_acc"] is not None for row in raw["cells"])
 
     def no_training(*args, **kwargs):

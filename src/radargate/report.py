@@ -29,7 +29,7 @@ def write_report(results: Mapping, run_dir: str | Path) -> Path:
         comparison_table(results),
         _per_task_section(results),
         _figures_section(results, run_dir),
-        *(_routing_section(method, summary["routing"], run_dir)
+        *(routing_section(method, summary["routing"], run_dir)
           for method, summary in results.get("methods", {}).items() if summary.get("routing")),
     ]
     path = run_dir / "report.md"
@@ -116,22 +116,23 @@ def _figures_section(results: Mapping, run_dir: Path) -> str:
     return "## Figures\n\n" + "\n\n".join(lines) if lines else ""
 
 
-def _routing_section(method: str, routing: Mapping[str, Mapping], run_dir: Path) -> str:
-    """Gate weights for every routed method; angles and the contrastive analysis for RadarGate."""
+def routing_section(method: str, routing: Mapping[str, Mapping], run_dir: Path, plots_dir: str = PLOTS_DIR) -> str:
+    """Gate weights for every routed method; angles and the contrastive analysis for RadarGate.
+    Figures go to ``run_dir / plots_dir``, linked relative to ``run_dir``."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", method)
     lines = [f"## Routing: {method}"]
     if any(layer.get("mean_weight") for layer in routing.values()):
         name = f"gate_weights_{stem}.png"
-        plots.plot_gate_weights(routing, run_dir / PLOTS_DIR / name, f"{method}: mean gate weight")
-        lines.append(f"![Mean gate weight per layer and expert, {method}]({PLOTS_DIR}/{name})")
+        plots.plot_gate_weights(routing, run_dir / plots_dir / name, f"{method}: mean gate weight")
+        lines.append(f"![Mean gate weight per layer and expert, {method}]({plots_dir}/{name})")
     if any(layer.get("theta_hist") for layer in routing.values()):
         name = f"angles_{stem}.png"
-        plots.plot_angle_histograms(routing, run_dir / PLOTS_DIR / name)
-        lines.append(f"![RadarGate rotation angles, {method}]({PLOTS_DIR}/{name})")
+        plots.plot_angle_histograms(routing, run_dir / plots_dir / name)
+        lines.append(f"![RadarGate rotation angles, {method}]({plots_dir}/{name})")
     if any(layer.get("contrast") for layer in routing.values()):
         name = f"contrast_{stem}.png"
-        plots.plot_contrast(routing, run_dir / PLOTS_DIR / name)
-        lines.append(f"![Contrastive analysis, {method}]({PLOTS_DIR}/{name})")
+        plots.plot_contrast(routing, run_dir / plots_dir / name)
+        lines.append(f"![Contrastive analysis, {method}]({plots_dir}/{name})")
         lines.append(_contrast_text(routing))
     return "\n\n".join(lines)
 

@@ -32,10 +32,11 @@ from radargate.evaluate import evaluate_multiple_choice
 from radargate.experiment import ExperimentConfig
 from radargate.files import atomic_write_text
 from radargate.plots import plot_metric_against_experts
-from radargate.report import markdown_table
+from radargate.report import markdown_table, routing_section
 from radargate.train import autocast_dtype, load_splits, load_trained
 
-METRICS = ("final_train_loss", "val_acc", "test_acc", "unseen_acc", "trainable_params", "train_time_s")
+IDENTITY = ("axis", "method", "n", "seed")
+"""The keys of a cell row that name it; every other key is a number averaged over seeds."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ def cell_row(cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
         "mean_rho": contrast.get("mean_rho"),
         "mean_rho_shuffled": contrast.get("mean_rho_shuffled_theta_baseline"),
         "routing_entropy": _mean(layer.get("mean_entropy") for layer in routing.values()),
+        **{f"unseen_{task}": scores["acc"] for task, scores in sorted(result["unseen"]["per_task"].items())},
     }
 
 
@@ -120,8 +122,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     summary = []
     for (axis, method, n), members in sorted(groups.items()):
         entry: dict[str, Any] = {"axis": axis, "method": method, "n": n, "seeds": len(members)}
-        for metric in (*METRICS, "mean_rho", "mean_rho_shuffled"):
-            values = [m[metric] for m in members if m[metric] is not None]
+        for metric in [key for key in members[0] if key not in IDENTITY]:
+            values = [m[metric] for m in members if m.get(metric) is not None]
             entry[metric] = _mean(values)
             entry[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else None
         summary.append(entry)
@@ -161,7 +163,8 @@ def study(config: ExperimentConfig) -> Path:
     """Run (or read back) every cell, then write the report and the raw results."""
     started = time.perf_counter()
     splits = load_splits(config)  # cells differ in method, experts and seed, never in data
-    rows = [cell_row(cell, run_cell(config, cell, splits)) for cell in cells(config)]
+    results = {cell: run_cell(config, cell, splits) for cell in cells(config)}
+    rows = [cell_row(cell, result) for cell, result in results.items()]
     summary = aggregate(rows)
     report_dir = Path(config.study.report_dir)
     name = config.name
@@ -169,19 +172,22 @@ def study(config: ExperimentConfig) -> Path:
            "wall_time_s_this_invocation": time.perf_counter() - started}
     atomic_write_text(report_dir / f"{name}.json", json.dumps(raw, indent=1))
     atomic_write_text(report_dir / f"{name}.csv", _csv(rows))
-    return write_study_report(config, summary, rows, report_dir)
+    return write_study_report(config, summary, results, report_dir)
 
 
-def write_study_report(config: ExperimentConfig, summary: list[dict], rows: list[dict], report_dir: Path) -> Path:
+def write_study_report(config: ExperimentConfig, summary: list[dict], results: dict[Cell, dict],
+                       report_dir: Path) -> Path:
     name = config.name
+    plots_dir = f"{name}_plots"
+    distinct = {cell.name: result for cell, result in results.items()}  # a shared cell ran once
     plots = {}
     for axis in config.study.axes:
         for metric in ("test_acc", "unseen_acc", "final_train_loss"):
-            path = report_dir / f"{name}_plots" / f"{axis}_{metric}.png"
+            path = report_dir / plots_dir / f"{axis}_{metric}.png"
             plot_metric_against_experts([e for e in summary if e["axis"] == axis], metric, path)
             plots[(axis, metric)] = path.relative_to(report_dir)
-    train_time = sum(row["train_time_s"] or 0.0 for row in rows)
-    wall_time = sum(row["wall_time_s"] or 0.0 for row in rows)
+    train_time = sum(result.get("train_time_s") or 0.0 for result in distinct.values())
+    wall_time = sum(result.get("wall_time_s") or 0.0 for result in distinct.values())
     lines = [
         f"# radargate scaling study: {name}",
         "",
@@ -192,7 +198,8 @@ def write_study_report(config: ExperimentConfig, summary: list[dict], rows: list
         f"- **Steps:** {config.train.steps} x batch {config.train.batch_size}; **seeds:** {config.study.seeds}; "
         f"**experts:** {config.study.experts}; **axes:** {config.study.axes} (total rank {config.study.total_rank})",
         f"- **Unseen tasks (zero-shot):** {', '.join(config.study.unseen_tasks)}",
-        f"- **Wall time over {len(rows)} cells:** {wall_time:.0f} s (of which training {train_time:.0f} s; "
+        f"- **Wall time over {len(distinct)} distinct cells ({len(results)} with both axes):** {wall_time:.0f} s "
+        f"(of which training {train_time:.0f} s; test-split evaluation included, unseen-task evaluation not; "
         "each cell's time as measured when it ran)",
         "",
         "## Where RadarGate wins, ties or loses",
@@ -207,22 +214,44 @@ def write_study_report(config: ExperimentConfig, summary: list[dict], rows: list
     ]
     for (axis, metric), path in plots.items():
         lines += [f"![{metric} against n, {axis}]({path})", ""]
+    lines += ["## Unseen tasks, zero-shot accuracy per task (%, mean ± std over seeds)", "",
+              _unseen_table(summary, config.study.unseen_tasks), ""]
     lines += ["## Contrastive analysis (RadarGate cells)", "", _contrast_table(summary), ""]
+    lines += [routing_section(cell.name, results[cell]["routing"], report_dir, plots_dir)
+              for cell in _routing_examples(results)]
     path = report_dir / f"{name}.md"
-    atomic_write_text(path, "\n".join(lines))
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _routing_examples(results: dict[Cell, dict]) -> list[Cell]:
+    """The cells whose routing the report shows: every routed method at the largest ``n`` of each axis,
+    first seed; a cell both axes share is shown once."""
+    largest = {axis: max(cell.n for cell in results if cell.axis == axis) for axis in {c.axis for c in results}}
+    first_seed = min(cell.seed for cell in results)
+    chosen = {cell.name: cell for cell in results
+              if cell.n == largest[cell.axis] and cell.seed == first_seed and results[cell].get("routing")}
+    return list(chosen.values())
 
 
 def _summary_table(summary: list[dict]) -> str:
     header = ["axis", "method", "n", "seeds", "train loss", "val acc %", "test acc %", "unseen acc %",
-              "trainable params", "train s"]
+              "routing entropy", "trainable params", "train s"]
     rows = [
         [e["axis"], e["method"], str(e["n"]), str(e["seeds"]), _pm(e, "final_train_loss", 1, ".3f"),
          _pm(e, "val_acc", 100, ".1f"), _pm(e, "test_acc", 100, ".1f"), _pm(e, "unseen_acc", 100, ".1f"),
+         _pm(e, "routing_entropy", 1, ".3f"),
          f"{e['trainable_params']:,.0f}" if e["trainable_params"] is not None else "-",
          _pm(e, "train_time_s", 1, ".0f")]
         for e in summary
     ]
+    return markdown_table(header, rows)
+
+
+def _unseen_table(summary: list[dict], tasks: list[str]) -> str:
+    header = ["axis", "method", "n", *tasks, "macro"]
+    rows = [[e["axis"], e["method"], str(e["n"]), *(_pm(e, f"unseen_{task}", 100, ".1f") for task in tasks),
+             _pm(e, "unseen_acc", 100, ".1f")] for e in summary]
     return markdown_table(header, rows)
 
 
@@ -236,7 +265,7 @@ def _contrast_table(summary: list[dict]) -> str:
 
 
 def _pm(entry: dict, metric: str, scale: float, spec: str) -> str:
-    mean, std = entry[metric], entry[f"{metric}_std"]
+    mean, std = entry.get(metric), entry.get(f"{metric}_std")
     if mean is None:
         return "-"
     text = format(scale * mean, spec)
