@@ -79,7 +79,8 @@ class LoRAExperts(nn.Module):
         """
         dtype = torch.float64 if torch.float64 in (codes.dtype, self.B.dtype) else torch.float32
         with torch.autocast(codes.device.type, enabled=False):  # gate math in at least float32
-            return BlockGram.apply(codes.to(dtype), self.B_flat.to(dtype)) * self.scaling**2
+            # the scale goes on B (n r x d_out), not on G: one pass less over [T, n, n] each way
+            return BlockGram.apply(codes.to(dtype), self.B_flat.to(dtype) * self.scaling)
 
 
 GRAM_CHUNK_ELEMENTS = 1 << 21
@@ -113,11 +114,13 @@ class BlockGram(torch.autograd.Function):
         blocks = (b_flat @ b_flat.T).view(n, r, n * r)
         by_expert = codes.transpose(0, 1)  # [i, t, a]
         gram = [
-            (torch.bmm(by_expert[:, start:stop], blocks).view(n, stop - start, n, r) * codes[start:stop]).sum(-1)
+            (torch.bmm(by_expert[:, start:stop], blocks).view(n, stop - start, n, r) * codes[start:stop])
+            .sum(-1)
+            .transpose(0, 1)
             for start, stop in token_chunks(tokens, n * n * r)
         ]
         ctx.save_for_backward(codes, b_flat)
-        return torch.cat(gram, dim=1).transpose(0, 1)
+        return torch.cat(gram)  # contiguous [T, n, n]: the gate's matmuls need no copy
 
     @staticmethod
     def backward(ctx, grad_gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,6 +132,6 @@ class BlockGram(torch.autograd.Function):
         grad_blocks = codes.new_zeros(n, r, n * r)  # dK + dK^T, by row blocks
         for start, stop in token_chunks(tokens, n * n * r):
             weighted = (symmetric[:, start:stop].unsqueeze(-1) * codes[start:stop]).view(n, stop - start, n * r)
-            grad_codes.append(torch.bmm(weighted, blocks.transpose(1, 2)))
+            grad_codes.append(torch.bmm(weighted, blocks.transpose(1, 2)).transpose(0, 1))
             grad_blocks = grad_blocks + torch.bmm(codes[start:stop].permute(1, 2, 0), weighted)
-        return torch.cat(grad_codes, dim=1).transpose(0, 1), grad_blocks.view(n * r, n * r) @ b_flat
+        return torch.cat(grad_codes), grad_blocks.view(n * r, n * r) @ b_flat

@@ -142,7 +142,7 @@ def _span_coefficients(gram, weights, phi, theta):
     q = torch.diagonal(gram, dim1=-2, dim2=-1)
     a = (phi * gram).sum(-1)  # <v_i, c_i> = sum_j Phi_ij G_ij
     gram_phi = gram @ phi.T  # [T, j, i] = <v_j, c_i>
-    m = (phi * gram_phi.transpose(-1, -2)).sum(-1)  # |c_i|^2 = sum_j Phi_ij <v_j, c_i>
+    m = (gram_phi * phi.T).sum(-2)  # |c_i|^2 = sum_j Phi_ij <v_j, c_i>, without a strided transpose
     kappa = a / (q + TAU)
     pp = (m - 2 * kappa * a + kappa**2 * q).clamp_min(0.0)
     cos_term, beta = _rotation_terms(q, m, pp, theta)
