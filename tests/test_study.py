@@ -51,7 +51,7 @@ def test_study_runs_every_cell_writes_the_report_and_resumes(config_file, tmp_pa
     assert main(args) == 0
     raw = json.loads((report_dir / "tiny.json").read_text())
     assert len(raw["cells"]) == 2 * 2 * 2 * 2  # axes x methods x experts x seeds
-    trained = list((tmp_path / "runs" / "tiny").glob("*/result.json"))
+    trained = [path for path in (tmp_path / "runs" / "tiny").glob("*/result.json") if path.parent.name != "base"]
     assert len(trained) == 12  # n=2 has r=2 on both axes (total rank 4): those 4 cells are trained once
     report = (report_dir / "tiny.md").read_text()
     for entry in raw["summary"]:
@@ -62,6 +62,9 @@ def test_study_runs_every_cell_writes_the_report_and_resumes(config_file, tmp_pa
     assert "| navigate | macro |" in unseen_section
     for entry in raw["summary"]:  # the per-task column is the mean of the cells' per-task accuracies
         assert f"{100 * entry['unseen_navigate']:.1f}" in unseen_section
+    base = raw["base"]  # the untrained model, evaluated once on the same test split and unseen tasks
+    assert f"| - | base | - | {100 * base['unseen_navigate']:.1f} |" in unseen_section
+    assert f"base model scores {100 * base['test_acc']:.1f}%" in report
     for cell in ("radar-n4-r2-s0", "softmax-n4-r2-s0", "radar-n4-r1-s0"):  # largest n per axis, first seed
         assert f"## Routing: {cell}" in report
     assert (report_dir / "tiny_plots" / "contrast_radar-n4-r1-s0.png").stat().st_size > 0

@@ -31,8 +31,17 @@ def hardware_description() -> str:
     if torch.cuda.is_available():
         device = f"GPU: {torch.cuda.get_device_name(0)}"
     else:
-        device = f"CPU: {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
+        device = f"CPU: {os.cpu_count()} cores ({_cpu_model() or platform.processor() or platform.machine()})"
     return f"{device}, torch {torch.__version__}"
+
+
+def _cpu_model() -> str | None:
+    """The processor's name on Linux (``platform.processor()`` is often empty there)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
 
 
 def evaluate_with_routing(model, tokenizer, config: ExperimentConfig, examples) -> dict[str, Any]:

@@ -71,13 +71,20 @@ def cells(config: ExperimentConfig) -> list[Cell]:
 
 def run_cell(config: ExperimentConfig, cell: Cell, splits: dict[str, list]) -> dict[str, Any]:
     """Train and test one cell (or read it back), then its zero-shot accuracy on unseen tasks."""
-    cell_config = cell.config(config)
-    directory = config.run_dir / cell.name
-    result = run_method(cell_config, directory, show_progress=False, splits=splits)
+    return _run_with_unseen(cell.config(config), config.run_dir / cell.name, splits)
+
+
+def run_base(config: ExperimentConfig, splits: dict[str, list]) -> dict[str, Any]:
+    """The untrained base model on the same test split and unseen tasks: the point of reference
+    that shows what training did, on the suite and off it."""
+    return _run_with_unseen(config.for_method("base"), config.run_dir / "base", splits)
+
+
+def _run_with_unseen(config: ExperimentConfig, directory: Path, splits: dict[str, list]) -> dict[str, Any]:
+    result = run_method(config, directory, show_progress=False, splits=splits)
     unseen_path = directory / "unseen.json"
     if not unseen_path.is_file():
-        unseen = evaluate_unseen(cell_config, directory)
-        atomic_write_text(unseen_path, json.dumps(unseen, indent=1))
+        atomic_write_text(unseen_path, json.dumps(evaluate_unseen(config, directory), indent=1))
     result["unseen"] = json.loads(unseen_path.read_text())
     return result
 
@@ -163,20 +170,28 @@ def study(config: ExperimentConfig) -> Path:
     """Run (or read back) every cell, then write the report and the raw results."""
     started = time.perf_counter()
     splits = load_splits(config)  # cells differ in method, experts and seed, never in data
+    base = base_row(run_base(config, splits))
     results = {cell: run_cell(config, cell, splits) for cell in cells(config)}
     rows = [cell_row(cell, result) for cell, result in results.items()]
     summary = aggregate(rows)
     report_dir = Path(config.study.report_dir)
     name = config.name
-    raw = {"config": config.to_dict(), "hardware": hardware_description(), "cells": rows, "summary": summary,
-           "wall_time_s_this_invocation": time.perf_counter() - started}
+    raw = {"config": config.to_dict(), "hardware": hardware_description(), "base": base, "cells": rows,
+           "summary": summary, "wall_time_s_this_invocation": time.perf_counter() - started}
     atomic_write_text(report_dir / f"{name}.json", json.dumps(raw, indent=1))
     atomic_write_text(report_dir / f"{name}.csv", _csv(rows))
-    return write_study_report(config, summary, results, report_dir)
+    return write_study_report(config, summary, results, base, report_dir)
+
+
+def base_row(result: dict[str, Any]) -> dict[str, Any]:
+    """The base model's accuracies, keyed as the summary's entries are (one run: no spread)."""
+    return {"axis": "-", "method": "base", "n": "-", "test_acc": result["test"]["macro_acc"],
+            "unseen_acc": result["unseen"]["macro_acc"],
+            **{f"unseen_{task}": scores["acc"] for task, scores in result["unseen"]["per_task"].items()}}
 
 
 def write_study_report(config: ExperimentConfig, summary: list[dict], results: dict[Cell, dict],
-                       report_dir: Path) -> Path:
+                       base: dict[str, Any], report_dir: Path) -> Path:
     name = config.name
     plots_dir = f"{name}_plots"
     distinct = {cell.name: result for cell, result in results.items()}  # a shared cell ran once
@@ -196,9 +211,10 @@ def write_study_report(config: ExperimentConfig, summary: list[dict], results: d
         f"- **Hardware:** {hardware_description()}",
         f"- **Model:** {config.model.name}; **training tasks:** {', '.join(config.data.tasks)}",
         f"- **Steps:** {config.train.steps} x batch {config.train.batch_size}; **seeds:** {config.study.seeds}; "
-        f"**experts:** {config.study.experts}; **axes:** {config.study.axes} (total rank {config.study.total_rank})",
+        f"**experts:** {config.study.experts}; **axes:** {', '.join(config.study.axes)}"
+        + (f" (total rank {config.study.total_rank})" if "fixed_total_rank" in config.study.axes else ""),
         f"- **Unseen tasks (zero-shot):** {', '.join(config.study.unseen_tasks)}",
-        f"- **Wall time over {len(distinct)} distinct cells ({len(results)} with both axes):** {wall_time:.0f} s "
+        f"- **Wall time over the {len(distinct)} trained cells:** {wall_time:.0f} s "
         f"(of which training {train_time:.0f} s; test-split evaluation included, unseen-task evaluation not; "
         "each cell's time as measured when it ran)",
         "",
@@ -209,13 +225,16 @@ def write_study_report(config: ExperimentConfig, summary: list[dict], results: d
         "",
         "## Results (mean ± std over seeds)",
         "",
+        f"The untrained base model scores {100 * base['test_acc']:.1f}% on the same test split and "
+        f"{100 * base['unseen_acc']:.1f}% on the unseen tasks.",
+        "",
         _summary_table(summary),
         "",
     ]
     for (axis, metric), path in plots.items():
         lines += [f"![{metric} against n, {axis}]({path})", ""]
     lines += ["## Unseen tasks, zero-shot accuracy per task (%, mean ± std over seeds)", "",
-              _unseen_table(summary, config.study.unseen_tasks), ""]
+              _unseen_table([base, *summary], config.study.unseen_tasks), ""]
     lines += ["## Contrastive analysis (RadarGate cells)", "", _contrast_table(summary), ""]
     lines += [routing_section(cell.name, results[cell]["routing"], report_dir, plots_dir)
               for cell in _routing_examples(results)]
