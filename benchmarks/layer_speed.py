@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from radargate import MoLoRAConfig
+from radargate.compare import cpu_description
 from radargate.files import atomic_write_text
 from radargate.layer import MoLoRALinear
 
@@ -178,7 +178,7 @@ def table(rows: list[dict]) -> str:
 
 
 def environment(args: argparse.Namespace) -> dict:
-    device = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU ({platform.processor()})"
+    device = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU: {cpu_description()}"
     return {"device": device, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "dtype": args.dtype, "label": args.label}
 

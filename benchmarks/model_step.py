@@ -22,6 +22,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from radargate import MoLoRAConfig, get_molora_model
+from radargate.compare import cpu_description
 from radargate.files import atomic_write_text
 
 MODELS = {
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         for m, t in times.items()
     ]
     environment = {
-        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU: {cpu_description()}",
         "torch": torch.__version__, "model": args.model, "dtype": args.dtype, "experts": args.experts, "r": args.r,
         "batch": args.batch, "length": args.length, "repeats": args.repeats,
     }

@@ -28,11 +28,12 @@ RESULT_NAME = "result.json"
 
 
 def hardware_description() -> str:
-    if torch.cuda.is_available():
-        device = f"GPU: {torch.cuda.get_device_name(0)}"
-    else:
-        device = f"CPU: {os.cpu_count()} cores ({_cpu_model() or platform.processor() or platform.machine()})"
+    device = f"GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else f"CPU: {cpu_description()}"
     return f"{device}, torch {torch.__version__}"
+
+
+def cpu_description() -> str:
+    return f"{os.cpu_count()} cores ({_cpu_model() or platform.processor() or platform.machine()})"
 
 
 def _cpu_model() -> str | None:
