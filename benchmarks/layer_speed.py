@@ -6,7 +6,9 @@ interleaved round by round (so machine noise hits every method alike):
 - ``peft_lora``: PEFT's own LoRA layer at rank ``n * r`` (the arithmetic floor of a mixture);
 - ``softmax``, ``topk`` (k=2), ``radar_span`` (default: span-space, recomputed in backward),
   ``radar_span_stored`` (span-space, intermediates stored), ``radar_materialized``: radargate layers;
-- ``loop``: a per-expert Python loop with a softmax router (how X-LoRA and MoLE compute).
+- ``loop``: a per-expert Python loop with a softmax router (how X-LoRA and MoLE compute);
+- ``topk_dispatch``: top-2 that runs each expert only on the tokens routed to it (gather, LoRA,
+  weighted ``index_add``; how MixLoRA computes), against radargate's dense ``topk``.
 
 Time is the median over repeats of forward + backward after warm-up; the base weight is frozen and
 included, the input requires grad (as in a middle layer). Memory: on CUDA the peak allocated during
@@ -37,7 +39,8 @@ from radargate.files import atomic_write_text
 from radargate.layer import MoLoRALinear
 
 SHAPES = {"smollm_attn": (576, 576), "smollm_mlp": (576, 1536), "7b_attn": (4096, 4096), "7b_mlp": (4096, 11008)}
-METHODS = ("peft_lora", "softmax", "topk", "radar_span", "radar_span_stored", "radar_materialized", "loop")
+METHODS = ("peft_lora", "softmax", "topk", "topk_dispatch", "radar_span", "radar_span_stored", "radar_materialized",
+           "loop")
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -60,6 +63,26 @@ class LoopMixture(nn.Module):
         return out
 
 
+class TopKDispatch(LoopMixture):
+    """Top-k with token dispatch: expert ``i`` runs only on the tokens that chose it."""
+
+    def __init__(self, base: nn.Linear, n: int, r: int, scaling: float, k: int = 2) -> None:
+        super().__init__(base, n, r, scaling)
+        self.k = min(k, n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = self.router(x).softmax(-1)
+        weights, chosen = probs.topk(self.k, dim=-1)
+        weights = weights / weights.sum(-1, keepdim=True)
+        out = self.base(x)
+        for i, (down, up) in enumerate(zip(self.down, self.up, strict=True)):
+            token, slot = (chosen == i).nonzero(as_tuple=True)
+            if token.numel():
+                delta = up(down(x[token])) * (weights[token, slot, None] * self.scaling)
+                out = out.index_add(0, token, delta.to(out.dtype))
+        return out
+
+
 def build(method: str, d_in: int, d_out: int, n: int, r: int, device: str, dtype: torch.dtype) -> nn.Module:
     base = nn.Linear(d_in, d_out, bias=False, device=device, dtype=dtype).requires_grad_(False)
     if method == "peft_lora":
@@ -69,6 +92,8 @@ def build(method: str, d_in: int, d_out: int, n: int, r: int, device: str, dtype
         layer = model.base_model.model.proj
     elif method == "loop":
         layer = LoopMixture(base, n, r, scaling=2.0)
+    elif method == "topk_dispatch":
+        layer = TopKDispatch(base, n, r, scaling=2.0)
     else:
         gate = "radar" if method.startswith("radar") else method
         impl = "materialized" if method == "radar_materialized" else "span"
