@@ -117,8 +117,12 @@ def cell_row(cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
         "mean_rho": contrast.get("mean_rho"),
         "mean_rho_shuffled": contrast.get("mean_rho_shuffled_theta_baseline"),
         "routing_entropy": _mean(layer.get("mean_entropy") for layer in routing.values()),
-        **{f"unseen_{task}": scores["acc"] for task, scores in sorted(result["unseen"]["per_task"].items())},
+        **_unseen_per_task(result),
     }
+
+
+def _unseen_per_task(result: dict[str, Any]) -> dict[str, float]:
+    return {f"unseen_{task}": scores["acc"] for task, scores in sorted(result["unseen"]["per_task"].items())}
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -187,7 +191,7 @@ def base_row(result: dict[str, Any]) -> dict[str, Any]:
     """The base model's accuracies, keyed as the summary's entries are (one run: no spread)."""
     return {"axis": "-", "method": "base", "n": "-", "test_acc": result["test"]["macro_acc"],
             "unseen_acc": result["unseen"]["macro_acc"],
-            **{f"unseen_{task}": scores["acc"] for task, scores in result["unseen"]["per_task"].items()}}
+            **_unseen_per_task(result)}
 
 
 def write_study_report(config: ExperimentConfig, summary: list[dict], results: dict[Cell, dict],
