@@ -6,6 +6,7 @@ Adapters go on every linear layer of attention and MLP; PEFT's LoRA has rank ``n
 same trainable width as the mixture. Methods run interleaved, round by round, in one process.
 
     python benchmarks/model_step.py --quick                     # CPU, a few minutes
+    python benchmarks/model_step.py --model 7b-slice --layers 2 --batch 1 --warmup 1 --repeats 2   # CPU, ~24 GB
     python benchmarks/model_step.py --device cuda --dtype bfloat16 --model 7b-slice --label h100
 """
 
@@ -38,7 +39,8 @@ RESULTS = Path(__file__).parent / "results"
 
 def build(method: str, args: argparse.Namespace) -> torch.nn.Module:
     torch.manual_seed(0)
-    base = LlamaForCausalLM(LlamaConfig(**MODELS[args.model], max_position_embeddings=4096))
+    shape = {**MODELS[args.model], **({"num_hidden_layers": args.layers} if args.layers else {})}
+    base = LlamaForCausalLM(LlamaConfig(**shape, max_position_embeddings=4096))
     base = base.to(device=args.device, dtype=getattr(torch, args.dtype))
     if method == "peft_lora":
         rank = args.experts * args.r
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--length", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--layers", type=int, default=None, help="decoder layers (default: the model's)")
     parser.add_argument("--label", default=None)
     args = parser.parse_args(argv)
     if args.quick:
@@ -96,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     ]
     environment = {
         "device": torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU: {cpu_description()}",
-        "torch": torch.__version__, "model": args.model, "dtype": args.dtype, "experts": args.experts, "r": args.r,
+        "torch": torch.__version__, "model": args.model,
+        "layers": args.layers or MODELS[args.model]["num_hidden_layers"], "dtype": args.dtype,
+        "experts": args.experts, "r": args.r,
         "batch": args.batch, "length": args.length, "repeats": args.repeats,
     }
     lines = ["| method | median step s | x peft_lora | trainable params |", "|---|---|---|---|"]
