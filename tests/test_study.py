@@ -40,6 +40,12 @@ def test_verdicts_call_ties_within_a_standard_deviation():
     assert verdicts(summary, "test_acc")[0].startswith("- fixed_r, n=2: radar wins over softmax")
     rows[0]["test_acc"], rows[1]["test_acc"] = 0.50, 0.54  # means 0.52 vs 0.51, std 0.028: a tie
     assert "ties with softmax" in verdicts(aggregate(rows), "test_acc")[0]
+    losses = {("radar", 0): 0.80, ("radar", 1): 0.82, ("softmax", 0): 0.90, ("softmax", 1): 0.92}
+    for row in rows:  # a lower training loss is the better fit
+        row["final_train_loss"] = losses[(row["method"], row["seed"])]
+    assert verdicts(aggregate(rows), "final_train_loss")[0] == (
+        "- fixed_r, n=2: radar wins over softmax on final train loss (0.810 vs 0.910, gap -0.100, seed std up to 0.014)"
+    )
     single_seed = [row for row in rows if row["seed"] == 0]
     assert "one seed: no spread to judge, no verdict" in verdicts(aggregate(single_seed), "test_acc")[0]
 

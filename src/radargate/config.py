@@ -55,8 +55,9 @@ class MoLoRAConfig:
     radar_impl: str = "span"
     """RadarGate implementation: ``span`` (fast, default) or ``materialized`` (reference)."""
     radar_recompute: bool = True
-    """RadarGate ``span``: recompute the Gram matrix and rotation math in the backward pass instead
-    of storing them, so the layer trains in the memory of a weighted-sum gate (a little more time)."""
+    """RadarGate ``span``: recompute the per-token rotation math in the backward pass instead of
+    storing it (only the ``[T, n, n]`` Gram matrix is kept), so the layer trains in about the memory
+    of a weighted-sum gate (a little more time)."""
     train_experts: bool = True
     """``False`` freezes the experts so only the gate trains (the MoLE / X-LoRA way)."""
     load_balance_weight: float = 0.0

@@ -141,9 +141,15 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
+LOWER_IS_BETTER = {"final_train_loss"}
+
+
 def verdicts(summary: list[dict[str, Any]], metric: str) -> list[str]:
     """Per (axis, n): RadarGate against the best other method; a tie when the gap is within a seed std,
-    and no verdict at all from a single seed."""
+    and no verdict at all from a single seed. Accuracies are compared as percentages, higher better;
+    the training loss (how well each method fits) lower better."""
+    lower = metric in LOWER_IS_BETTER
+    scale, spec, unit, points = (1, ".3f", "", "") if lower else (100, ".1f", "%", " points")
     lines = []
     by_case: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for entry in summary:
@@ -153,19 +159,22 @@ def verdicts(summary: list[dict[str, Any]], metric: str) -> list[str]:
         others = {m: e for m, e in methods.items() if m != "radar" and e[metric] is not None}
         if radar is None or radar[metric] is None or not others:
             continue
-        best_name, best = max(others.items(), key=lambda item: item[1][metric])
+        pick = min if lower else max
+        best_name, best = pick(others.items(), key=lambda item: item[1][metric])
         gap = radar[metric] - best[metric]
         stds = [e[f"{metric}_std"] for e in (radar, best) if e[f"{metric}_std"] is not None]
-        numbers = f"{100 * radar[metric]:.1f}% vs {100 * best[metric]:.1f}%, gap {100 * gap:+.1f} points"
+        numbers = (f"{scale * radar[metric]:{spec}}{unit} vs {scale * best[metric]:{spec}}{unit}, "
+                   f"gap {scale * gap:+{spec}}{points}")
         if not stds:
             lines.append(f"- {axis}, n={n}: radar vs {best_name} on {metric.replace('_', ' ')}: {numbers} "
                          "(one seed: no spread to judge, no verdict)")
             continue
         spread = max(stds)
-        word = "ties with" if abs(gap) <= spread else ("wins over" if gap > 0 else "loses to")
+        better = gap < 0 if lower else gap > 0
+        word = "ties with" if abs(gap) <= spread else ("wins over" if better else "loses to")
         lines.append(
             f"- {axis}, n={n}: radar {word} {best_name} on {metric.replace('_', ' ')} "
-            f"({numbers}, seed std up to {100 * spread:.1f})"
+            f"({numbers}, seed std up to {scale * spread:{spec}})"
         )
     return lines
 
@@ -226,6 +235,7 @@ def write_study_report(config: ExperimentConfig, summary: list[dict], results: d
         "",
         *verdicts(summary, "test_acc"),
         *verdicts(summary, "unseen_acc"),
+        *verdicts(summary, "final_train_loss"),
         "",
         "## Results (mean ± std over seeds)",
         "",
@@ -240,8 +250,8 @@ def write_study_report(config: ExperimentConfig, summary: list[dict], results: d
     lines += ["## Unseen tasks, zero-shot accuracy per task (%, mean ± std over seeds)", "",
               _unseen_table([base, *summary], config.study.unseen_tasks), ""]
     lines += ["## Contrastive analysis (RadarGate cells)", "", _contrast_table(summary), ""]
-    lines += [routing_section(cell.name, results[cell]["routing"], report_dir, plots_dir)
-              for cell in _routing_examples(results)]
+    lines += [line for cell in _routing_examples(results)
+              for line in (routing_section(cell.name, results[cell]["routing"], report_dir, plots_dir), "")]
     path = report_dir / f"{name}.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
