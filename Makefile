@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/radargate compare --config configs/quickstart.yaml
 
-# Quick speed and memory benchmarks (about 4.5 min on 2 CPU cores); see benchmarks/README.md.
+# Quick speed and memory benchmarks (about 4 min on 2 CPU cores); see benchmarks/README.md.
 bench: $(STAMP)
 	$(PY) benchmarks/layer_speed.py --quick
 	$(PY) benchmarks/model_step.py --quick
