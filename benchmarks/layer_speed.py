@@ -35,7 +35,7 @@ from torch import nn
 
 from radargate import MoLoRAConfig
 from radargate.compare import cpu_description
-from radargate.files import atomic_write_text
+from radargate.files import atomic_write_json, atomic_write_text
 from radargate.layer import MoLoRALinear
 
 SHAPES = {"smollm_attn": (576, 576), "smollm_mlp": (576, 1536), "7b_attn": (4096, 4096), "7b_mlp": (4096, 11008)}
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     add_ratios(rows)
     name = f"layer_{args.label}{'_quick' if args.quick else ''}"
     RESULTS.mkdir(exist_ok=True)
-    atomic_write_text(RESULTS / f"{name}.json", json.dumps({"environment": environment(args), "rows": rows}, indent=1))
+    atomic_write_json(RESULTS / f"{name}.json", {"environment": environment(args), "rows": rows})
     summary = f"# Layer benchmark ({name})\n\n{json.dumps(environment(args))}\n\n{table(rows)}\n"
     atomic_write_text(RESULTS / f"{name}.md", summary)
     print(summary)

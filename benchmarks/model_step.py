@@ -24,7 +24,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from radargate import MoLoRAConfig, get_molora_model
 from radargate.compare import cpu_description
-from radargate.files import atomic_write_text
+from radargate.files import atomic_write_json, atomic_write_text
 
 MODELS = {
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     lines += [f"| {r['method']} | {r['median_s']:.3f} | {r['vs_peft_lora']:.2f} | {r['trainable']:,} |" for r in rows]
     name = f"model_{args.model}_{label}{'_quick' if args.quick else ''}"
     RESULTS.mkdir(exist_ok=True)
-    atomic_write_text(RESULTS / f"{name}.json", json.dumps({"environment": environment, "rows": rows}, indent=1))
+    atomic_write_json(RESULTS / f"{name}.json", {"environment": environment, "rows": rows})
     summary = f"# Training-step benchmark ({name})\n\n{json.dumps(environment)}\n\n" + "\n".join(lines) + "\n"
     atomic_write_text(RESULTS / f"{name}.md", summary)
     print(summary)

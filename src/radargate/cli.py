@@ -1,16 +1,18 @@
 """The ``radargate`` command line: thin, parses arguments, calls the library, prints.
 
     radargate train   --config configs/quickstart.yaml [--set train.steps=50] [--resume]
-    radargate eval    --run runs/quickstart/radar [--tasks TASK ...] [--split test]
+    radargate eval    --run runs/quickstart/radar [--tasks TASK ...] [--split test] [--set eval.batch_size=8]
     radargate compare --config configs/quickstart.yaml [--set compare.methods=[lora,radar]]
     radargate study   --config configs/study.yaml
     radargate gates | radargate tasks
+
+Exit status: 0 done; 1 the work failed (training diverged, a file could not be written or read);
+2 bad input (an unknown setting or name, a value of the wrong type, a missing or corrupt file).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
@@ -38,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--gsm8k", type=int, default=0, metavar="N",
                           help="also score the first N GSM8K test problems by generation (exact final number)")
     evaluate.add_argument("--output", help="also write the results as JSON here (refuses to overwrite)")
+    _add_overrides(evaluate, "with --run only evaluation settings (data, eval) may change")
 
     compare = commands.add_parser("compare", help="train and evaluate several methods side by side")
     _add_config_arguments(compare)
@@ -52,19 +55,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config (see configs/); defaults apply to what it leaves out")
+    _add_overrides(parser)
+
+
+def _add_overrides(parser: argparse.ArgumentParser, note: str = "") -> None:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a setting, e.g. --set train.steps=50 --set adapter.num_experts=8",
+        help="override a setting, e.g. --set train.steps=50 --set train.lr=3e-4" + (f" ({note})" if note else ""),
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one verb; errors are one line on stderr and an exit status (see the module docstring)."""
+    from radargate.train import TrainingDiverged
+
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"radargate {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(error), status=2)
+    except TrainingDiverged as error:
+        return _fail(args.command, str(error), status=1)
+    except OSError as error:
+        where = f" {error.filename}" if error.filename else ""
+        return _fail(args.command, f"could not write or read{where}: {error.strerror or error}; is the disk full "
+                     "or the folder read-only? Files written before this error are intact.", status=1)
+
+
+def _fail(command: str, message: str, *, status: int) -> int:
+    print(f"radargate {command}: error: {message}", file=sys.stderr)
+    return status
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -85,16 +105,16 @@ def _eval(args: argparse.Namespace) -> int:
     from radargate.data.gsm8k import load_gsm8k_test
     from radargate.evaluate import evaluate_gsm8k, evaluate_multiple_choice
     from radargate.experiment import ExperimentConfig
-    from radargate.files import atomic_write_text
+    from radargate.files import atomic_write_json
     from radargate.train import build_model, load_trained
 
     output = Path(args.output) if args.output else None
     if output is not None and output.exists():
         raise FileExistsError(f"{output} exists; choose another --output path")
     if args.run:
-        model, tokenizer, config = load_trained(args.run)
+        model, tokenizer, config = load_trained(args.run, args.overrides)
     else:
-        config = ExperimentConfig.load(args.config).for_method("base")
+        config = ExperimentConfig.load(args.config, args.overrides).for_method("base")
         model, tokenizer = build_model(config)
     tasks = args.tasks or config.data.tasks
     examples = load_suite(tasks, seed=config.data.split_seed, max_per_split=config.data.caps)[args.split]
@@ -106,7 +126,7 @@ def _eval(args: argparse.Namespace) -> int:
         result["gsm8k"] = evaluate_gsm8k(model, tokenizer, load_gsm8k_test()[: args.gsm8k])
         print(f"\nGSM8K exact match: {100 * result['gsm8k']['exact_match']:.1f}% of {result['gsm8k']['n']}")
     if output is not None:
-        atomic_write_text(output, json.dumps(result, indent=1))
+        atomic_write_json(output, result)
     return 0
 
 
@@ -119,7 +139,10 @@ def _compare(args: argparse.Namespace) -> int:
     results = compare(config)
     print(comparison_table(results))
     print(f"\nreport: {config.run_dir / 'report.md'}")
-    return 0
+    failed = [name for name, method in results["methods"].items() if method.get("failed")]
+    for name in failed:
+        print(f"radargate compare: {name} failed: {results['methods'][name]['failed']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _study(args: argparse.Namespace) -> int:

@@ -3,6 +3,8 @@
 ``compare`` keeps each method in ``<run_dir>/<method>/``; a method whose ``result.json`` exists is
 not run again, and an unfinished one resumes from its checkpoint, so an interrupted comparison
 loses nothing. The combined ``results.json``, ``report.md`` and plots are rebuilt at the end.
+A method whose training diverges is recorded as failed (``{"method": ..., "failed": message}``)
+and the others go on.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ import torch
 from radargate.analysis import summarize_routing
 from radargate.evaluate import evaluate_multiple_choice
 from radargate.experiment import ExperimentConfig
-from radargate.files import atomic_write_text
+from radargate.files import atomic_write_json
 from radargate.model import MoLoRAModel
 from radargate.report import write_report
-from radargate.train import autocast_dtype, check_same_run, load_splits, summarize, train
+from radargate.train import TrainingDiverged, autocast_dtype, check_same_run, load_splits, summarize, train
 
 RESULT_NAME = "result.json"
 
@@ -70,20 +72,44 @@ def run_method(
     """Train ``config.method`` in ``run_dir`` and evaluate it on the test split.
 
     With ``resume``, a finished run's result is returned as it is and an unfinished one continues
-    from its checkpoint; without, an existing run is an error (nothing is overwritten).
+    from its checkpoint; without, an existing run is an error (nothing is overwritten). A run that
+    diverges raises ``TrainingDiverged``, now and whenever it is asked for again (its ``result.json``
+    records the failure).
     """
     result_path = run_dir / RESULT_NAME
     if resume and result_path.is_file():
         check_same_run(run_dir, config)
-        return json.loads(result_path.read_text())
+        result = json.loads(result_path.read_text())
+        if result.get("failed"):
+            raise TrainingDiverged(f"{result['failed']} (recorded in {result_path}; remove {run_dir} to train again)")
+        return result
     started = time.perf_counter()
     splits = splits or load_splits(config)
-    model, tokenizer, state = train(config, resume=resume, run_dir=run_dir, show_progress=show_progress, splits=splits)
+    try:
+        model, tokenizer, state = train(
+            config, resume=resume, run_dir=run_dir, show_progress=show_progress, splits=splits
+        )
+    except TrainingDiverged as error:
+        atomic_write_json(result_path, failed_result(config, error))
+        raise
     result = summarize(config, model, state)
     result.update(evaluate_with_routing(model, tokenizer, config, splits["test"]))
     result["wall_time_s"] = time.perf_counter() - started
-    atomic_write_text(result_path, json.dumps(result, indent=1))
+    atomic_write_json(result_path, result)
     return result
+
+
+def failed_result(config: ExperimentConfig, error: Exception) -> dict[str, Any]:
+    """The result of a run that did not finish: tables show it as failed, with the reason."""
+    return {"method": config.method, "failed": str(error)}
+
+
+def run_or_record_failure(config: ExperimentConfig, run_dir: Path, **kwargs: Any) -> dict[str, Any]:
+    """``run_method``, with a diverged run returned as a failed result so that a sweep goes on."""
+    try:
+        return run_method(config, run_dir, **kwargs)
+    except TrainingDiverged as error:
+        return failed_result(config, error)
 
 
 def compare(config: ExperimentConfig, *, show_progress: bool = True) -> dict[str, Any]:
@@ -92,7 +118,9 @@ def compare(config: ExperimentConfig, *, show_progress: bool = True) -> dict[str
     run_dir.mkdir(parents=True, exist_ok=True)
     splits = load_splits(config)  # every method trains and tests on the same data
     methods = {
-        method: run_method(config.for_method(method), run_dir / method, show_progress=show_progress, splits=splits)
+        method: run_or_record_failure(
+            config.for_method(method), run_dir / method, show_progress=show_progress, splits=splits
+        )
         for method in config.compare.methods
     }
     results = {
@@ -107,7 +135,7 @@ def compare(config: ExperimentConfig, *, show_progress: bool = True) -> dict[str
         "config": config.to_dict(),
         "methods": methods,
     }
-    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
+    atomic_write_json(run_dir / "results.json", results)
     write_report(results, run_dir)
     return results
 

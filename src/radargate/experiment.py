@@ -3,15 +3,24 @@
 Loaded from YAML (``configs/*.yaml``) with command-line overrides such as
 ``--set train.steps=50``; every section is a typed dataclass that checks its values, and an
 unknown or misspelt key is an error naming it and the allowed keys.
+
+Values are read as their field's type, not by YAML 1.1's implicit rules (which read ``3e-4`` as
+a string and ``no`` as ``False``): the YAML is parsed with every scalar kept as text, and each
+text is converted by the dataclass field it lands in (``3e-4``, ``1_000``, ``.5`` are numbers in
+numeric fields, ``no`` stays a string in a string field). A value that does not fit its field is
+an error naming the field, the value and the expected type.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import yaml
 
@@ -89,13 +98,15 @@ class TrainSettings:
     """Validation accuracy every this many steps (0: only at the end)."""
     save_every: int = 50
     """Checkpoint every this many steps (and at the end); a killed run resumes from the last one."""
+    max_nonfinite_steps: int = 3
+    """Steps in a row with a non-finite loss or gradient norm (each skipped) before the run stops."""
     compile: bool = False
     """``torch.compile`` each mixture layer (dynamic shapes). Pays on GPUs; on CPUs it measured slower."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.compile, bool):
             raise ValueError(f"train.compile={self.compile!r} is not allowed; use true or false")
-        for name in ("steps", "batch_size", "grad_accum", "save_every"):
+        for name in ("steps", "batch_size", "grad_accum", "save_every", "max_nonfinite_steps"):
             require_int(f"train.{name}", getattr(self, name), minimum=1)
         for name in ("warmup_steps", "eval_every", "seed"):
             require_int(f"train.{name}", getattr(self, name), minimum=0)
@@ -165,7 +176,8 @@ class ExperimentConfig:
     """Results go to ``<output_dir>/<name>/``."""
     output_dir: str = "runs"
     method: str = "radar"
-    """What ``radargate train`` trains: ``lora``, ``base`` (nothing), or a gate name."""
+    """What ``radargate train`` trains: ``lora``, ``base`` (nothing), or a gate name. The one
+    source of truth for the gate: ``adapter.gate`` follows it (and may only repeat it)."""
     model: ModelSettings = field(default_factory=ModelSettings)
     data: DataSettings = field(default_factory=DataSettings)
     adapter: MoLoRAConfig = field(default_factory=MoLoRAConfig)
@@ -178,35 +190,42 @@ class ExperimentConfig:
         require_choice("method", self.method, method_names())
         if not self.name or "/" in self.name:
             raise ValueError(f"name={self.name!r} is not allowed; use a non-empty name without '/'")
+        if self.method in GATES and self.adapter.gate != self.method:
+            self.adapter = dataclasses.replace(self.adapter, gate=self.method)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
     def for_method(self, method: str) -> ExperimentConfig:
-        """The same experiment training ``method`` (gate methods also set ``adapter.gate``)."""
-        adapter = dataclasses.replace(self.adapter, gate=method) if method in GATES else self.adapter
-        return dataclasses.replace(self, method=method, adapter=adapter)
+        """The same experiment training ``method`` (a gate method also sets ``adapter.gate``)."""
+        return dataclasses.replace(self, method=method)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain values; ``adapter.gate`` only where the method is a gate (PEFT's LoRA has none)."""
+        values = dataclasses.asdict(self)
+        if self.method not in GATES:
+            del values["adapter"]["gate"]
+        return values
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
+        """Build from plain values, YAML text scalars included; see the module docstring."""
+        _check_gate_agrees_with_method(values)
         return _build(cls, values, prefix="")
 
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
+    def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
         """Read a YAML file (or start from the defaults) and apply ``key.sub=value`` overrides."""
         values: dict[str, Any] = {}
         if path is not None:
             path = Path(path)
             if not path.is_file():
                 raise FileNotFoundError(f"config file {path} does not exist")
-            values = yaml.safe_load(path.read_text()) or {}
+            values = _parse_yaml(path.read_text(), f"config file {path}") or {}
             if not isinstance(values, dict):
                 raise ValueError(f"config file {path} must hold a mapping of settings, not {type(values).__name__}")
         for override in overrides:
@@ -214,8 +233,35 @@ class ExperimentConfig:
         return cls.from_dict(values)
 
 
+def _parse_yaml(text: str, source: str) -> Any:
+    """YAML with every scalar kept as text (``BaseLoader``): fields type their own values."""
+    try:
+        return yaml.load(text, Loader=yaml.BaseLoader)  # BaseLoader builds only str, list and dict
+    except yaml.YAMLError as error:
+        raise ValueError(f"{source} is not valid YAML: {error}") from None
+
+
+def _check_gate_agrees_with_method(values: dict[str, Any]) -> None:
+    """``adapter.gate`` may repeat ``method`` but never contradict it: a run trains ``method``."""
+    adapter = values.get("adapter")
+    if not isinstance(adapter, dict) or "gate" not in adapter:
+        return
+    method = values.get("method", ExperimentConfig.method)
+    if adapter["gate"] == method:
+        return
+    if method in BASELINES:
+        raise ValueError(
+            f"adapter.gate={adapter['gate']!r} does not apply to method={method!r}, which has no gate; "
+            "drop adapter.gate (the method names what a run trains)"
+        )
+    raise ValueError(
+        f"adapter.gate={adapter['gate']!r} contradicts method={method!r}; the method names what a run trains "
+        f"(a gate, lora or base): set method: {adapter['gate']} and drop adapter.gate"
+    )
+
+
 def _build(cls: type, values: Any, prefix: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, recursing into dataclass-typed fields."""
+    """Build dataclass ``cls`` from a mapping, each value typed by its field (recursing into sections)."""
     label = prefix.rstrip(".") or "config"
     if not isinstance(values, dict):
         raise ValueError(f"{label} must be a mapping of settings, not {values!r}")
@@ -225,20 +271,80 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
         where = f"in {label} " if prefix else ""
         raise ValueError(f"unknown key(s) {where}{[prefix + key for key in unknown]}; allowed: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    built = {}
-    for name, value in values.items():
-        kind = hints[name]
-        if kind is MoLoRAConfig:
-            built[name] = MoLoRAConfig.from_dict(value) if isinstance(value, dict) else value
-        elif dataclasses.is_dataclass(kind):
-            built[name] = _build(kind, value, prefix=f"{prefix}{name}.")
-        else:
-            built[name] = value
+    built = {name: _typed(f"{prefix}{name}", value, hints[name]) for name, value in values.items()}
+    if cls is MoLoRAConfig:
+        try:
+            return cls(**built)
+        except ValueError as error:  # its messages start with the field name: say which section
+            raise ValueError(f"{prefix}{error}") from None
     return cls(**built)
 
 
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "on"), ("false", "no", "off")
+NULL_WORDS = ("null", "~", "none", "")
+
+
+def _typed(name: str, value: Any, kind: Any) -> Any:
+    """``value`` as field type ``kind``: YAML text is converted, typed values are checked."""
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, prefix=f"{name}.")
+    options = typing.get_args(kind) if typing.get_origin(kind) in (Union, types.UnionType) else ()
+    if type(None) in options:
+        if value is None or (isinstance(value, str) and value.strip().lower() in NULL_WORDS):
+            return None
+        options = tuple(option for option in options if option is not type(None))
+    if len(options) > 1:  # list[str] | str: a list of names or one pattern
+        wanted = list if isinstance(value, list) else str
+        kind = next((option for option in options if (typing.get_origin(option) or option) is wanted), options[0])
+    elif options:
+        kind = options[0]
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{name}={value!r} is not allowed; expected a list such as [a, b]")
+        (item,) = typing.get_args(kind)
+        return [_typed(name, element, item) for element in value]
+    return _scalar(name, value, kind)
+
+
+def _scalar(name: str, value: Any, kind: type) -> Any:
+    """Text to ``bool``/``int``/``float``/``str`` as users write it; anything else must already fit."""
+    if isinstance(value, str) and kind is not str:
+        value = _parse_text(name, value.strip(), kind)
+    fits = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not fits:
+        raise ValueError(f"{name}={value!r} is not allowed; expected {_describe(kind)}")
+    return value
+
+
+def _parse_text(name: str, text: str, kind: type) -> Any:
+    if kind is bool:
+        if text.lower() in TRUE_WORDS + FALSE_WORDS:
+            return text.lower() in TRUE_WORDS
+        raise ValueError(f"{name}={text!r} is not allowed; expected {_describe(bool)}")
+    try:
+        number = float(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not allowed; expected {_describe(kind)}") from None
+    if kind is int:
+        if not (math.isfinite(number) and number.is_integer()):
+            raise ValueError(f"{name}={text!r} is not allowed; expected {_describe(int)}")
+        return int(text) if text.lstrip("+-").replace("_", "").isdigit() else int(number)
+    return number
+
+
+def _describe(kind: type) -> str:
+    return {
+        bool: "true or false (also yes/no, on/off)",
+        int: "an integer such as 8 or 1_000",
+        float: "a number such as 0.001, 3e-4 or .5",
+        str: "a text value",
+    }.get(kind, kind.__name__)
+
+
 def _apply_override(values: dict[str, Any], override: str) -> None:
-    """``train.steps=50`` -> ``values["train"]["steps"] = 50`` (the value is parsed as YAML)."""
+    """``train.steps=50`` -> ``values["train"]["steps"] = "50"`` (YAML text, typed by its field later)."""
     key, sep, raw = override.partition("=")
     if not sep or not key:
         raise ValueError(f"override {override!r} is not allowed; write it as section.key=value, e.g. train.steps=50")
@@ -248,4 +354,4 @@ def _apply_override(values: dict[str, Any], override: str) -> None:
         target = target.setdefault(section, {})
         if not isinstance(target, dict):
             raise ValueError(f"override {override!r}: {section!r} is not a section")
-    target[leaf] = yaml.safe_load(raw)
+    target[leaf] = _parse_yaml(raw, f"override {override!r}")

@@ -1,11 +1,20 @@
-"""Atomic file writes: readers see the old file or the new one, never half of one."""
+"""Atomic file writes (readers see the old file or the new one, never half of one) and strict JSON.
+
+Every JSON file the project writes parses with a strict parser: a float that is not finite (NaN,
+infinity) is written as ``null``, never as the ``NaN``/``Infinity`` literals that Python's ``json``
+emits by default and that ``jq`` and most other parsers reject. Where the non-finite value itself
+matters (a skipped training step), the writer records it beside the ``null`` as a string.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -32,6 +41,26 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def strict_json(value: Any, *, indent: int | None = None) -> str:
+    """``json.dumps`` with non-finite floats as ``null`` (``allow_nan=False`` guards the rest)."""
+    return json.dumps(finite_or_none(value), indent=indent, allow_nan=False)
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float, however deeply nested, replaced by ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(item) for item in value]
+    return value
+
+
+def atomic_write_json(path: str | Path, value: Any) -> None:
+    atomic_write_text(path, strict_json(value, indent=1) + "\n")
 
 
 def _umask() -> int:

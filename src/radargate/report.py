@@ -27,6 +27,7 @@ def write_report(results: Mapping, run_dir: str | Path) -> Path:
         _header(results),
         "## Comparison",
         comparison_table(results),
+        _failures_section(results),
         _per_task_section(results),
         _figures_section(results, run_dir),
         *(routing_section(method, summary["routing"], run_dir)
@@ -46,7 +47,7 @@ def comparison_table(results: Mapping) -> str:
         test = method.get("test") or {}
         validation = method.get("validation") or []
         rows.append([
-            name,
+            f"{name} (failed)" if method.get("failed") else name,
             _count(method.get("trainable_params")),
             _number(method.get("final_train_loss"), ".3f"),
             _percent(validation[-1].get("macro_acc") if validation else None),
@@ -56,6 +57,13 @@ def comparison_table(results: Mapping) -> str:
             _number(method.get("tokens_per_s"), ",.0f"),
         ])
     return markdown_table(header, rows)
+
+
+def _failures_section(results: Mapping) -> str:
+    failed = {name: method["failed"] for name, method in results.get("methods", {}).items() if method.get("failed")}
+    if not failed:
+        return ""
+    return "## Failed runs\n\n" + "\n".join(f"- **{name}**: {reason}" for name, reason in failed.items())
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

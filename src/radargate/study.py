@@ -26,17 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from radargate.analysis import summarize_contrast
-from radargate.compare import hardware_description, run_method
+from radargate.compare import hardware_description, run_or_record_failure
 from radargate.data.bigbench import load_suite
 from radargate.evaluate import evaluate_multiple_choice
 from radargate.experiment import ExperimentConfig
-from radargate.files import atomic_write_text
+from radargate.files import atomic_write_json, atomic_write_text
 from radargate.plots import plot_metric_against_experts
 from radargate.report import markdown_table, routing_section
 from radargate.train import autocast_dtype, load_splits, load_trained
 
-IDENTITY = ("axis", "method", "n", "seed")
-"""The keys of a cell row that name it; every other key is a number averaged over seeds."""
+IDENTITY = ("axis", "method", "n", "seed", "failed")
+"""The keys of a cell row that name it (or mark it failed); every other key is a number averaged over seeds."""
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,12 @@ def run_base(config: ExperimentConfig, splits: dict[str, list]) -> dict[str, Any
 
 
 def _run_with_unseen(config: ExperimentConfig, directory: Path, splits: dict[str, list]) -> dict[str, Any]:
-    result = run_method(config, directory, show_progress=False, splits=splits)
+    result = run_or_record_failure(config, directory, show_progress=False, splits=splits)
+    if result.get("failed"):
+        return result
     unseen_path = directory / "unseen.json"
     if not unseen_path.is_file():
-        atomic_write_text(unseen_path, json.dumps(evaluate_unseen(config, directory), indent=1))
+        atomic_write_json(unseen_path, evaluate_unseen(config, directory))
     result["unseen"] = json.loads(unseen_path.read_text())
     return result
 
@@ -102,11 +104,13 @@ def evaluate_unseen(config: ExperimentConfig, directory: Path) -> dict[str, Any]
 
 def cell_row(cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
     """The numbers of one cell that the report aggregates, straight from its results."""
+    if result.get("failed"):
+        return {"axis": cell.axis, "method": cell.method, "n": cell.n, "seed": cell.seed, "failed": True}
     validation = result.get("validation") or [{}]
     routing = result.get("routing") or {}
     contrast = summarize_contrast(routing) if any("contrast" in layer for layer in routing.values()) else {}
     return {
-        "axis": cell.axis, "method": cell.method, "n": cell.n, "seed": cell.seed,
+        "axis": cell.axis, "method": cell.method, "n": cell.n, "seed": cell.seed, "failed": False,
         "final_train_loss": result.get("final_train_loss"),
         "val_acc": validation[-1].get("macro_acc"),
         "test_acc": result["test"]["macro_acc"],
@@ -126,14 +130,16 @@ def _unseen_per_task(result: dict[str, Any]) -> dict[str, float]:
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard deviation over seeds, per (axis, method, n)."""
+    """Mean and standard deviation over seeds, per (axis, method, n); failed cells are counted, not averaged."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["axis"], row["method"], row["n"])].append(row)
     summary = []
     for (axis, method, n), members in sorted(groups.items()):
-        entry: dict[str, Any] = {"axis": axis, "method": method, "n": n, "seeds": len(members)}
-        for metric in [key for key in members[0] if key not in IDENTITY]:
+        entry: dict[str, Any] = {"axis": axis, "method": method, "n": n, "seeds": len(members),
+                                 "failed": sum(bool(m.get("failed")) for m in members)}
+        metrics = dict.fromkeys(key for m in members for key in m if key not in IDENTITY)
+        for metric in metrics:
             values = [m[metric] for m in members if m.get(metric) is not None]
             entry[metric] = _mean(values)
             entry[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else None
@@ -156,8 +162,8 @@ def verdicts(summary: list[dict[str, Any]], metric: str) -> list[str]:
         by_case[(entry["axis"], entry["n"])][entry["method"]] = entry
     for (axis, n), methods in sorted(by_case.items()):
         radar = methods.get("radar")
-        others = {m: e for m, e in methods.items() if m != "radar" and e[metric] is not None}
-        if radar is None or radar[metric] is None or not others:
+        others = {m: e for m, e in methods.items() if m != "radar" and e.get(metric) is not None}
+        if radar is None or radar.get(metric) is None or not others:
             continue
         pick = min if lower else max
         best_name, best = pick(others.items(), key=lambda item: item[1][metric])
@@ -191,7 +197,7 @@ def study(config: ExperimentConfig) -> Path:
     name = config.name
     raw = {"config": config.to_dict(), "hardware": hardware_description(), "base": base, "cells": rows,
            "summary": summary, "wall_time_s_this_invocation": time.perf_counter() - started}
-    atomic_write_text(report_dir / f"{name}.json", json.dumps(raw, indent=1))
+    atomic_write_json(report_dir / f"{name}.json", raw)
     atomic_write_text(report_dir / f"{name}.csv", _csv(rows))
     return write_study_report(config, summary, results, base, report_dir)
 
@@ -271,14 +277,18 @@ def _summary_table(summary: list[dict]) -> str:
     header = ["axis", "method", "n", "seeds", "train loss", "val acc %", "test acc %", "unseen acc %",
               "routing entropy", "trainable params", "train s"]
     rows = [
-        [e["axis"], e["method"], str(e["n"]), str(e["seeds"]), _pm(e, "final_train_loss", 1, ".3f"),
+        [e["axis"], e["method"], str(e["n"]), _seeds(e), _pm(e, "final_train_loss", 1, ".3f"),
          _pm(e, "val_acc", 100, ".1f"), _pm(e, "test_acc", 100, ".1f"), _pm(e, "unseen_acc", 100, ".1f"),
          _pm(e, "routing_entropy", 1, ".3f"),
-         f"{e['trainable_params']:,.0f}" if e["trainable_params"] is not None else "-",
+         f"{e['trainable_params']:,.0f}" if e.get("trainable_params") is not None else "-",
          _pm(e, "train_time_s", 1, ".0f")]
         for e in summary
     ]
     return markdown_table(header, rows)
+
+
+def _seeds(entry: dict) -> str:
+    return f"{entry['seeds']} ({entry['failed']} failed)" if entry["failed"] else str(entry["seeds"])
 
 
 def _unseen_table(summary: list[dict], tasks: list[str]) -> str:
@@ -290,7 +300,7 @@ def _unseen_table(summary: list[dict], tasks: list[str]) -> str:
 
 def _contrast_table(summary: list[dict]) -> str:
     rows = [[e["axis"], str(e["n"]), _pm(e, "mean_rho", 1, "+.3f"), _pm(e, "mean_rho_shuffled", 1, "+.3f")]
-            for e in summary if e["mean_rho"] is not None]
+            for e in summary if e.get("mean_rho") is not None]
     if not rows:
         return "No RadarGate cells with routing data."
     header = ["axis", "n", "mean Spearman rho (cos before vs change)", "shuffled-angle baseline"]
@@ -307,7 +317,7 @@ def _pm(entry: dict, metric: str, scale: float, spec: str) -> str:
 
 def _csv(rows: list[dict]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["axis"])
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)) or ["axis"])
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()

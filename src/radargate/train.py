@@ -9,15 +9,21 @@ optimizer, the schedule, the random states and the log, so a resumed run continu
 Run folder ``<output_dir>/<name>/``: ``config.yaml``, ``log.jsonl`` (one row per step),
 ``checkpoint/`` (replaced atomically), ``adapter/`` (the final adapter, loadable by
 ``MoLoRAModel.from_pretrained`` or PEFT), ``result.json``.
+
+A step whose loss or gradient norm is not finite is skipped (no optimizer update) and logged with
+``"skipped": true`` and the offending values as strings under ``"nonfinite"`` (the numbers
+themselves are ``null``: the log is strict JSON). ``train.max_nonfinite_steps`` such steps in a
+row stop the run with ``TrainingDiverged``; weights that are not finite are never saved.
 """
 
 from __future__ import annotations
 
 import functools
-import json
+import math
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -33,11 +40,16 @@ from radargate.data.batching import EncodedPair, answer_logprobs, collate, encod
 from radargate.data.bigbench import MCExample, load_suite
 from radargate.evaluate import evaluate_multiple_choice
 from radargate.experiment import ExperimentConfig
-from radargate.files import atomic_write_text
+from radargate.files import atomic_write_text, strict_json
+from radargate.gates import GATES
 from radargate.loading import load_model_and_tokenizer
 from radargate.model import MoLoRAModel, get_molora_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced non-finite losses, gradients or weights; nothing non-finite was saved."""
 
 
 # -- models ---------------------------------------------------------------------------------------
@@ -66,13 +78,25 @@ def build_model(config: ExperimentConfig):
     return attach_method(base, config), tokenizer
 
 
-def load_trained(run_dir: str | Path):
-    """The model and tokenizer of a finished run, from its ``config.yaml`` and ``adapter/``."""
+TRAINED_SETTINGS = ("method", "model", "adapter", "train")
+"""What made a trained run's weights: evaluation overrides may not change them."""
+
+
+def load_trained(run_dir: str | Path, overrides: Sequence[str] = ()):
+    """The model, tokenizer and config of a finished run, from its ``config.yaml`` and ``adapter/``.
+
+    ``overrides`` (``--set``) may change how it is evaluated (data, eval), not what was trained.
+    """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: config.yaml is missing")
-    config = ExperimentConfig.load(config_path)
+    config = ExperimentConfig.load(config_path, overrides)
+    saved = ExperimentConfig.load(config_path).to_dict()
+    changed = [key for key in TRAINED_SETTINGS if config.to_dict()[key] != saved[key]]
+    if changed:
+        raise ValueError(f"--set cannot change {', '.join(changed)} of the trained run {run_dir}; only evaluation "
+                         "settings (data, eval) may change: to evaluate other settings, train a run with them")
     base, tokenizer = load_model_and_tokenizer(config.model.name, dtype=DTYPES[config.model.dtype])
     adapter_dir = run_dir / "adapter"
     if config.method == "base":
@@ -80,12 +104,42 @@ def load_trained(run_dir: str | Path):
     if not adapter_dir.is_dir():
         raise FileNotFoundError(f"{run_dir} has no trained adapter ({adapter_dir} is missing); finish training first")
     if config.method == "lora":
-        return PeftModel.from_pretrained(base, adapter_dir).eval(), tokenizer, config
+        return _load_peft_adapter(base, adapter_dir).eval(), tokenizer, config
     return MoLoRAModel.from_pretrained(base, adapter_dir).eval(), tokenizer, config
+
+
+def _load_peft_adapter(base: torch.nn.Module, adapter_dir: Path) -> PeftModel:
+    """PEFT's loader, with a damaged file reported by name instead of a reader's traceback."""
+    weights = adapter_dir / "adapter_model.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt") as reader:
+            reader.keys()
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"adapter file {weights} is missing, truncated or corrupt ({error}); "
+                         "train the run again or pick another") from None
+    return PeftModel.from_pretrained(base, adapter_dir)
 
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def describe_adapter(model: torch.nn.Module) -> dict[str, Any]:
+    """What the model actually carries, read from its layers (not from the config that asked for it)."""
+    if isinstance(model, MoLoRAModel):
+        layers = model.molora_layers.values()
+        return {
+            "kind": "mixture",
+            "gates": sorted({name for layer in layers for name, gate in GATES.items() if type(layer.gate) is gate}),
+            "num_experts": sorted({layer.experts.num_experts for layer in layers}),
+            "r": sorted({layer.experts.r for layer in layers}),
+            "layers": len(layers),
+        }
+    if isinstance(model, PeftModel):
+        ranks = {module.r[name] for module in model.modules() if isinstance(getattr(module, "r", None), dict)
+                 for name in module.r}
+        return {"kind": "peft_lora", "r": sorted(ranks)}
+    return {"kind": "none"}
 
 
 def save_adapter(model: torch.nn.Module, directory: Path) -> None:
@@ -148,6 +202,9 @@ class TrainState:
     validation: list[dict[str, Any]] = field(default_factory=list)
     train_time_s: float = 0.0
     tokens: int = 0
+    skipped_steps: int = 0
+    """Steps skipped because their loss or gradient norm was not finite."""
+    nonfinite_in_a_row: int = 0
 
 
 def mixed_precision(setting: str) -> str:
@@ -271,7 +328,8 @@ class _Trainer:
                 state.history.append(row)
                 if self.accelerator.is_main_process:
                     with log.open("a") as stream:
-                        stream.write(json.dumps(row) + "\n")
+                        stream.write(strict_json(row) + "\n")
+                self._count_nonfinite(state, row)
                 progress.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{state.tokens / state.train_time_s:.0f}")
                 progress.update(1)
                 if settings.eval_every and state.step % settings.eval_every == 0 and state.step < settings.steps:
@@ -281,6 +339,7 @@ class _Trainer:
         if not state.validation or state.validation[-1]["step"] != state.step:
             state.validation.append(self.validate(state.step))
             self.save_checkpoint(state)
+        self.require_finite_weights()
         if self.accelerator.is_main_process:
             save_adapter(self.unwrapped, self.run_dir / "adapter")
 
@@ -297,12 +356,40 @@ class _Trainer:
             totals["loss"] += float(loss.detach())
             totals["lm_loss"] += float(lm_loss.detach()) / settings.grad_accum
             totals["tokens"] += int(batch.attention_mask.sum())
-        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), settings.max_grad_norm)
-        self.optimizer.step()
+        grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), settings.max_grad_norm))
+        nonfinite = {name: str(value) for name, value in (("loss", totals["loss"]), ("grad_norm", grad_norm))
+                     if not math.isfinite(value)}
+        if not nonfinite or self._scaler_handles(nonfinite):
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        lr = self.scheduler.get_last_lr()[0]
-        return {"step": step + 1, **totals, "lr": lr, "grad_norm": float(grad_norm)}
+        row = {"step": step + 1, **totals, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm}
+        return {**row, "skipped": True, "nonfinite": nonfinite} if nonfinite else row
+
+    def _scaler_handles(self, nonfinite: dict[str, str]) -> bool:
+        """fp16: a finite loss with overflowed gradients is the grad scaler's business; its step skips
+        the update and lowers the scale, which it must do for training to go on."""
+        return self.accelerator.scaler is not None and "loss" not in nonfinite
+
+    def _count_nonfinite(self, state: TrainState, row: dict[str, Any]) -> None:
+        """Count skipped steps; stop after ``train.max_nonfinite_steps`` in a row (fp16 overflows aside)."""
+        if not row.get("skipped"):
+            state.nonfinite_in_a_row = 0
+            return
+        state.skipped_steps += 1
+        if self._scaler_handles(row["nonfinite"]):
+            return
+        state.nonfinite_in_a_row += 1
+        limit = self.config.train.max_nonfinite_steps
+        if state.nonfinite_in_a_row >= limit:
+            values = ", ".join(f"{name}={value}" for name, value in row["nonfinite"].items())
+            raise TrainingDiverged(
+                f"training diverged: {limit} steps in a row had a non-finite loss or gradient norm, the last "
+                f"at step {row['step']} ({values}); stopped without saving (train.max_nonfinite_steps={limit}). "
+                f"Likely causes: a learning rate too high (train.lr={self.config.train.lr}; try 10x lower) or "
+                f"half precision overflowing (train.precision={self.config.train.precision}; try bf16 or no). "
+                f"The last finite checkpoint, if any, is in {self.run_dir / 'checkpoint'}."
+            )
 
     def _losses(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean negative log-likelihood of the answer tokens, and the weighted auxiliary losses."""
@@ -322,7 +409,18 @@ class _Trainer:
 
     # -- checkpoints: a folder written beside the old one, then swapped in -------------------------
 
+    def require_finite_weights(self) -> None:
+        """A model with non-finite weights is never saved, evaluated or reported."""
+        bad = [name for name, p in trainable_parameters(self.unwrapped).items() if not torch.isfinite(p).all()]
+        if bad:
+            raise TrainingDiverged(
+                f"training diverged: {len(bad)} trainable tensors hold non-finite values (first: {bad[0]}); "
+                f"nothing was saved. Likely causes: a learning rate too high (train.lr={self.config.train.lr}) "
+                f"or half precision overflowing (train.precision={self.config.train.precision})."
+            )
+
     def save_checkpoint(self, state: TrainState) -> None:
+        self.require_finite_weights()
         if not self.accelerator.is_main_process:
             return
         final, fresh, old = (self.run_dir / name for name in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
@@ -370,7 +468,7 @@ class _Trainer:
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
         random.setstate(saved["python_rng"])
         state = TrainState(**saved["state"])
-        log_rows = "".join(json.dumps(row) + "\n" for row in state.history)
+        log_rows = "".join(strict_json(row) + "\n" for row in state.history)
         atomic_write_text(self.run_dir / "log.jsonl", log_rows)
         return state
 
@@ -380,7 +478,9 @@ def summarize(config: ExperimentConfig, model, state: TrainState) -> dict[str, A
     trainable = sum(p.numel() for p in trainable_parameters(model).values())
     return {
         "method": config.method,
+        "adapter": describe_adapter(model),
         "trainable_params": trainable,
+        "skipped_steps": state.skipped_steps,
         "train_time_s": state.train_time_s,
         "tokens_per_s": state.tokens / state.train_time_s if state.train_time_s else None,
         "final_train_loss": smoothed_final_loss(state.history),
@@ -392,6 +492,6 @@ def summarize(config: ExperimentConfig, model, state: TrainState) -> dict[str, A
 
 def smoothed_final_loss(history: list[dict[str, Any]], window: int = 10) -> float | None:
     """Mean LM loss over the last ``window`` steps: one batch's loss is noisy."""
-    rows = history[-window:]
-    return sum(row["lm_loss"] for row in rows) / len(rows) if rows else None
+    losses = [row["lm_loss"] for row in history[-window:] if not row.get("skipped")]
+    return sum(losses) / len(losses) if losses else None
 
