@@ -19,6 +19,7 @@ row stop the run with ``TrainingDiverged``; weights that are not finite are neve
 from __future__ import annotations
 
 import functools
+import io
 import math
 import random
 import shutil
@@ -32,7 +33,8 @@ import torch
 from accelerate import Accelerator
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -40,7 +42,7 @@ from radargate.data.batching import EncodedPair, answer_logprobs, collate, encod
 from radargate.data.bigbench import MCExample, load_suite
 from radargate.evaluate import evaluate_multiple_choice
 from radargate.experiment import ExperimentConfig
-from radargate.files import atomic_write_text, strict_json
+from radargate.files import atomic_write_bytes, atomic_write_text, strict_json
 from radargate.gates import GATES
 from radargate.loading import load_model_and_tokenizer
 from radargate.model import MoLoRAModel, get_molora_model
@@ -386,10 +388,15 @@ class _Trainer:
             raise TrainingDiverged(
                 f"training diverged: {limit} steps in a row had a non-finite loss or gradient norm, the last "
                 f"at step {row['step']} ({values}); stopped without saving (train.max_nonfinite_steps={limit}). "
-                f"Likely causes: a learning rate too high (train.lr={self.config.train.lr}; try 10x lower) or "
-                f"half precision overflowing (train.precision={self.config.train.precision}; try bf16 or no). "
-                f"The last finite checkpoint, if any, is in {self.run_dir / 'checkpoint'}."
+                f"{self._likely_causes()} The last finite checkpoint, if any, is in {self.run_dir / 'checkpoint'}."
             )
+
+    def _likely_causes(self) -> str:
+        settings = self.config.train
+        causes = f"Likely causes: a learning rate too high (train.lr={settings.lr}; try 10x lower)"
+        if mixed_precision(settings.precision) != "no":
+            causes += f", or half precision overflowing (train.precision={settings.precision}; try no)"
+        return causes + "."
 
     def _losses(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean negative log-likelihood of the answer tokens, and the weighted auxiliary losses."""
@@ -415,8 +422,7 @@ class _Trainer:
         if bad:
             raise TrainingDiverged(
                 f"training diverged: {len(bad)} trainable tensors hold non-finite values (first: {bad[0]}); "
-                f"nothing was saved. Likely causes: a learning rate too high (train.lr={self.config.train.lr}) "
-                f"or half precision overflowing (train.precision={self.config.train.precision})."
+                f"nothing was saved. {self._likely_causes()}"
             )
 
     def save_checkpoint(self, state: TrainState) -> None:
@@ -425,9 +431,24 @@ class _Trainer:
             return
         final, fresh, old = (self.run_dir / name for name in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
         shutil.rmtree(fresh, ignore_errors=True)
-        fresh.mkdir()
+        try:
+            self._write_checkpoint_files(fresh, state)
+        except OSError:  # a full or read-only disk: the previous checkpoint stays as it was
+            shutil.rmtree(fresh, ignore_errors=True)
+            raise
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+        fresh.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _write_checkpoint_files(self, directory: Path, state: TrainState) -> None:
+        """Weights and trainer state, serialised in memory and written by Python (so a failed write is an
+        ``OSError`` naming the file) with fsync, as every file the project writes."""
+        directory.mkdir()
         weights = {name: p.detach().cpu().contiguous() for name, p in trainable_parameters(self.unwrapped).items()}
-        save_file(weights, str(fresh / "trainable.safetensors"))
+        atomic_write_bytes(directory / "trainable.safetensors", save_safetensors(weights))
+        trainer_state = io.BytesIO()
         torch.save(
             {
                 "state": state.__dict__,
@@ -437,13 +458,9 @@ class _Trainer:
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "python_rng": random.getstate(),
             },
-            fresh / "trainer_state.pt",
+            trainer_state,
         )
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-        fresh.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        atomic_write_bytes(directory / "trainer_state.pt", trainer_state.getvalue())
 
     def restore(self) -> TrainState:
         """Load the last checkpoint (or the previous one, if a crash hit between the two renames)."""
