@@ -214,8 +214,7 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
         """Build from plain values, YAML text scalars included; see the module docstring."""
-        _check_gate_agrees_with_method(values)
-        return _build(cls, values, prefix="")
+        return _build(cls, _with_gate_from_method(values), prefix="")
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
@@ -241,23 +240,24 @@ def _parse_yaml(text: str, source: str) -> Any:
         raise ValueError(f"{source} is not valid YAML: {error}") from None
 
 
-def _check_gate_agrees_with_method(values: dict[str, Any]) -> None:
-    """``adapter.gate`` may repeat ``method`` but never contradict it: a run trains ``method``."""
-    adapter = values.get("adapter")
-    if not isinstance(adapter, dict) or "gate" not in adapter:
-        return
+def _with_gate_from_method(values: dict[str, Any]) -> dict[str, Any]:
+    """``adapter.gate`` may repeat ``method`` but never contradict it; the adapter is built with the
+    method's gate, so its own checks (``top_k <= num_experts`` for top-k) see the gate that will run."""
+    adapter = values.get("adapter", {})
     method = values.get("method", ExperimentConfig.method)
-    if adapter["gate"] == method:
-        return
-    if method in BASELINES:
+    if not isinstance(adapter, dict) or not isinstance(method, str):
+        return values  # the typed build names the bad value
+    if "gate" in adapter and adapter["gate"] != method:
+        if method in BASELINES:
+            raise ValueError(
+                f"adapter.gate={adapter['gate']!r} does not apply to method={method!r}, which has no gate; "
+                "drop adapter.gate (the method names what a run trains)"
+            )
         raise ValueError(
-            f"adapter.gate={adapter['gate']!r} does not apply to method={method!r}, which has no gate; "
-            "drop adapter.gate (the method names what a run trains)"
+            f"adapter.gate={adapter['gate']!r} contradicts method={method!r}; the method names what a run "
+            f"trains (a gate, lora or base): set method: {adapter['gate']} and drop adapter.gate"
         )
-    raise ValueError(
-        f"adapter.gate={adapter['gate']!r} contradicts method={method!r}; the method names what a run trains "
-        f"(a gate, lora or base): set method: {adapter['gate']} and drop adapter.gate"
-    )
+    return {**values, "adapter": {**adapter, "gate": method}} if method in GATES else values
 
 
 def _build(cls: type, values: Any, prefix: str) -> Any:
