@@ -103,8 +103,13 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
 
 @pytest.fixture
 def config_file(tmp_path, tiny_model_dir):
+    return write_tiny_config(tmp_path, tiny_model_dir)
+
+
+def write_tiny_config(folder, tiny_model_dir):
+    """The pipeline tests' config: the tiny model, two real tasks, a few steps; runs go to ``folder/runs``."""
     values = {
-        "name": "tiny", "output_dir": str(tmp_path / "runs"), "method": "radar",
+        "name": "tiny", "output_dir": str(folder / "runs"), "method": "radar",
         "model": {"name": str(tiny_model_dir)},
         "data": {"tasks": PIPELINE_TASKS, "max_train_per_task": 16, "max_validation_per_task": 3,
                  "max_test_per_task": 5, "max_length": 128},
@@ -114,7 +119,7 @@ def config_file(tmp_path, tiny_model_dir):
         "eval": {"batch_size": 8},
         "compare": {"methods": ["lora", "softmax", "radar"]},
     }
-    path = tmp_path / "tiny.yaml"
+    path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
 

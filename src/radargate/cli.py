@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from radargate import __version__
+from radargate.errors import TrainingDiverged
 from radargate.gates import GATES
 
 
@@ -67,8 +68,6 @@ def _add_overrides(parser: argparse.ArgumentParser, note: str = "") -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one verb; errors are one line on stderr and an exit status (see the module docstring)."""
-    from radargate.train import TrainingDiverged
-
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

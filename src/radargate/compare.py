@@ -19,12 +19,13 @@ from typing import Any
 import torch
 
 from radargate.analysis import summarize_routing
+from radargate.errors import TrainingDiverged
 from radargate.evaluate import evaluate_multiple_choice
 from radargate.experiment import ExperimentConfig
 from radargate.files import atomic_write_json
 from radargate.model import MoLoRAModel
 from radargate.report import write_report
-from radargate.train import TrainingDiverged, autocast_dtype, check_same_run, load_splits, summarize, train
+from radargate.train import autocast_dtype, check_same_run, load_splits, summarize, train
 
 RESULT_NAME = "result.json"
 

@@ -40,6 +40,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from radargate.data.batching import EncodedPair, answer_logprobs, collate, encode_pair
 from radargate.data.bigbench import MCExample, load_suite
+from radargate.errors import TrainingDiverged
 from radargate.evaluate import evaluate_multiple_choice
 from radargate.experiment import ExperimentConfig
 from radargate.files import atomic_write_bytes, atomic_write_text, strict_json
@@ -48,10 +49,6 @@ from radargate.loading import load_model_and_tokenizer
 from radargate.model import MoLoRAModel, get_molora_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class TrainingDiverged(RuntimeError):
-    """Training produced non-finite losses, gradients or weights; nothing non-finite was saved."""
 
 
 # -- models ---------------------------------------------------------------------------------------
@@ -247,7 +244,7 @@ def train(
     if config.method == "base":
         return model, tokenizer, state
     trainer = _Trainer(config, model, tokenizer, splits, run_dir)
-    if resume and (run_dir / "checkpoint").is_dir():
+    if resume:
         state = trainer.restore()
     trainer.run(state, show_progress=show_progress)
     return trainer.unwrapped, tokenizer, state
@@ -463,10 +460,13 @@ class _Trainer:
         atomic_write_bytes(directory / "trainer_state.pt", trainer_state.getvalue())
 
     def restore(self) -> TrainState:
-        """Load the last checkpoint (or the previous one, if a crash hit between the two renames)."""
-        directory = self.run_dir / "checkpoint"
-        if not directory.is_dir() and (self.run_dir / "checkpoint.old").is_dir():
-            directory = self.run_dir / "checkpoint.old"
+        """Load the last checkpoint (or the previous one, if a crash hit between the two renames), and
+        cut the log back to it; with no checkpoint yet, the run starts over with an empty log."""
+        directory = next((self.run_dir / name for name in ("checkpoint", "checkpoint.old")
+                          if (self.run_dir / name).is_dir()), None)
+        if directory is None:
+            atomic_write_text(self.run_dir / "log.jsonl", "")
+            return TrainState()
         try:
             weights = load_file(str(directory / "trainable.safetensors"))
             saved = torch.load(directory / "trainer_state.pt", weights_only=True)
