@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 import radargate.train as train_module
@@ -16,7 +17,8 @@ from radargate.data.bigbench import MCExample
 from radargate.data.gsm8k import GSM8KExample, is_correct
 from radargate.evaluate import _accuracies, answer_of_completion, score_choices
 from radargate.experiment import ExperimentConfig
-from radargate.train import BatchSchedule, train
+from radargate.gates import GATES
+from radargate.train import BatchSchedule, load_trained, train
 from tests.conftest import PIPELINE_TASKS
 
 TASKS = PIPELINE_TASKS
@@ -127,6 +129,7 @@ def test_unknown_task_lists_available_tasks(config_file, capsys):
     assert main(["train", "--config", str(config_file), "--set", "data.tasks=[sports_understandin]"]) == 2
     error = capsys.readouterr().err
     assert "sports_understandin" in error and "sports_understanding" in error
+    assert "`radargate tasks` lists them" in error
 
 
 def test_misspelt_config_key_is_named(config_file, capsys):
@@ -163,3 +166,34 @@ def test_gsm8k_answer_is_cut_where_the_model_starts_a_new_question():
     assert answer_of_completion(rambling).endswith("18 dollars.")
     assert is_correct(answer_of_completion(rambling), example)
     assert not is_correct(rambling, example)  # uncut, the last number would be 7
+
+
+@pytest.mark.parametrize("method", ["base", "lora", *GATES])
+def test_train_trains_the_method_it_names(config_file, tmp_path, method):
+    """The saved config, the trained layers and the result file agree on what was trained."""
+    assert main(["train", "--config", str(config_file), "--set", f"method={method}", "--set", "train.steps=2"]) == 0
+    run_dir = tmp_path / "runs" / "tiny"
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    result = json.loads((run_dir / "result.json").read_text())
+    model, _, config = load_trained(run_dir)
+    assert saved["method"] == result["method"] == config.method == method
+    if method in GATES:
+        assert saved["adapter"]["gate"] == method
+        assert {type(layer.gate) for layer in model.molora_layers.values()} == {GATES[method]}
+        assert result["adapter"] == {"kind": "mixture", "gates": [method], "num_experts": [3], "r": [2], "layers": 4}
+    elif method == "lora":  # PEFT's LoRA at the mixture's width: rank num_experts * r
+        assert "gate" not in saved["adapter"]
+        assert model.peft_config["default"].r == 3 * 2
+        assert result["adapter"] == {"kind": "peft_lora", "r": [6]}
+    else:
+        assert result["adapter"] == {"kind": "none"} and result["trainable_params"] == 0
+
+
+def test_eval_set_changes_evaluation_not_the_trained_run(config_file, tmp_path, capsys):
+    assert main(["train", "--config", str(config_file), "--set", "train.steps=2"]) == 0
+    run_dir = str(tmp_path / "runs" / "tiny")
+    capsys.readouterr()
+    assert main(["eval", "--run", run_dir, "--set", "data.max_test_per_task=2", "--set", "eval.batch_size=3"]) == 0
+    assert "| macro | 4 |" in capsys.readouterr().out
+    assert main(["eval", "--run", run_dir, "--set", "adapter.r=4"]) == 2
+    assert "cannot change adapter" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 import radargate.study as study_module
 from radargate.cli import main
@@ -76,6 +77,13 @@ def test_study_runs_every_cell_writes_the_report_and_resumes(config_file, tmp_pa
     assert (report_dir / "tiny_plots" / "contrast_radar-n4-r1-s0.png").stat().st_size > 0
     assert "## Routing: radar-n2" not in report
     assert all(row["unseen_acc"] is not None for row in raw["cells"])
+    for cell in cells(ExperimentConfig.load(config_file, STUDY)):  # each cell trained what its name says
+        folder = tmp_path / "runs" / "tiny" / cell.name
+        saved = yaml.safe_load((folder / "config.yaml").read_text())
+        adapter = json.loads((folder / "result.json").read_text())["adapter"]
+        settings = (saved["method"], saved["adapter"]["num_experts"], saved["adapter"]["r"])
+        assert settings == (cell.method, cell.n, cell.r)
+        assert (adapter["gates"], adapter["num_experts"], adapter["r"]) == ([cell.method], [cell.n], [cell.r])
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished cell was trained again")

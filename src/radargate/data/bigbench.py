@@ -258,7 +258,7 @@ def _check_name(name: str, tasks: Mapping[str, Mapping[str, Any]]) -> None:
     hint = f"closest: {', '.join(close)}; " if close else ""
     raise ValueError(
         f"unknown BIG-bench task {name!r}; {hint}{len(available)} multiple-choice tasks available "
-        "(see radargate.data.bigbench.list_tasks())"
+        "(`radargate tasks` lists them)"
     )
 
 
