@@ -64,10 +64,11 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
-def radargate(*args: str, killer: tuple[str, int] | None = None, preexec=None, prefix: tuple[str, ...] = ()):
+def radargate(*args: str, killer: tuple[str, int] | None = None, preexec=None, prefix: tuple[str, ...] = (),
+              env: dict[str, str] | None = None):
     command = [sys.executable, "-c", KILLER, killer[0], str(killer[1])] if killer else [str(RADARGATE)]
     return subprocess.run([*prefix, *command, *args], capture_output=True, text=True, timeout=600,
-                          preexec_fn=preexec)
+                          preexec_fn=preexec, env={**os.environ, **(env or {})})
 
 
 def refuse_constant(constant: str) -> None:
@@ -274,3 +275,11 @@ def test_compare_marks_a_diverged_method_failed_and_goes_on(config_file, runs):
     assert results["methods"]["radar"]["failed"] and results["methods"]["base"]["test"]["n"] == 10
     report = (runs / "tiny" / "report.md").read_text()
     assert "| radar (failed) |" in report and "## Failed runs" in report
+
+
+def test_a_model_that_cannot_be_loaded_is_named(config_file):
+    refused = radargate("eval", "--config", str(config_file), "--set", "model.name=no-such-org/no-such-model",
+                        env={"HF_HUB_OFFLINE": "1"})
+    assert refused.returncode == 2
+    assert "model.name='no-such-org/no-such-model' could not be loaded" in refused.stderr
+    assert "smollm2-135m-instruct" in refused.stderr and "Traceback" not in refused.stderr

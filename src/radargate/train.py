@@ -45,7 +45,7 @@ from radargate.evaluate import evaluate_multiple_choice
 from radargate.experiment import ExperimentConfig
 from radargate.files import atomic_write_bytes, atomic_write_text, strict_json
 from radargate.gates import GATES
-from radargate.loading import load_model_and_tokenizer
+from radargate.loading import DEFAULT_MODEL, load_model_and_tokenizer
 from radargate.model import MoLoRAModel, get_molora_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -73,8 +73,24 @@ def attach_method(base: torch.nn.Module, config: ExperimentConfig) -> torch.nn.M
 
 def build_model(config: ExperimentConfig):
     """Load the base model and tokenizer and attach the method's adapter."""
-    base, tokenizer = load_model_and_tokenizer(config.model.name, dtype=DTYPES[config.model.dtype])
+    base, tokenizer = load_base(config)
     return attach_method(base, config), tokenizer
+
+
+def load_base(config: ExperimentConfig):
+    """The base model and tokenizer of ``config.model``; a name that cannot be loaded is a ``ValueError``
+    naming it (transformers' own ``OSError`` would read as a disk problem)."""
+    try:
+        return load_model_and_tokenizer(config.model.name, dtype=DTYPES[config.model.dtype])
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(
+            f"model.name={config.model.name!r} could not be loaded ({reason}); use a folder saved with "
+            f"save_pretrained, a Hugging Face model id (needs the network or the local Hugging Face cache), "
+            f"or {DEFAULT_MODEL!r}, the built-in default that works offline"
+        ) from None
 
 
 TRAINED_SETTINGS = ("method", "model", "adapter", "train")
@@ -96,7 +112,7 @@ def load_trained(run_dir: str | Path, overrides: Sequence[str] = ()):
     if changed:
         raise ValueError(f"--set cannot change {', '.join(changed)} of the trained run {run_dir}; only evaluation "
                          "settings (data, eval) may change: to evaluate other settings, train a run with them")
-    base, tokenizer = load_model_and_tokenizer(config.model.name, dtype=DTYPES[config.model.dtype])
+    base, tokenizer = load_base(config)
     adapter_dir = run_dir / "adapter"
     if config.method == "base":
         return base.eval(), tokenizer, config
