@@ -10,7 +10,7 @@ import yaml
 import radargate.study as study_module
 from radargate.cli import main
 from radargate.experiment import ExperimentConfig
-from radargate.study import aggregate, cells, verdicts
+from radargate.study import Cell, _summary_table, aggregate, cell_row, cells, verdicts
 
 STUDY = [
     "train.steps=2", "study.methods=[softmax,radar]", "study.experts=[2,4]", "study.seeds=[0,1]",
@@ -97,3 +97,16 @@ def test_study_runs_every_cell_writes_the_report_and_resumes(config_file, tmp_pa
 def test_bad_study_settings_are_named(config_file):
     with pytest.raises(ValueError, match=r"study.axes='fixed'"):
         ExperimentConfig.load(config_file, ["study.axes=[fixed]"])
+
+
+def test_a_failed_cell_is_counted_not_averaged():
+    ok = {"test": {"macro_acc": 0.5}, "unseen": {"macro_acc": 0.4, "per_task": {}}, "final_train_loss": 1.0}
+    rows = [cell_row(Cell("fixed_r", "radar", 2, 2, 0), ok),
+            cell_row(Cell("fixed_r", "radar", 2, 2, 1), {"method": "radar", "failed": "training diverged"}),
+            cell_row(Cell("fixed_r", "softmax", 2, 2, 0), {"method": "softmax", "failed": "training diverged"})]
+    radar, softmax = aggregate(rows)
+    assert (radar["seeds"], radar["failed"], radar["test_acc"], radar["test_acc_std"]) == (2, 1, 0.5, None)
+    assert (softmax["seeds"], softmax["failed"], softmax.get("test_acc")) == (1, 1, None)
+    table = _summary_table([radar, softmax])
+    assert "| fixed_r | radar | 2 | 2 (1 failed) | 1.000 |" in table and "| 1 (1 failed) |" in table
+    assert verdicts([radar, softmax], "test_acc") == []  # nothing to compare against
