@@ -34,8 +34,8 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from radargate import MoLoRAConfig
-from radargate.compare import cpu_description
 from radargate.files import atomic_write_json, atomic_write_text
+from radargate.hardware import cpu_description
 from radargate.layer import MoLoRALinear
 
 SHAPES = {"smollm_attn": (576, 576), "smollm_mlp": (576, 1536), "7b_attn": (4096, 4096), "7b_mlp": (4096, 11008)}

@@ -23,8 +23,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from radargate import MoLoRAConfig, get_molora_model
-from radargate.compare import cpu_description
 from radargate.files import atomic_write_json, atomic_write_text
+from radargate.hardware import cpu_description
 
 MODELS = {
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,

@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from radargate import MoLoRAConfig, MoLoRAModel, get_molora_model
-from radargate.loading import load_model_and_tokenizer
+from radargate.experiment.loading import load_model_and_tokenizer
 
 VOCAB = 64
 

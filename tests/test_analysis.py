@@ -11,7 +11,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from radargate.analysis import average_ranks, spearman, subsample, summarize_contrast, summarize_routing
+from radargate.experiment.report.analysis import (
+    average_ranks,
+    spearman,
+    subsample,
+    summarize_contrast,
+    summarize_routing,
+)
 from radargate.gates.base import GateOutput
 from radargate.stats import MAX_SAMPLES, SAMPLES_PER_CALL, RoutingStats
 from tests.conftest import molora, randomize_adapters, token_batch

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import radargate.data as data
-from radargate.data import bigbench as bb
+import radargate.experiment.data as data
+from radargate.experiment.data import bigbench as bb
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from radargate.data.gsm8k import GSM8KExample, extract_final_number, is_correct, load_gsm8k_test
+from radargate.experiment.data.gsm8k import GSM8KExample, extract_final_number, is_correct, load_gsm8k_test
 
 
 @pytest.fixture(scope="module")

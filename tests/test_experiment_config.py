@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from radargate.cli import main
 from radargate.config import MoLoRAConfig
-from radargate.experiment import ExperimentConfig, method_names
+from radargate.experiment.config import ExperimentConfig, method_names
 from radargate.gates import GATES
 
 

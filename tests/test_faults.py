@@ -30,7 +30,7 @@ RADARGATE = Path(sys.executable).with_name("radargate")
 KILLER = r"""
 import os, signal, sys
 from pathlib import Path
-import radargate.train as train
+import radargate.experiment.train as train
 
 mode, when = sys.argv[1], int(sys.argv[2])
 saves = []

@@ -11,14 +11,16 @@ import torch
 import yaml
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-import radargate.train as train_module
+import radargate.experiment.train as train_module
 from radargate.cli import main
-from radargate.data.bigbench import MCExample
-from radargate.data.gsm8k import GSM8KExample, is_correct
-from radargate.evaluate import _accuracies, answer_of_completion, score_choices
-from radargate.experiment import ExperimentConfig
+from radargate.experiment.config import ExperimentConfig
+from radargate.experiment.data.bigbench import MCExample
+from radargate.experiment.data.gsm8k import GSM8KExample, is_correct
+from radargate.experiment.evaluate import _accuracies, answer_of_completion, score_choices
+from radargate.experiment.methods import load_trained
+from radargate.experiment.run import train
+from radargate.experiment.train import BatchSchedule
 from radargate.gates import GATES
-from radargate.train import BatchSchedule, load_trained, train
 from tests.conftest import PIPELINE_TASKS
 
 TASKS = PIPELINE_TASKS

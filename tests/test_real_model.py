@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache
 
 from radargate import loading
-from radargate.loading import (
+from radargate.experiment.loading import (
     DEFAULT_MODEL,
     default_model_cache_path,
     load_default_gguf_model,

@@ -11,9 +11,9 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from radargate import plots
-from radargate.analysis import summarize_routing
-from radargate.report import comparison_table, write_report
+from radargate.experiment.report import plots
+from radargate.experiment.report.analysis import summarize_routing
+from radargate.experiment.report.comparison import comparison_table, write_report
 from tests.test_analysis import plain_stats, radar_stats
 
 TASKS = ["social_iqa", "date_understanding"]

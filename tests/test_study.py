@@ -7,10 +7,11 @@ import json
 import pytest
 import yaml
 
-import radargate.study as study_module
+import radargate.experiment.study as study_module
 from radargate.cli import main
-from radargate.experiment import ExperimentConfig
-from radargate.study import Cell, _summary_table, aggregate, cell_row, cells, verdicts
+from radargate.experiment.config import ExperimentConfig
+from radargate.experiment.report.study import _summary_table, verdicts
+from radargate.experiment.study import Cell, aggregate, cell_row, cells
 
 STUDY = [
     "train.steps=2", "study.methods=[softmax,radar]", "study.experts=[2,4]", "study.seeds=[0,1]",
@@ -89,7 +90,7 @@ def test_study_runs_every_cell_writes_the_report_and_resumes(config_file, tmp_pa
         raise AssertionError("a finished cell was trained again")
 
     monkeypatch.setattr(study_module, "evaluate_unseen", no_training)
-    monkeypatch.setattr("radargate.compare.train", no_training)
+    monkeypatch.setattr("radargate.experiment.run.train", no_training)
     assert main(args) == 0  # every cell done: only the report is rebuilt
     assert json.loads((report_dir / "tiny.json").read_text())["cells"] == raw["cells"]
 

@@ -1,4 +1,4 @@
-"""The ``radargate`` command line: thin, parses arguments, calls the library, prints.
+"""The ``radargate`` command line: thin, parses arguments, calls one harness function per verb, prints.
 
     radargate train   --config configs/quickstart.yaml [--set train.steps=50] [--resume]
     radargate eval    --run runs/quickstart/radar [--tasks TASK ...] [--split test] [--set eval.batch_size=8]
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from radargate import __version__
 from radargate.errors import TrainingDiverged
@@ -87,8 +88,8 @@ def _fail(command: str, message: str, *, status: int) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from radargate.compare import run_method
-    from radargate.experiment import ExperimentConfig
+    from radargate.experiment.config import ExperimentConfig
+    from radargate.experiment.run import run_method
 
     config = ExperimentConfig.load(args.config, args.overrides)
     result = run_method(config, config.run_dir, resume=args.resume)
@@ -98,31 +99,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from radargate.data.bigbench import load_suite
-    from radargate.data.gsm8k import load_gsm8k_test
-    from radargate.evaluate import evaluate_gsm8k, evaluate_multiple_choice
-    from radargate.experiment import ExperimentConfig
+    from radargate.experiment.evaluate import evaluate_run
     from radargate.files import atomic_write_json
-    from radargate.train import build_model, load_trained
 
     output = Path(args.output) if args.output else None
     if output is not None and output.exists():
         raise FileExistsError(f"{output} exists; choose another --output path")
-    if args.run:
-        model, tokenizer, config = load_trained(args.run, args.overrides)
-    else:
-        config = ExperimentConfig.load(args.config, args.overrides).for_method("base")
-        model, tokenizer = build_model(config)
-    tasks = args.tasks or config.data.tasks
-    examples = load_suite(tasks, seed=config.data.split_seed, max_per_split=config.data.caps)[args.split]
-    result = evaluate_multiple_choice(
-        model, tokenizer, examples, batch_size=config.eval.batch_size, max_length=config.data.max_length
-    )
-    print(_accuracy_table(config.method, result))
-    if args.gsm8k:
-        result["gsm8k"] = evaluate_gsm8k(model, tokenizer, load_gsm8k_test()[: args.gsm8k])
+    method, result = evaluate_run(args.run, args.config, overrides=args.overrides, tasks=args.tasks,
+                                  split=args.split, gsm8k=args.gsm8k)
+    print(_accuracy_table(method, result))
+    if "gsm8k" in result:
         print(f"\nGSM8K exact match: {100 * result['gsm8k']['exact_match']:.1f}% of {result['gsm8k']['n']}")
     if output is not None:
         atomic_write_json(output, result)
@@ -130,9 +116,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from radargate.compare import compare
-    from radargate.experiment import ExperimentConfig
-    from radargate.report import comparison_table
+    from radargate.experiment.compare import compare
+    from radargate.experiment.config import ExperimentConfig
+    from radargate.experiment.report import comparison_table
 
     config = ExperimentConfig.load(args.config, args.overrides)
     results = compare(config)
@@ -145,8 +131,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from radargate.experiment import ExperimentConfig
-    from radargate.study import study
+    from radargate.experiment.config import ExperimentConfig
+    from radargate.experiment.study import study
 
     config = ExperimentConfig.load(args.config, args.overrides)
     print(f"report: {study(config)}")
@@ -161,7 +147,7 @@ def _gates(args: argparse.Namespace) -> int:
 
 
 def _tasks(args: argparse.Namespace) -> int:
-    from radargate.data.bigbench import list_tasks
+    from radargate.experiment.data.bigbench import list_tasks
 
     print("\n".join(list_tasks()))
     return 0

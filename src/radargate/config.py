@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from radargate.gates import GATES
 from radargate.validation import require_choice, require_int, require_number
 
 STRETCH_NAMES = ("softmax", "softplus")
@@ -94,8 +95,6 @@ class MoLoRAConfig:
         require_number("theta_max", self.theta_max, low=0.0, high=math.pi, low_inclusive=False)
 
     def _check_choices(self) -> None:
-        from radargate.gates import GATES  # the registry is the one list of gates
-
         require_choice("gate", self.gate, tuple(GATES))
         require_choice("stretch", self.stretch, STRETCH_NAMES)
         require_choice("radar_impl", self.radar_impl, RADAR_IMPLS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,35 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_directory(path.parent)
+
+
+def atomic_write_directory(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(fresh_folder)`` beside ``path``, then swap the folder in with two renames.
+
+    A failed write (a full or read-only disk) leaves the previous folder as it was. A crash between
+    the renames leaves it as ``<path>.old``, which :func:`latest_directory` still finds.
+    """
+    path = Path(path)
+    fresh, old = path.with_name(f"{path.name}.tmp"), path.with_name(f"{path.name}.old")
+    shutil.rmtree(fresh, ignore_errors=True)
+    try:
+        fresh.mkdir()
+        write(fresh)
+    except OSError:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+    fresh.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_directory(path: str | Path) -> Path | None:
+    """The folder :func:`atomic_write_directory` wrote last (``<path>.old`` after a crash between its
+    renames), or ``None`` if there is none."""
+    path = Path(path)
+    return next((folder for folder in (path, path.with_name(f"{path.name}.old")) if folder.is_dir()), None)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -13,6 +13,7 @@ from radargate.config import MoLoRAConfig
 from radargate.experts import LoRAExperts
 from radargate.gates import get_gate
 from radargate.losses import auxiliary_losses
+from radargate.precision import float32_if_half
 from radargate.stats import RoutingStats
 
 try:  # transformers is a dependency, but the layer also serves plain PyTorch models
@@ -37,7 +38,7 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
 
 def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
     """Adapters train in float32 under a half-precision base (as PEFT does), else the base dtype."""
-    return torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+    return float32_if_half(weight.dtype)
 
 
 class MoLoRALinear(nn.Module):

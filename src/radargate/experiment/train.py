@@ -1,4 +1,4 @@
-"""Fine-tuning a mixture of LoRA experts (or PEFT's LoRA) on multiple-choice tasks.
+"""The training loop: fine-tuning a mixture of LoRA experts (or PEFT's LoRA) on multiple-choice tasks.
 
 The model learns to produce each training example's correct answer after its prompt (loss on the
 answer tokens only). AdamW with linear warm-up and cosine decay, gradient accumulation and
@@ -6,9 +6,9 @@ clipping, mixed precision and multi-GPU through accelerate (``accelerate launch`
 pure function of the step (``BatchSchedule``), and checkpoints hold the trainable weights, the
 optimizer, the schedule, the random states and the log, so a resumed run continues exactly.
 
-Run folder ``<output_dir>/<name>/``: ``config.yaml``, ``log.jsonl`` (one row per step),
-``checkpoint/`` (replaced atomically), ``adapter/`` (the final adapter, loadable by
-``MoLoRAModel.from_pretrained`` or PEFT), ``result.json``.
+The loop writes into the run folder (``radargate.experiment.run`` prepares it): ``log.jsonl`` (one
+row per step), ``checkpoint/`` (replaced atomically), ``adapter/`` (the final adapter, loadable by
+``MoLoRAModel.from_pretrained`` or PEFT).
 
 A step whose loss or gradient norm is not finite is skipped (no optimizer update) and logged with
 ``"skipped": true`` and the offending values as strings under ``"nonfinite"`` (the numbers
@@ -22,146 +22,26 @@ import functools
 import io
 import math
 import random
-import shutil
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from radargate.data.batching import EncodedPair, answer_logprobs, collate, encode_pair
-from radargate.data.bigbench import MCExample, load_suite
 from radargate.errors import TrainingDiverged
-from radargate.evaluate import evaluate_multiple_choice
-from radargate.experiment import ExperimentConfig
-from radargate.files import atomic_write_bytes, atomic_write_text, strict_json
-from radargate.gates import GATES
-from radargate.loading import DEFAULT_MODEL, load_model_and_tokenizer
-from radargate.model import MoLoRAModel, get_molora_model
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-# -- models ---------------------------------------------------------------------------------------
-
-
-def attach_method(base: torch.nn.Module, config: ExperimentConfig) -> torch.nn.Module:
-    """The model ``config.method`` trains: the base itself, PEFT's LoRA, or a mixture."""
-    adapter = config.adapter
-    if config.method == "base":
-        return base.requires_grad_(False)
-    if config.method == "lora":
-        rank = adapter.num_experts * adapter.r
-        lora = LoraConfig(
-            r=rank,
-            lora_alpha=adapter.alpha * adapter.num_experts,  # same alpha / r scale as each expert
-            lora_dropout=adapter.dropout,
-            target_modules=adapter.target_modules,
-        )
-        return get_peft_model(base, lora)
-    return get_molora_model(base, adapter)
-
-
-def build_model(config: ExperimentConfig):
-    """Load the base model and tokenizer and attach the method's adapter."""
-    base, tokenizer = load_base(config)
-    return attach_method(base, config), tokenizer
-
-
-def load_base(config: ExperimentConfig):
-    """The base model and tokenizer of ``config.model``; a name that cannot be loaded is a ``ValueError``
-    naming it (transformers' own ``OSError`` would read as a disk problem)."""
-    try:
-        return load_model_and_tokenizer(config.model.name, dtype=DTYPES[config.model.dtype])
-    except FileNotFoundError:
-        raise
-    except OSError as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(
-            f"model.name={config.model.name!r} could not be loaded ({reason}); use a folder saved with "
-            f"save_pretrained, a Hugging Face model id (needs the network or the local Hugging Face cache), "
-            f"or {DEFAULT_MODEL!r}, the built-in default that works offline"
-        ) from None
-
-
-TRAINED_SETTINGS = ("method", "model", "adapter", "train")
-"""What made a trained run's weights: evaluation overrides may not change them."""
-
-
-def load_trained(run_dir: str | Path, overrides: Sequence[str] = ()):
-    """The model, tokenizer and config of a finished run, from its ``config.yaml`` and ``adapter/``.
-
-    ``overrides`` (``--set``) may change how it is evaluated (data, eval), not what was trained.
-    """
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: config.yaml is missing")
-    config = ExperimentConfig.load(config_path, overrides)
-    saved = ExperimentConfig.load(config_path).to_dict()
-    changed = [key for key in TRAINED_SETTINGS if config.to_dict()[key] != saved[key]]
-    if changed:
-        raise ValueError(f"--set cannot change {', '.join(changed)} of the trained run {run_dir}; only evaluation "
-                         "settings (data, eval) may change: to evaluate other settings, train a run with them")
-    base, tokenizer = load_base(config)
-    adapter_dir = run_dir / "adapter"
-    if config.method == "base":
-        return base.eval(), tokenizer, config
-    if not adapter_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir} has no trained adapter ({adapter_dir} is missing); finish training first")
-    if config.method == "lora":
-        return _load_peft_adapter(base, adapter_dir).eval(), tokenizer, config
-    return MoLoRAModel.from_pretrained(base, adapter_dir).eval(), tokenizer, config
-
-
-def _load_peft_adapter(base: torch.nn.Module, adapter_dir: Path) -> PeftModel:
-    """PEFT's loader, with a damaged file reported by name instead of a reader's traceback."""
-    weights = adapter_dir / "adapter_model.safetensors"
-    try:
-        with safe_open(str(weights), framework="pt") as reader:
-            reader.keys()
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"adapter file {weights} is missing, truncated or corrupt ({error}); "
-                         "train the run again or pick another") from None
-    return PeftModel.from_pretrained(base, adapter_dir)
-
-
-def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
-def describe_adapter(model: torch.nn.Module) -> dict[str, Any]:
-    """What the model actually carries, read from its layers (not from the config that asked for it)."""
-    if isinstance(model, MoLoRAModel):
-        layers = model.molora_layers.values()
-        return {
-            "kind": "mixture",
-            "gates": sorted({name for layer in layers for name, gate in GATES.items() if type(layer.gate) is gate}),
-            "num_experts": sorted({layer.experts.num_experts for layer in layers}),
-            "r": sorted({layer.experts.r for layer in layers}),
-            "layers": len(layers),
-        }
-    if isinstance(model, PeftModel):
-        ranks = {module.r[name] for module in model.modules() if isinstance(getattr(module, "r", None), dict)
-                 for name in module.r}
-        return {"kind": "peft_lora", "r": sorted(ranks)}
-    return {"kind": "none"}
-
-
-def save_adapter(model: torch.nn.Module, directory: Path) -> None:
-    """The final adapter in its library's own format (radargate or PEFT)."""
-    if isinstance(model, (MoLoRAModel, PeftModel)):
-        model.save_pretrained(directory)
-
+from radargate.experiment.config import ExperimentConfig
+from radargate.experiment.data.batching import EncodedPair, answer_logprobs, collate, encode_pair
+from radargate.experiment.data.bigbench import MCExample
+from radargate.experiment.evaluate import evaluate_multiple_choice
+from radargate.experiment.methods import save_adapter, trainable_parameters
+from radargate.files import atomic_write_bytes, atomic_write_directory, atomic_write_text, latest_directory, strict_json
+from radargate.model import MoLoRAModel
 
 # -- data -----------------------------------------------------------------------------------------
 
@@ -222,6 +102,24 @@ class TrainState:
     nonfinite_in_a_row: int = 0
 
 
+def fit(
+    config: ExperimentConfig,
+    model: torch.nn.Module,
+    tokenizer,
+    splits: dict[str, list[MCExample]],
+    run_dir: Path,
+    *,
+    resume: bool,
+    show_progress: bool,
+) -> tuple[torch.nn.Module, TrainState]:
+    """Train ``model`` in ``run_dir`` (from its last checkpoint with ``resume``); return the trained
+    model, unwrapped from accelerate, and the state."""
+    trainer = _Trainer(config, model, tokenizer, splits, run_dir)
+    state = trainer.restore() if resume else TrainState()
+    trainer.run(state, show_progress=show_progress)
+    return trainer.unwrapped, state
+
+
 def mixed_precision(setting: str) -> str:
     if setting != "auto":
         return setting
@@ -231,78 +129,6 @@ def mixed_precision(setting: str) -> str:
 def autocast_dtype(setting: str) -> torch.dtype | None:
     """The autocast dtype that evaluation uses to match training's mixed precision."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision(setting))
-
-
-def load_splits(config: ExperimentConfig) -> dict[str, list[MCExample]]:
-    """The train / validation / test examples of ``config.data``."""
-    return load_suite(config.data.tasks, seed=config.data.split_seed, max_per_split=config.data.caps)
-
-
-def train(
-    config: ExperimentConfig,
-    *,
-    resume: bool = False,
-    run_dir: Path | None = None,
-    show_progress: bool = True,
-    splits: dict[str, list[MCExample]] | None = None,
-):
-    """Train ``config.method`` and return ``(model, tokenizer, state)``; see the module docstring.
-
-    ``splits`` saves reloading the data when the caller already has ``load_splits(config)``.
-    """
-    run_dir = Path(run_dir or config.run_dir)
-    _prepare_run_dir(run_dir, config, resume)
-    torch.manual_seed(config.train.seed)
-    random.seed(config.train.seed)
-    model, tokenizer = build_model(config)
-    splits = splits or load_splits(config)
-    state = TrainState()
-    if config.method == "base":
-        return model, tokenizer, state
-    trainer = _Trainer(config, model, tokenizer, splits, run_dir)
-    if resume:
-        state = trainer.restore()
-    trainer.run(state, show_progress=show_progress)
-    return trainer.unwrapped, tokenizer, state
-
-
-def _prepare_run_dir(run_dir: Path, config: ExperimentConfig, resume: bool) -> None:
-    saved = run_dir / "config.yaml"
-    if saved.is_file():
-        if not resume:
-            raise FileExistsError(
-                f"{run_dir} already holds a run; pass --resume to continue it, or choose another name"
-            )
-        check_same_run(run_dir, config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved, config.to_yaml())
-
-
-IRRELEVANT_TO_A_RUN = ("output_dir", "name", "compare", "study")
-"""Settings that do not change what one run computes (where it lives, which others run beside it)."""
-
-
-def check_same_run(run_dir: Path, config: ExperimentConfig) -> None:
-    """Refuse to continue (or reuse) a run with settings other than those it was made with."""
-    previous = ExperimentConfig.load(run_dir / "config.yaml").to_dict()
-    current = config.to_dict()
-    for key in IRRELEVANT_TO_A_RUN:
-        previous.pop(key, None)
-        current.pop(key, None)
-    changed = _differences(previous, current)
-    if changed:
-        raise ValueError(f"cannot resume {run_dir} with a different config; changed: {', '.join(changed[:8])}")
-
-
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    changed = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            changed.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return changed
 
 
 class _Trainer:
@@ -427,7 +253,7 @@ class _Trainer:
         )
         return {"step": step, "macro_acc": result["macro_acc"], "macro_acc_norm": result["macro_acc_norm"]}
 
-    # -- checkpoints: a folder written beside the old one, then swapped in -------------------------
+    # -- checkpoints: a folder written beside the old one, then swapped in (radargate.files) --------
 
     def require_finite_weights(self) -> None:
         """A model with non-finite weights is never saved, evaluated or reported."""
@@ -442,23 +268,11 @@ class _Trainer:
         self.require_finite_weights()
         if not self.accelerator.is_main_process:
             return
-        final, fresh, old = (self.run_dir / name for name in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
-        shutil.rmtree(fresh, ignore_errors=True)
-        try:
-            self._write_checkpoint_files(fresh, state)
-        except OSError:  # a full or read-only disk: the previous checkpoint stays as it was
-            shutil.rmtree(fresh, ignore_errors=True)
-            raise
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-        fresh.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        atomic_write_directory(self.run_dir / "checkpoint", lambda folder: self._write_checkpoint_files(folder, state))
 
     def _write_checkpoint_files(self, directory: Path, state: TrainState) -> None:
         """Weights and trainer state, serialised in memory and written by Python (so a failed write is an
         ``OSError`` naming the file) with fsync, as every file the project writes."""
-        directory.mkdir()
         weights = {name: p.detach().cpu().contiguous() for name, p in trainable_parameters(self.unwrapped).items()}
         atomic_write_bytes(directory / "trainable.safetensors", save_safetensors(weights))
         trainer_state = io.BytesIO()
@@ -478,8 +292,7 @@ class _Trainer:
     def restore(self) -> TrainState:
         """Load the last checkpoint (or the previous one, if a crash hit between the two renames), and
         cut the log back to it; with no checkpoint yet, the run starts over with an empty log."""
-        directory = next((self.run_dir / name for name in ("checkpoint", "checkpoint.old")
-                          if (self.run_dir / name).is_dir()), None)
+        directory = latest_directory(self.run_dir / "checkpoint")
         if directory is None:
             atomic_write_text(self.run_dir / "log.jsonl", "")
             return TrainState()
@@ -505,26 +318,4 @@ class _Trainer:
         atomic_write_text(self.run_dir / "log.jsonl", log_rows)
         return state
 
-
-def summarize(config: ExperimentConfig, model, state: TrainState) -> dict[str, Any]:
-    """The training half of a method's result (evaluation adds the rest)."""
-    trainable = sum(p.numel() for p in trainable_parameters(model).values())
-    return {
-        "method": config.method,
-        "adapter": describe_adapter(model),
-        "trainable_params": trainable,
-        "skipped_steps": state.skipped_steps,
-        "train_time_s": state.train_time_s,
-        "tokens_per_s": state.tokens / state.train_time_s if state.train_time_s else None,
-        "final_train_loss": smoothed_final_loss(state.history),
-        "history": state.history,
-        "validation": state.validation,
-        "steps": state.step,
-    }
-
-
-def smoothed_final_loss(history: list[dict[str, Any]], window: int = 10) -> float | None:
-    """Mean LM loss over the last ``window`` steps: one batch's loss is noisy."""
-    losses = [row["lm_loss"] for row in history[-window:] if not row.get("skipped")]
-    return sum(losses) / len(losses) if losses else None
 

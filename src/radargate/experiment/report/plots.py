@@ -2,7 +2,7 @@
 
 Figures are built on ``matplotlib.figure.Figure`` directly, not through ``pyplot``: no global
 figure state, no GUI backend, nothing to close. Every function takes the data as the results
-and routing summaries hold it (see ``report.py`` and ``analysis.py``) and returns the path.
+and routing summaries hold it (see ``comparison.py`` and ``analysis.py``) and returns the path.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from radargate.experiment.report.format import as_percent, is_number, number
 from radargate.files import atomic_write
 
 DPI = 120
@@ -31,7 +32,7 @@ def plot_loss_curves(histories: Mapping[str, Sequence[Mapping]], path: str | Pat
     figure, axes = _figure(7.0, 4.0)
     drawn = False
     for color, (method, rows) in zip(_colors(len(histories)), histories.items(), strict=True):
-        points = [(row["step"], row["loss"]) for row in rows if _is_number(row.get("loss"))]
+        points = [(row["step"], row["loss"]) for row in rows if is_number(row.get("loss"))]
         if not points:
             continue
         steps, losses = (np.asarray(values, dtype=np.float64) for values in zip(*points, strict=True))
@@ -66,7 +67,8 @@ def plot_task_accuracy(results: Mapping[str, Mapping], path: str | Path) -> Path
     positions = np.arange(len(groups))
     for index, (method, test) in enumerate(methods.items()):
         per_task = test.get("per_task", {})
-        values = [_percent(per_task.get(task, {}).get("acc")) for task in tasks] + [_percent(test.get("macro_acc"))]
+        accuracies = [per_task.get(task, {}).get("acc") for task in tasks] + [test.get("macro_acc")]
+        values = [_percent_or_nan(accuracy) for accuracy in accuracies]
         offset = (index - (len(methods) - 1) / 2) * width
         axes.bar(positions + offset, values, width, color=colors[method], label=method)
     axes.set_xticks(positions, groups, rotation=30, ha="right")
@@ -122,8 +124,8 @@ def plot_angle_histograms(routing: Mapping[str, Mapping], path: str | Path) -> P
         hist = layer["theta_hist"]
         axes.stairs(hist["counts"], hist["edges"], fill=True, alpha=0.7)
         axes.axvline(0.0, color="black", linewidth=0.8)
-        axes.set_title(f"{short}\nmean θ {_fmt(layer.get('theta_mean'))}, "
-                       f"mean |θ| {_fmt(layer.get('theta_abs_mean'))}", fontsize="small")
+        axes.set_title(f"{short}\nmean θ {number(layer.get('theta_mean'), '.2f')}, "
+                       f"mean |θ| {number(layer.get('theta_abs_mean'), '.2f')}", fontsize="small")
         axes.set_xlabel("θ (rad)", fontsize="small")
     return _save(figure, path)
 
@@ -183,8 +185,8 @@ def _contrast_title(routing: Mapping[str, Mapping], name: str | None, names: Map
     if name is None:
         return f"all {len(names)} layers (sample points)"
     contrast = routing[name]["contrast"]
-    return (f"{names[name]}\nρ = {_fmt(contrast['spearman_cos_before_vs_change'], '+.2f')} "
-            f"(shuffled θ {_fmt(contrast.get('spearman_shuffled_theta_baseline'), '+.2f')}), n = {contrast['n']}")
+    return (f"{names[name]}\nρ = {number(contrast['spearman_cos_before_vs_change'], '+.2f')} "
+            f"(shuffled θ {number(contrast.get('spearman_shuffled_theta_baseline'), '+.2f')}), n = {contrast['n']}")
 
 
 def short_layer_names(names: Sequence[str]) -> list[str]:
@@ -211,10 +213,10 @@ def plot_metric_against_experts(summary: Sequence[Mapping], metric: str, path: s
     methods = list(dict.fromkeys(entry["method"] for entry in summary))
     scale = 100.0 if metric.endswith("_acc") else 1.0
     for color, method in zip(_colors(len(methods)), methods, strict=True):
-        entries = sorted((e for e in summary if e["method"] == method and _is_number(e[metric])), key=lambda e: e["n"])
+        entries = sorted((e for e in summary if e["method"] == method and is_number(e[metric])), key=lambda e: e["n"])
         if not entries:
             continue
-        spread = [scale * e[f"{metric}_std"] if _is_number(e[f"{metric}_std"]) else 0.0 for e in entries]
+        spread = [scale * e[f"{metric}_std"] if is_number(e[f"{metric}_std"]) else 0.0 for e in entries]
         axes.errorbar([e["n"] for e in entries], [scale * e[metric] for e in entries], yerr=spread,
                       color=color, marker="o", capsize=3, label=method)
     axes.set_xscale("log", base=2)
@@ -249,13 +251,7 @@ def _note(axes: Axes, text: str) -> None:
     axes.text(0.5, 0.5, text, ha="center", va="center", transform=axes.transAxes)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _percent(value: object) -> float:
-    return 100.0 * value if _is_number(value) else math.nan
-
-
-def _fmt(value: object, spec: str = ".2f") -> str:
-    return format(value, spec) if _is_number(value) else "-"
+def _percent_or_nan(value: object) -> float:
+    """A bar's height: the percentage, or NaN (no bar) where the value is missing."""
+    percent = as_percent(value)
+    return math.nan if percent is None else percent

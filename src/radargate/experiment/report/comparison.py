@@ -12,12 +12,12 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from radargate import plots
-from radargate.analysis import summarize_contrast
+from radargate.experiment.report import plots
+from radargate.experiment.report.analysis import summarize_contrast
+from radargate.experiment.report.format import MISSING, number, percent
 from radargate.files import atomic_write_text
 
 PLOTS_DIR = "plots"
-MISSING = "-"
 
 
 def write_report(results: Mapping, run_dir: str | Path) -> Path:
@@ -49,12 +49,12 @@ def comparison_table(results: Mapping) -> str:
         rows.append([
             f"{name} (failed)" if method.get("failed") else name,
             _count(method.get("trainable_params")),
-            _number(method.get("final_train_loss"), ".3f"),
-            _percent(validation[-1].get("macro_acc") if validation else None),
-            _percent(test.get("macro_acc")),
-            _percent(test.get("macro_acc_norm")),
-            _number(method.get("train_time_s"), ".1f"),
-            _number(method.get("tokens_per_s"), ",.0f"),
+            number(method.get("final_train_loss"), ".3f"),
+            percent(validation[-1].get("macro_acc") if validation else None),
+            percent(test.get("macro_acc")),
+            percent(test.get("macro_acc_norm")),
+            number(method.get("train_time_s"), ".1f"),
+            number(method.get("tokens_per_s"), ",.0f"),
         ])
     return markdown_table(header, rows)
 
@@ -80,7 +80,7 @@ def _header(results: Mapping) -> str:
         ("Hardware", results.get("hardware")),
         ("Training steps", results.get("steps")),
         ("Seed", results.get("seed")),
-        ("Wall time", None if results.get("wall_time_s") is None else f"{_number(results['wall_time_s'], '.1f')} s"),
+        ("Wall time", None if results.get("wall_time_s") is None else f"{number(results['wall_time_s'], '.1f')} s"),
     ]
     lines += [f"- **{label}:** {value}" for label, value in facts if value is not None]
     return "\n".join(lines)
@@ -102,11 +102,11 @@ def _per_task_section(results: Mapping) -> str:
     per_task = [test.get("per_task", {}) for test in methods.values()]
     tasks = list(dict.fromkeys([*(results.get("tasks") or []), *(task for rows in per_task for task in rows)]))
     rows = [
-        [task, *(_percent(rows.get(task, {}).get("acc")) for rows in per_task),
+        [task, *(percent(rows.get(task, {}).get("acc")) for rows in per_task),
          _counts([rows.get(task, {}).get("n") for rows in per_task])]
         for task in tasks
     ]
-    rows.append(["**macro**", *(_percent(test.get("macro_acc")) for test in methods.values()),
+    rows.append(["**macro**", *(percent(test.get("macro_acc")) for test in methods.values()),
                  _counts([test.get("n") for test in methods.values()])])
     return "## Test accuracy per task (%)\n\n" + markdown_table(["task", *methods, "n"], rows)
 
@@ -158,32 +158,20 @@ CONTRAST_NOTE = (
 def _contrast_text(routing: Mapping[str, Mapping]) -> str:
     summary = summarize_contrast(routing)
     rows = [
-        [row["layer"], str(routing[row["layer"]]["tokens"]), _number(routing[row["layer"]].get("theta_mean"), "+.3f"),
-         _number(routing[row["layer"]].get("theta_abs_mean"), ".3f"), _number(row["rho"], "+.3f"),
-         _number(row["rho_shuffled_theta_baseline"], "+.3f"), _number(row["rho_theta_vs_cos_before"], "+.3f"),
+        [row["layer"], str(routing[row["layer"]]["tokens"]), number(routing[row["layer"]].get("theta_mean"), "+.3f"),
+         number(routing[row["layer"]].get("theta_abs_mean"), ".3f"), number(row["rho"], "+.3f"),
+         number(row["rho_shuffled_theta_baseline"], "+.3f"), number(row["rho_theta_vs_cos_before"], "+.3f"),
          str(row["n"])]
         for row in summary["per_layer"]
     ]
     table = markdown_table(["layer", "tokens", "mean θ (rad)", "mean |θ| (rad)", "ρ(cos before, change)",
                             "shuffled-θ baseline", "ρ(θ, cos before)", "samples"], rows)
     overall = (
-        f"Over {summary['layers']} RadarGate layers: mean ρ {_number(summary['mean_rho'], '+.3f')} "
-        f"(shuffled-θ baseline {_number(summary['mean_rho_shuffled_theta_baseline'], '+.3f')}); "
+        f"Over {summary['layers']} RadarGate layers: mean ρ {number(summary['mean_rho'], '+.3f')} "
+        f"(shuffled-θ baseline {number(summary['mean_rho_shuffled_theta_baseline'], '+.3f')}); "
         f"ρ > 0 in {summary['positive']}, ρ < 0 in {summary['negative']}, undefined in {summary['undefined']}."
     )
     return "\n\n".join([CONTRAST_NOTE, overall, table])
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-
-
-def _number(value: object, spec: str) -> str:
-    return format(value, spec) if _is_number(value) else MISSING
-
-
-def _percent(value: object) -> str:
-    return format(100 * value, ".1f") if _is_number(value) else MISSING
 
 
 def _count(value: object) -> str:
