@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache
 
-from radargate import loading
+from radargate.experiment import loading
 from radargate.experiment.loading import (
     DEFAULT_MODEL,
     default_model_cache_path,
