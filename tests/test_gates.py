@@ -79,7 +79,8 @@ def test_single_expert_softmax_equals_peft_lora(kind):
     base = TINY_MODELS[kind]().eval()
     peft_model = get_peft_model(
         copy.deepcopy(base),
-        LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS[kind], init_lora_weights=False),
+        LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS[kind], init_lora_weights=False,
+                   fan_in_fan_out=kind == "gpt2"),  # GPT-2's Conv1D stores its weight transposed
     )
     ours = get_molora_model(
         copy.deepcopy(base), MoLoRAConfig(num_experts=1, r=4, alpha=8, target_modules=TARGETS[kind])

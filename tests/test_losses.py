@@ -64,7 +64,7 @@ def test_model_loss_adds_weighted_auxiliary_losses_and_reports_them(generator):
     with torch.no_grad():
         plain = model.base_model(input_ids=ids, labels=ids).loss
     torch.testing.assert_close(output["lm_loss"], plain)
-    assert float(output.loss - output["lm_loss"]) != 0.0
+    assert float((output.loss - output["lm_loss"]).detach()) != 0.0
 
 
 def test_no_labels_no_auxiliary_losses():

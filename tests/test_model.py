@@ -55,7 +55,7 @@ def train_steps(model: nn.Module, ids: torch.Tensor, steps: int = 8, lr: float =
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 

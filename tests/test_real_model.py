@@ -51,8 +51,9 @@ def test_answers_a_simple_question_with_greedy_cached_generation(default_model: 
     answer = tokenizer.decode(out.sequences[0, prompt_len:], skip_special_tokens=True)
     assert "Paris" in answer, answer
     # The KV cache was really used: it holds every position but the last generated token.
-    assert isinstance(out.past_key_values, Cache)
-    assert out.past_key_values.get_seq_length() == out.sequences.shape[1] - 1
+    cache = out["cache"] if "cache" in out else out["past_key_values"]  # renamed within transformers 5.x
+    assert isinstance(cache, Cache)
+    assert cache.get_seq_length() == out.sequences.shape[1] - 1
 
 
 def test_pad_token_and_generation_config_are_set(default_model: ModelAndTokenizer) -> None:

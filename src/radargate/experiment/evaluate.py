@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import Cache
+from transformers.utils import ModelOutput
 
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.batching import encode_pair
@@ -79,13 +81,13 @@ def _score_group(model, items: list[_Item], tokenizer, device) -> list[list[floa
     answer_ids, answer_mask = _pad(continuations, pad, device, left=False)
     totals = first_logprobs[owner].gather(-1, answer_ids[:, :1]).squeeze(-1)
     if answer_ids.shape[1] > 1:
-        cache = prompt.past_key_values
+        cache_keyword, cache = _kv_cache(prompt)
         cache.reorder_cache(owner)
         steps = answer_ids.shape[1]
         rest = model(
             input_ids=answer_ids, attention_mask=torch.cat([context_mask[owner], answer_mask], dim=1),
             position_ids=context_lengths[owner, None] + torch.arange(steps, device=device),
-            past_key_values=cache, use_cache=True, logits_to_keep=torch.arange(steps - 1, device=device),
+            use_cache=True, logits_to_keep=torch.arange(steps - 1, device=device), **{cache_keyword: cache},
         )
         logprobs = torch.log_softmax(rest.logits.float(), dim=-1).gather(-1, answer_ids[:, 1:, None]).squeeze(-1)
         totals = totals + (logprobs * answer_mask[:, 1:]).sum(-1)
@@ -95,6 +97,17 @@ def _score_group(model, items: list[_Item], tokenizer, device) -> list[list[floa
         result.append(per_row[start : start + len(item.continuations)])
         start += len(item.continuations)
     return result
+
+
+def _kv_cache(output: ModelOutput) -> tuple[str, Cache]:
+    """The forward output's KV cache and the keyword argument that passes it back to the model.
+
+    Within 5.x, transformers renamed ``past_key_values`` to ``cache`` (the old name now warns that
+    it is deprecated). The output's own field names the keyword this version's forward takes, so
+    no warning on the new versions and still the right keyword on the older ones we support.
+    """
+    keyword = "cache" if "cache" in output else "past_key_values"
+    return keyword, output[keyword]
 
 
 def _pad(sequences: list[list[int]], pad: int, device, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:

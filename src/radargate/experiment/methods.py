@@ -8,7 +8,9 @@ adapter) lives here, so a new method is added in this file alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,8 @@ def attach_method(base: torch.nn.Module, config: ExperimentConfig) -> torch.nn.M
             lora_dropout=adapter.dropout,
             target_modules=adapter.target_modules,
         )
-        return get_peft_model(base, lora)
+        with peft_without_its_own_deprecations():
+            return get_peft_model(base, lora)
     return get_molora_model(base, adapter)
 
 
@@ -106,7 +109,17 @@ def _load_peft_adapter(base: torch.nn.Module, adapter_dir: Path) -> PeftModel:
     except (SafetensorError, OSError) as error:
         raise ValueError(f"adapter file {weights} is missing, truncated or corrupt ({error}); "
                          "train the run again or pick another") from None
-    return PeftModel.from_pretrained(base, adapter_dir)
+    with peft_without_its_own_deprecations():
+        return PeftModel.from_pretrained(base, adapter_dir)
+
+
+@contextlib.contextmanager
+def peft_without_its_own_deprecations() -> Iterator[None]:
+    """peft's ``PeftModel.__init__`` reads transformers' deprecated ``is_gradient_checkpointing``: a warning
+    from peft's code that no caller can avoid, and that would tell a user something of theirs will break."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
