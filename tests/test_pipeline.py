@@ -16,7 +16,7 @@ from radargate.cli import main
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.bigbench import MCExample
 from radargate.experiment.data.gsm8k import GSM8KExample, is_correct
-from radargate.experiment.evaluate import _accuracies, answer_of_completion, score_choices
+from radargate.experiment.evaluate import _accuracies, answer_of_completion, evaluate_multiple_choice, score_choices
 from radargate.experiment.methods import load_trained
 from radargate.experiment.run import train
 from radargate.experiment.train import BatchSchedule
@@ -58,12 +58,31 @@ def test_accuracy_is_argmax_plain_and_per_byte():
     ]
     # continuations are " x" (2 bytes) and " yyyy" (5): example b per byte is -1.0 vs -1.2, still wrong
     scores = [[-1.0, -5.0], [-2.0, -6.0], [-3.0, -1.0]]
-    result = _accuracies(examples, scores)
-    assert result["per_task"]["t"] == {"acc": 0.5, "acc_norm": 0.5, "n": 2}
-    assert result["per_task"]["u"] == {"acc": 1.0, "acc_norm": 1.0, "n": 1}
-    assert result["macro_acc"] == 0.75 and result["n"] == 3
+    answer_tokens = [1, 2, 1]  # the correct answer's token count: its NLL per token is -score / count
+    result = _accuracies(examples, scores, answer_tokens)
+    assert result["per_task"]["t"] == {"acc": 0.5, "acc_norm": 0.5, "answer_nll": (1.0 + 3.0) / 2, "n": 2}
+    assert result["per_task"]["u"] == {"acc": 1.0, "acc_norm": 1.0, "answer_nll": 1.0, "n": 1}
+    assert result["macro_acc"] == 0.75 and result["macro_answer_nll"] == 1.5 and result["n"] == 3
+    assert [(r["id"], r["acc"], r["answer_nll"]) for r in result["examples"]] == [
+        ("a", 1.0, 1.0), ("b", 0.0, 3.0), ("c", 1.0, 1.0)]
     scores[1] = [-2.0, -4.0]  # per byte: " x" -1.0 vs " yyyy" -0.8 -> normalised picks the long answer
-    assert _accuracies(examples, scores)["per_task"]["t"] == {"acc": 0.5, "acc_norm": 1.0, "n": 2}
+    assert _accuracies(examples, scores, answer_tokens)["per_task"]["t"]["acc_norm"] == 1.0
+
+
+def test_answer_nll_is_the_correct_answers_mean_token_nll(tokenizer):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)).eval()
+    example = MCExample(task="t", id="a", input="", prompt="Q: is two even?\nA:", choices=("no", "yes, it is"),
+                        target_scores=(0.0, 1.0), answer=1)
+    (record,) = evaluate_multiple_choice(model, tokenizer, [example], batch_size=4, max_length=64)["examples"]
+    context, continuations = example.scoring_pairs()
+    prompt = tokenizer(context)["input_ids"]
+    answer = tokenizer(continuations[1], add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=torch.tensor([prompt + answer])).logits[0].double(), dim=-1)
+    expected = -sum(float(logprobs[len(prompt) - 1 + j, token]) for j, token in enumerate(answer)) / len(answer)
+    assert record["answer_nll"] == pytest.approx(expected, abs=1e-4)
 
 
 def test_batch_schedule_depends_on_the_step_only():
@@ -113,6 +132,14 @@ def test_cli_compare_trains_evaluates_and_reports(config_file, tmp_path, capsys)
     assert results["methods"]["radar"]["routing"]  # routing statistics for mixtures
     assert results["methods"]["lora"]["routing"] is None
     assert (run_dir / "report.md").is_file() and (run_dir / "plots" / "loss_curves.png").is_file()
+    for result in results["methods"].values():  # per-example records, and the fit on training examples
+        assert len(result["test"]["examples"]) == 10 and set(result["fit"]["per_task"]) == set(TASKS)
+        assert result["fit"]["per_task"][TASKS[0]]["n"] == 16  # eval.fit_per_task=20, but 16 are trained on
+    report = (run_dir / "report.md").read_text()
+    assert "## Differences with 95% confidence intervals" in report
+    for row in ("| radar - softmax | test | answer_nll |", "| radar - base | fit | answer_nll |",
+                "| lora - softmax | test | acc |"):
+        assert row in report
     # a second compare finds every method done and only rebuilds the report
     before = (run_dir / "radar" / "result.json").read_bytes()
     assert main(["compare", "--config", str(config_file), "--set", "train.steps=3", "--set", methods]) == 0

@@ -98,15 +98,16 @@ def table_rows(text: str, first_header: str) -> list[list[str]]:
 def test_comparison_table_formats_each_number_as_specified(results):
     rows = {row[0]: row[1:] for row in table_rows(comparison_table(results), "method")}
     # params with separators, loss 3 decimals, accuracies in % with 1 decimal, time 1 decimal
-    assert rows["radar"] == ["123,456", "1.234", "44.4", "50.7", "54.7", "101.2", "950"]
-    assert rows["softmax"][3] == "47.3"
+    # no fit or answer NLL in this fixture: those columns show "-"
+    assert rows["radar"] == ["123,456", "1.234", "-", "44.4", "50.7", "54.7", "-", "101.2", "950"]
+    assert rows["softmax"][4] == "47.3"
 
 
 def test_missing_pieces_render_as_dashes(results):
     rows = {row[0]: row[1:] for row in table_rows(comparison_table(results), "method")}
-    assert rows["base"] == ["0", "-", "-", "35.0", "39.1", "0.0", "-"]
+    assert rows["base"] == ["0", "-", "-", "-", "35.0", "39.1", "-", "0.0", "-"]
     sparse = {"methods": {"x": {"method": "x"}}}
-    assert table_rows(comparison_table(sparse), "method") == [["x", "-", "-", "-", "-", "-", "-", "-"]]
+    assert table_rows(comparison_table(sparse), "method") == [["x", *["-"] * 9]]
 
 
 # -- the report ----------------------------------------------------------------------------------

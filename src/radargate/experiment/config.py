@@ -120,9 +120,13 @@ class TrainSettings:
 class EvalSettings:
     batch_size: int = 16
     """Sequences (prompt + one choice) per forward pass."""
+    fit_per_task: int = 20
+    """Training examples per task (the first ones of the train split) scored after training, in eval mode:
+    how well each method fits what it was trained on (0: skip)."""
 
     def __post_init__(self) -> None:
         require_int("eval.batch_size", self.batch_size, minimum=1)
+        require_int("eval.fit_per_task", self.fit_per_task, minimum=0)
 
 
 @dataclass

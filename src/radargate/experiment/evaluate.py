@@ -6,6 +6,11 @@ the highest sum; ``acc_norm`` divides by the choice's length in UTF-8 bytes firs
 lm-evaluation-harness does), which removes the bias towards short answers. Accuracy is reported
 per task with the number of examples, and macro-averaged over tasks.
 
+``answer_nll`` is the mean negative log-likelihood per token of the correct answer (nats): the
+low-variance signal that separates methods long before accuracy does. Every result also lists each
+example (``examples``: task, id, acc, acc_norm, answer_nll), so that methods evaluated on the same
+examples can be compared by a paired bootstrap (``report/intervals.py``).
+
 Speed: BIG-bench prompts are long (they list the choices) and the choices short, so each prompt
 runs once and its KV cache is shared by all of its choices, instead of once per choice.
 """
@@ -51,6 +56,10 @@ def score_choices(
     ``batch_size`` bounds the number of continuations per forward pass (at least one item).
     """
     encoded = [_encode(tokenizer, context, continuations, max_length) for context, continuations in items]
+    return _score_encoded(model, tokenizer, encoded, batch_size=batch_size)
+
+
+def _score_encoded(model, tokenizer, encoded: Sequence[_Item], *, batch_size: int) -> list[list[float]]:
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].context))
     device = next(model.parameters()).device
     scores: list[list[float]] = [[] for _ in encoded]
@@ -137,32 +146,50 @@ def evaluate_multiple_choice(
     autocast = (
         torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
     )
+    encoded = [_encode(tokenizer, *example.scoring_pairs(), max_length) for example in examples]
     try:
         with autocast:
-            scores = score_choices(
-                model, tokenizer, [example.scoring_pairs() for example in examples],
-                batch_size=batch_size, max_length=max_length,
-            )
+            scores = _score_encoded(model, tokenizer, encoded, batch_size=batch_size)
     finally:
         model.train(was_training)
-    return _accuracies(examples, scores)
+    answer_lengths = [len(item.continuations[example.answer]) for item, example in zip(encoded, examples, strict=True)]
+    return _accuracies(examples, scores, answer_lengths)
 
 
-def _accuracies(examples: Sequence[MCExample], scores: list[list[float]]) -> dict:
-    hits: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
-    for example, choice_scores in zip(examples, scores, strict=True):
-        _, continuations = example.scoring_pairs()
-        normed = [s / max(1, len(c.encode("utf-8"))) for s, c in zip(choice_scores, continuations, strict=True)]
-        hits[example.task].append((_argmax(choice_scores) == example.answer, _argmax(normed) == example.answer))
+METRICS = ("acc", "acc_norm", "answer_nll")
+"""Per-example metrics, averaged per task and then over tasks (``macro_<metric>``)."""
+
+
+def _accuracies(examples: Sequence[MCExample], scores: list[list[float]], answer_lengths: Sequence[int]) -> dict:
+    records = [
+        _example_record(example, choice_scores, length)
+        for example, choice_scores, length in zip(examples, scores, answer_lengths, strict=True)
+    ]
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        by_task[record["task"]].append(record)
     per_task = {
-        task: {"acc": mean(h[0] for h in rows), "acc_norm": mean(h[1] for h in rows), "n": len(rows)}
-        for task, rows in sorted(hits.items())
+        task: {**{metric: mean(r[metric] for r in rows) for metric in METRICS}, "n": len(rows)}
+        for task, rows in sorted(by_task.items())
     }
     return {
         "per_task": per_task,
-        "macro_acc": mean(r["acc"] for r in per_task.values()),
-        "macro_acc_norm": mean(r["acc_norm"] for r in per_task.values()),
+        **{f"macro_{metric}": mean(r[metric] for r in per_task.values()) for metric in METRICS},
         "n": len(examples),
+        "examples": records,
+    }
+
+
+def _example_record(example: MCExample, choice_scores: Sequence[float], answer_length: int) -> dict:
+    """One example's outcome: which choice won (plain and per byte) and the correct answer's NLL per token."""
+    _, continuations = example.scoring_pairs()
+    normed = [s / max(1, len(c.encode("utf-8"))) for s, c in zip(choice_scores, continuations, strict=True)]
+    return {
+        "task": example.task,
+        "id": example.id,
+        "acc": float(_argmax(choice_scores) == example.answer),
+        "acc_norm": float(_argmax(normed) == example.answer),
+        "answer_nll": -choice_scores[example.answer] / max(1, answer_length),
     }
 
 

@@ -118,18 +118,33 @@ def smoothed_final_loss(history: list[dict[str, Any]], window: int = 10) -> floa
     return sum(losses) / len(losses) if losses else None
 
 
-def evaluate_with_routing(model, tokenizer, config: ExperimentConfig, examples) -> dict[str, Any]:
-    """Test accuracy, plus routing statistics gathered on the same inputs for mixtures."""
+def evaluate_with_routing(model, tokenizer, config: ExperimentConfig, splits: dict[str, list]) -> dict[str, Any]:
+    """Test scores, plus routing statistics gathered on the same inputs for mixtures, and the fit:
+    the same scores on a fixed subset of the training examples (``eval.fit_per_task`` per task)."""
     kwargs = {
         "batch_size": config.eval.batch_size,
         "max_length": config.data.max_length,
         "autocast_dtype": autocast_dtype(config.train.precision),
     }
+    fit_examples = first_per_task(splits["train"], config.eval.fit_per_task)
+    fit = evaluate_multiple_choice(model, tokenizer, fit_examples, **kwargs) if fit_examples else None
     if not isinstance(model, MoLoRAModel):
-        return {"test": evaluate_multiple_choice(model, tokenizer, examples, **kwargs), "routing": None}
+        test = evaluate_multiple_choice(model, tokenizer, splits["test"], **kwargs)
+        return {"test": test, "routing": None, "fit": fit}
     with model.record_routing() as stats:
-        test = evaluate_multiple_choice(model, tokenizer, examples, **kwargs)
-    return {"test": test, "routing": summarize_routing(stats)}
+        test = evaluate_multiple_choice(model, tokenizer, splits["test"], **kwargs)
+    return {"test": test, "routing": summarize_routing(stats), "fit": fit}
+
+
+def first_per_task(examples: list[MCExample], count: int) -> list[MCExample]:
+    """The first ``count`` examples of each task, in split order: the same subset for every method."""
+    taken: dict[str, int] = {}
+    chosen = []
+    for example in examples:
+        if taken.get(example.task, 0) < count:
+            taken[example.task] = taken.get(example.task, 0) + 1
+            chosen.append(example)
+    return chosen
 
 
 def run_method(
@@ -164,7 +179,7 @@ def run_method(
         atomic_write_json(result_path, failed_result(config, error))
         raise
     result = summarize(config, model, state)
-    result.update(evaluate_with_routing(model, tokenizer, config, splits["test"]))
+    result.update(evaluate_with_routing(model, tokenizer, config, splits))
     result["wall_time_s"] = time.perf_counter() - started
     atomic_write_json(result_path, result)
     return result

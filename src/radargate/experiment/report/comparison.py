@@ -15,6 +15,7 @@ from pathlib import Path
 from radargate.experiment.report import plots
 from radargate.experiment.report.analysis import summarize_contrast
 from radargate.experiment.report.format import MISSING, number, percent
+from radargate.experiment.report.intervals import Difference, paired_difference
 from radargate.files import atomic_write_text
 
 PLOTS_DIR = "plots"
@@ -27,6 +28,7 @@ def write_report(results: Mapping, run_dir: str | Path) -> Path:
         _header(results),
         "## Comparison",
         comparison_table(results),
+        differences_section(results),
         _failures_section(results),
         _per_task_section(results),
         _figures_section(results, run_dir),
@@ -39,24 +41,58 @@ def write_report(results: Mapping, run_dir: str | Path) -> Path:
 
 
 def comparison_table(results: Mapping) -> str:
-    """One row per method: size, training loss and time, validation and test accuracy."""
-    header = ["method", "trainable params", "final train loss", "val macro acc (%, last eval)",
-              "test macro acc (%)", "test macro acc_norm (%)", "train time (s)", "tokens/s"]
+    """One row per method: size, training loss and time, fit, validation and test scores."""
+    header = ["method", "trainable params", "final train loss", "fit answer NLL", "val macro acc (%, last eval)",
+              "test macro acc (%)", "test macro acc_norm (%)", "test answer NLL", "train time (s)", "tokens/s"]
     rows = []
     for name, method in results.get("methods", {}).items():
-        test = method.get("test") or {}
+        test, fit = method.get("test") or {}, method.get("fit") or {}
         validation = method.get("validation") or []
         rows.append([
             f"{name} (failed)" if method.get("failed") else name,
             _count(method.get("trainable_params")),
             number(method.get("final_train_loss"), ".3f"),
+            number(fit.get("macro_answer_nll"), ".3f"),
             percent(validation[-1].get("macro_acc") if validation else None),
             percent(test.get("macro_acc")),
             percent(test.get("macro_acc_norm")),
+            number(test.get("macro_answer_nll"), ".3f"),
             number(method.get("train_time_s"), ".1f"),
             number(method.get("tokens_per_s"), ",.0f"),
         ])
     return markdown_table(header, rows)
+
+
+REFERENCES = ("base", "softmax", "topk")
+"""Every method is compared with each of these that ran: the untrained model and the weighted-sum gates."""
+COMPARED = (("test", "acc"), ("test", "answer_nll"), ("fit", "answer_nll"))
+
+
+def differences_section(results: Mapping) -> str:
+    """Each method minus each reference, per example, with 95% paired-bootstrap intervals and verdicts."""
+    methods = {name: m for name, m in results.get("methods", {}).items() if not m.get("failed")}
+    rows = []
+    for reference in (r for r in REFERENCES if r in methods):
+        for name in (n for n in methods if n != reference):
+            for split, metric in COMPARED:
+                a, b = methods[name].get(split), methods[reference].get(split)
+                if a and b and "examples" in a and "examples" in b:
+                    rows.append(_difference_row(name, reference, split, paired_difference([a], [b], metric)))
+    if not rows:
+        return ""
+    header = ["comparison", "split", "metric", "mean difference", "95% interval", "examples", "verdict"]
+    note = ("Per-example differences (accuracy in points, answer NLL in nats per token; lower NLL is better), "
+            "95% percentile intervals from a paired bootstrap over examples (scipy); \"better\"/\"worse\" only "
+            "where the interval excludes zero. One seed per method here, so seed-to-seed variation is not "
+            "in these intervals.")
+    return "## Differences with 95% confidence intervals\n\n" + note + "\n\n" + markdown_table(header, rows)
+
+
+def _difference_row(name: str, reference: str, split: str, difference: Difference) -> list[str]:
+    scale, spec = (100, "+.1f") if difference.metric == "acc" else (1, "+.3f")
+    return [f"{name} - {reference}", split, difference.metric, format(scale * difference.mean, spec),
+            f"[{scale * difference.low:{spec}}, {scale * difference.high:{spec}}]", str(difference.n),
+            difference.verdict]
 
 
 def _failures_section(results: Mapping) -> str:

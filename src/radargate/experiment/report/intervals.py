@@ -1,0 +1,72 @@
+"""Differences between methods with 95% confidence intervals, and the words the intervals allow.
+
+Two methods evaluated on the same examples are compared example by example (a paired comparison):
+each method's per-example value is first averaged over its seeds (pooled over seeds, so an example
+counts once however many seeds ran), the per-example differences are formed, and their mean gets a
+percentile interval from ``scipy.stats.bootstrap`` resampling examples. "better" and "worse" are said
+only when the interval excludes zero; otherwise "no detectable difference".
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+HIGHER_IS_BETTER = {"acc": True, "acc_norm": True, "answer_nll": False}
+"""Per-example metrics of ``evaluate.evaluate_multiple_choice`` and their direction."""
+CONFIDENCE = 0.95
+RESAMPLES = 10_000
+
+
+@dataclass(frozen=True)
+class Difference:
+    """``mean`` of (method a - method b) over ``n`` paired examples, with its interval [low, high]."""
+
+    metric: str
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def verdict(self) -> str:
+        """``better``/``worse`` for method a when the interval excludes zero, by the metric's direction."""
+        if self.low <= 0 <= self.high:
+            return "no detectable difference"
+        return "better" if (self.low > 0) == HIGHER_IS_BETTER[self.metric] else "worse"
+
+
+def per_example(evaluations: Sequence[dict], metric: str) -> dict[tuple[str, str], float]:
+    """``(task, id)`` -> the metric averaged over the evaluations (one per seed) that scored the example."""
+    values: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for evaluation in evaluations:
+        for record in evaluation["examples"]:
+            values[(record["task"], record["id"])].append(record[metric])
+    return {key: float(np.mean(found)) for key, found in values.items()}
+
+
+def paired_difference(
+    a: Sequence[dict], b: Sequence[dict], metric: str, *, resamples: int = RESAMPLES, seed: int = 0
+) -> Difference:
+    """Method ``a`` minus method ``b`` on ``metric``; ``a`` and ``b`` are evaluation results (one per seed)
+    of the same examples. Examples that only one side scored are an error: the pairing would be unfair."""
+    if metric not in HIGHER_IS_BETTER:
+        raise ValueError(f"metric={metric!r} is unknown; choose one of {', '.join(HIGHER_IS_BETTER)}")
+    values_a, values_b = per_example(a, metric), per_example(b, metric)
+    if values_a.keys() != values_b.keys():
+        raise ValueError(f"the two sides scored different examples ({len(values_a)} vs {len(values_b)}); "
+                         "compare methods only on the same examples")
+    keys = sorted(values_a)
+    differences = np.array([values_a[key] - values_b[key] for key in keys])
+    mean = float(differences.mean())
+    if np.ptp(differences) == 0:  # every resample has the same mean: the interval is that point
+        return Difference(metric, mean, mean, mean, len(keys))
+    interval = stats.bootstrap(
+        (differences,), np.mean, confidence_level=CONFIDENCE, n_resamples=resamples, method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
+    return Difference(metric, mean, float(interval.low), float(interval.high), len(keys))
