@@ -125,11 +125,12 @@ def _routing_examples(results: dict[Cell, dict]) -> list[Cell]:
 
 
 def _summary_table(summary: list[dict]) -> str:
-    header = ["axis", "method", "n", "seeds", "train loss", "val acc %", "test acc %", "unseen acc %",
-              "routing entropy", "trainable params", "train s"]
+    header = ["axis", "method", "n", "seeds", "train loss", "fit NLL", "val acc %", "test acc %", "test NLL",
+              "unseen acc %", "unseen NLL", "routing entropy", "trainable params", "train s"]
     rows = [
         [e["axis"], e["method"], str(e["n"]), _seeds(e), _pm(e, "final_train_loss", 1, ".3f"),
-         _pm(e, "val_acc", 100, ".1f"), _pm(e, "test_acc", 100, ".1f"), _pm(e, "unseen_acc", 100, ".1f"),
+         _pm(e, "fit_answer_nll", 1, ".3f"), _pm(e, "val_acc", 100, ".1f"), _pm(e, "test_acc", 100, ".1f"),
+         _pm(e, "test_answer_nll", 1, ".3f"), _pm(e, "unseen_acc", 100, ".1f"), _pm(e, "unseen_answer_nll", 1, ".3f"),
          _pm(e, "routing_entropy", 1, ".3f"),
          f"{e['trainable_params']:,.0f}" if e.get("trainable_params") is not None else "-",
          _pm(e, "train_time_s", 1, ".0f")]
