@@ -5,6 +5,8 @@
     radargate compare --config configs/quickstart.yaml [--set compare.methods=[lora,radar]]
     radargate study   --config configs/study.yaml
     radargate gates | radargate tasks
+    radargate bundle pack   --config configs/study_full.yaml --out bundle/   # everything a run needs offline
+    radargate bundle unpack --dir bundle/ --to /tmp/radargate                # verify every part, then extract
 
 Exit status: 0 done; 1 the work failed (training diverged, a file could not be written or read);
 2 bad input (an unknown setting or name, a value of the wrong type, a missing or corrupt file).
@@ -52,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("gates", help="list the registered gates")
     commands.add_parser("tasks", help="list the BIG-bench multiple-choice tasks (fetches BIG-bench once)")
+
+    bundle = commands.add_parser("bundle", help="pack what a run needs offline into parts (<= 48 MiB), or unpack")
+    verbs = bundle.add_subparsers(dest="bundle_command", required=True)
+    pack = verbs.add_parser("pack", help="model, task files and wheels of a config, as parts with a sha256 manifest")
+    _add_config_arguments(pack)
+    pack.add_argument("--out", required=True, help="new folder for the parts, manifest.json and SHA256SUMS")
+    pack.add_argument("--part-mib", type=float, default=48.0, metavar="MIB", help="largest part in MiB (default 48)")
+    pack.add_argument("--wheels", help="folder of ready wheels (radargate's and gguf) instead of building them")
+    unpack = verbs.add_parser("unpack", help="verify every part against the manifest, then extract")
+    unpack.add_argument("--dir", required=True, help="the folder written by `radargate bundle pack`")
+    unpack.add_argument("--to", required=True, help="new (or empty) folder to extract into")
     return parser
 
 
@@ -153,6 +166,29 @@ def _tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bundle(args: argparse.Namespace) -> int:
+    return {"pack": _bundle_pack, "unpack": _bundle_unpack}[args.bundle_command](args)
+
+
+def _bundle_pack(args: argparse.Namespace) -> int:
+    from radargate.experiment.bundle import pack
+    from radargate.experiment.config import ExperimentConfig
+
+    config = ExperimentConfig.load(args.config, args.overrides)
+    manifest = pack(config, args.out, part_size=round(args.part_mib * 2**20), wheels=args.wheels)
+    size = sum(part["size"] for part in manifest["parts"])
+    print(f"{len(manifest['parts'])} parts ({size / 2**20:.1f} MiB), manifest.json and SHA256SUMS in {args.out}")
+    print("on the other machine: radargate bundle unpack --dir <folder holding them> --to <new folder>")
+    return 0
+
+
+def _bundle_unpack(args: argparse.Namespace) -> int:
+    from radargate.experiment.bundle import unpack
+
+    print(unpack(args.dir, args.to).describe())
+    return 0
+
+
 def _accuracy_table(method: str, result: dict) -> str:
     """Per-task test accuracy (plain and length-normalised) of one method, with counts and the macro row."""
     rows = [(task, r["n"], r["acc"], r["acc_norm"]) for task, r in result["per_task"].items()]
@@ -164,6 +200,7 @@ def _accuracy_table(method: str, result: dict) -> str:
 
 COMMANDS = {
     "train": _train, "eval": _eval, "compare": _compare, "study": _study, "gates": _gates, "tasks": _tasks,
+    "bundle": _bundle,
 }
 
 

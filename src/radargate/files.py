@@ -41,8 +41,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 def atomic_write_directory(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(fresh_folder)`` beside ``path``, then swap the folder in with two renames.
 
-    A failed write (a full or read-only disk) leaves the previous folder as it was. A crash between
-    the renames leaves it as ``<path>.old``, which :func:`latest_directory` still finds.
+    A failed write (a full or read-only disk, or any error ``write`` raises) leaves the previous folder as
+    it was and no half-written one. A crash between the renames leaves it as ``<path>.old``, which
+    :func:`latest_directory` still finds.
     """
     path = Path(path)
     fresh, old = path.with_name(f"{path.name}.tmp"), path.with_name(f"{path.name}.old")
@@ -50,7 +51,7 @@ def atomic_write_directory(path: str | Path, write: Callable[[Path], None]) -> N
     try:
         fresh.mkdir()
         write(fresh)
-    except OSError:
+    except BaseException:
         shutil.rmtree(fresh, ignore_errors=True)
         raise
     if path.exists():

