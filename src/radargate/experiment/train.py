@@ -240,8 +240,8 @@ class _Trainer:
     def _losses(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean negative log-likelihood of the answer tokens, and the weighted auxiliary losses."""
         kwargs = {"with_aux": True} if isinstance(self.unwrapped, MoLoRAModel) else {}
-        logprobs, mask, output = answer_logprobs(self.model, batch, **kwargs)
-        lm_loss = -logprobs.sum() / mask.sum().clamp_min(1)
+        logprobs, output = answer_logprobs(self.model, batch, **kwargs)
+        lm_loss = -logprobs.sum() / max(logprobs.numel(), 1)
         aux = output.get("aux_loss") if isinstance(output, dict) else None
         return lm_loss, aux if aux is not None else torch.zeros((), device=lm_loss.device)
 
