@@ -22,6 +22,7 @@ from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.loading import DEFAULT_MODEL, load_model_and_tokenizer
 from radargate.gates import GATES
 from radargate.model import MoLoRAModel, get_molora_model
+from radargate.peft_interop import ADAPTER_WEIGHTS
 from radargate.precision import DTYPES
 
 
@@ -85,7 +86,8 @@ def load_trained(run_dir: str | Path, overrides: Sequence[str] = ()):
         raise FileNotFoundError(f"{run_dir} is not a run folder: config.yaml is missing")
     config = ExperimentConfig.load(config_path, overrides)
     saved = ExperimentConfig.load(config_path).to_dict()
-    changed = [key for key in TRAINED_SETTINGS if config.to_dict()[key] != saved[key]]
+    requested = config.to_dict()
+    changed = [key for key in TRAINED_SETTINGS if requested[key] != saved[key]]
     if changed:
         raise ValueError(f"--set cannot change {', '.join(changed)} of the trained run {run_dir}; only evaluation "
                          "settings (data, eval) may change: to evaluate other settings, train a run with them")
@@ -102,7 +104,7 @@ def load_trained(run_dir: str | Path, overrides: Sequence[str] = ()):
 
 def _load_peft_adapter(base: torch.nn.Module, adapter_dir: Path) -> PeftModel:
     """PEFT's loader, with a damaged file reported by name instead of a reader's traceback."""
-    weights = adapter_dir / "adapter_model.safetensors"
+    weights = adapter_dir / ADAPTER_WEIGHTS
     try:
         with safe_open(str(weights), framework="pt") as reader:
             reader.keys()
