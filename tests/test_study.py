@@ -1,113 +1,158 @@
-"""The scaling study on a tiny model with a few real examples: cells, resumption and the report."""
+"""The scaling study on a tiny model with a few real examples: the plan, cell files, resumption,
+learning-rate selection and the report rebuilt from cell files alone."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
-import yaml
 
-import radargate.experiment.study as study_module
+import radargate.experiment.cells as cells_module
 from radargate.cli import main
+from radargate.experiment.cells import Cell, CellStore, cells_directory, evaluation
 from radargate.experiment.config import ExperimentConfig
-from radargate.experiment.report.study import _summary_table, verdicts
-from radargate.experiment.study import Cell, aggregate, cell_row, cells
+from radargate.experiment.plan import BASE, learning_rate_cells, learning_rates, pick_learning_rate, sweep_cells
 
 STUDY = [
     "train.steps=2", "study.methods=[softmax,radar]", "study.experts=[2,4]", "study.seeds=[0,1]",
     "study.axes=[fixed_r,fixed_total_rank]", "study.total_rank=4", "study.unseen_tasks=[navigate]",
-    "study.max_unseen_per_task=3",
+    "study.max_unseen_per_task=3", "study.lr_grid=[]",
 ]
 
 
-def test_cells_cover_the_grid_and_fixed_total_rank_divides_the_budget(config_file):
+def _study_args(config_file, tmp_path, *extra: str) -> list[str]:
+    return ["study", "--config", str(config_file), *[f"--set={o}" for o in STUDY],
+            f"--set=study.report_dir={tmp_path / 'reports'}", *extra]
+
+
+def test_the_sweep_covers_the_grid_and_fixed_total_rank_divides_the_budget(config_file):
     config = ExperimentConfig.load(config_file, [*STUDY, "study.experts=[2,3,4]"])
-    grid = cells(config)
-    assert len([c for c in grid if c.axis == "fixed_r"]) == 2 * 3 * 2
-    assert {c.n for c in grid if c.axis == "fixed_total_rank"} == {2, 4}  # 3 does not divide 4
-    cell = next(c for c in grid if (c.axis, c.method, c.n, c.seed) == ("fixed_total_rank", "radar", 4, 1))
+    sweep = sweep_cells(config, {"softmax": 0.01, "radar": 0.01})
+    assert len(sweep["fixed_r"]) == 2 * 3 * 2
+    assert {c.n for c in sweep["fixed_total_rank"]} == {2, 4}  # 3 does not divide 4
+    assert [c.seed for c in sweep["fixed_r"]] == sorted(c.seed for c in sweep["fixed_r"])  # one seed's grid first
+    cell = next(c for c in sweep["fixed_total_rank"] if (c.method, c.n, c.seed) == ("radar", 4, 1))
     cell_config = cell.config(config)
     assert (cell_config.adapter.r, cell_config.adapter.num_experts, cell_config.train.seed) == (1, 4, 1)
     assert cell_config.method == "radar" and cell_config.adapter.gate == "radar"
 
 
-def test_verdicts_call_ties_within_a_standard_deviation():
-    rows = [
-        {"axis": "fixed_r", "method": m, "n": 2, "seed": s, "test_acc": acc, "final_train_loss": 1.0,
-         "val_acc": None, "unseen_acc": 0.5, "trainable_params": 10, "train_time_s": 1.0, "mean_rho": None,
-         "mean_rho_shuffled": None}
-        for m, s, acc in [("radar", 0, 0.60), ("radar", 1, 0.62), ("softmax", 0, 0.50), ("softmax", 1, 0.52)]
-    ]
-    summary = aggregate(rows)
-    assert verdicts(summary, "test_acc")[0].startswith("- fixed_r, n=2: radar wins over softmax")
-    rows[0]["test_acc"], rows[1]["test_acc"] = 0.50, 0.54  # means 0.52 vs 0.51, std 0.028: a tie
-    assert "ties with softmax" in verdicts(aggregate(rows), "test_acc")[0]
-    losses = {("radar", 0): 0.80, ("radar", 1): 0.82, ("softmax", 0): 0.90, ("softmax", 1): 0.92}
-    for row in rows:  # a lower training loss is the better fit
-        row["final_train_loss"] = losses[(row["method"], row["seed"])]
-    assert verdicts(aggregate(rows), "final_train_loss")[0] == (
-        "- fixed_r, n=2: radar wins over softmax on final train loss (0.810 vs 0.910, gap -0.100, seed std up to 0.014)"
-    )
-    single_seed = [row for row in rows if row["seed"] == 0]
-    assert "one seed: no spread to judge, no verdict" in verdicts(aggregate(single_seed), "test_acc")[0]
+def test_a_single_task_cell_trains_on_its_task_alone_for_its_steps(config_file):
+    config = ExperimentConfig.load(config_file, STUDY)
+    cell = Cell("softmax", 8, 2, 0, 0.003, "logical_deduction/three_objects", 7)
+    cell_config = cell.config(config)
+    assert cell_config.data.tasks == ["logical_deduction/three_objects"]
+    assert (cell_config.train.steps, cell_config.train.lr, cell_config.adapter.num_experts) == (7, 0.003, 8)
+    assert cell.name == "logical_deduction.three_objects-softmax-n8-r2-s0-lr0.003"
 
 
-def test_study_runs_every_cell_writes_the_report_and_resumes(config_file, tmp_path, monkeypatch):
-    report_dir = tmp_path / "reports"
-    args = ["study", "--config", str(config_file), *[f"--set={o}" for o in STUDY],
-            f"--set=study.report_dir={report_dir}"]
-    assert main(args) == 0
-    raw = json.loads((report_dir / "tiny.json").read_text())
-    assert len(raw["cells"]) == 2 * 2 * 2 * 2  # axes x methods x experts x seeds
-    trained = [path for path in (tmp_path / "runs" / "tiny").glob("*/result.json") if path.parent.name != "base"]
-    assert len(trained) == 12  # n=2 has r=2 on both axes (total rank 4): those 4 cells are trained once
-    report = (report_dir / "tiny.md").read_text()
-    for entry in raw["summary"]:
-        assert f"{100 * entry['test_acc']:.1f}" in report
-    assert "## Where RadarGate wins, ties or loses" in report and "Contrastive analysis" in report
-    assert (report_dir / "tiny_plots" / "fixed_r_test_acc.png").stat().st_size > 0
-    unseen_section = report.split("## Unseen tasks")[1].split("##")[0]
-    assert "| navigate | macro |" in unseen_section
-    for entry in raw["summary"]:  # the per-task column is the mean of the cells' per-task accuracies
-        assert f"{100 * entry['unseen_navigate']:.1f}" in unseen_section
-    base = raw["base"]  # the untrained model, evaluated once on the same test split and unseen tasks
-    assert f"| - | base | - | {100 * base['unseen_navigate']:.1f} |" in unseen_section
-    assert f"base model scores {100 * base['test_acc']:.1f}%" in report
-    for cell in ("radar-n4-r2-s0", "softmax-n4-r2-s0", "radar-n4-r1-s0"):  # largest n per axis, first seed
-        assert f"## Routing: {cell}" in report
-    assert (report_dir / "tiny_plots" / "contrast_radar-n4-r1-s0.png").stat().st_size > 0
-    assert "## Routing: radar-n2" not in report
-    assert all(row["unseen_acc"] is not None for row in raw["cells"])
-    for cell in cells(ExperimentConfig.load(config_file, STUDY)):  # each cell trained what its name says
-        folder = tmp_path / "runs" / "tiny" / cell.name
-        saved = yaml.safe_load((folder / "config.yaml").read_text())
-        adapter = json.loads((folder / "result.json").read_text())["adapter"]
-        settings = (saved["method"], saved["adapter"]["num_experts"], saved["adapter"]["r"])
-        assert settings == (cell.method, cell.n, cell.r)
-        assert (adapter["gates"], adapter["num_experts"], adapter["r"]) == ([cell.method], [cell.n], [cell.r])
+def test_learning_rate_selection_picks_the_lowest_validation_nll():
+    assert pick_learning_rate({3e-4: 2.1, 1e-3: 1.7, 3e-3: 1.9}) == 1e-3
+    assert pick_learning_rate({3e-4: 2.1, 1e-3: None, 3e-3: 2.0}) == 3e-3  # a diverged rate is never chosen
+    assert pick_learning_rate({3e-4: 1.5, 1e-3: 1.5}) == 3e-4  # a tie goes to the smaller, safer rate
+    assert pick_learning_rate({1e-3: None}) is None
+
+
+def test_learning_rates_come_from_the_search_cell_files(config_file, tmp_path):
+    config = ExperimentConfig.load(config_file, [*STUDY, "study.lr_grid=[3e-4,1e-3,3e-3]", "study.lr_experts=2",
+                                                 f"study.report_dir={tmp_path}"])
+    store = CellStore(cells_directory(config))
+    search = learning_rate_cells(config)
+    assert {(c.method, c.lr) for c in search} == {(m, lr) for m in ("softmax", "radar") for lr in (3e-4, 1e-3, 3e-3)}
+    assert learning_rates(config, store) is None  # nothing has run: no rate yet
+    validation = {("softmax", 3e-4): 2.0, ("softmax", 1e-3): 1.4, ("softmax", 3e-3): 1.6,
+                  ("radar", 3e-4): 1.9, ("radar", 1e-3): 1.8, ("radar", 3e-3): 1.2}
+    for cell in search:
+        cells_module.write_record(store, _record(cell, config, validation[(cell.method, cell.lr)]))
+    assert learning_rates(config, store) == {"softmax": 1e-3, "radar": 3e-3}
+
+
+def _record(cell: Cell, config: ExperimentConfig, validation_nll: float) -> dict:
+    return {"cell": {"name": cell.name}, "config": cell.config(config).to_dict(), "failed": None,
+            "metrics": {"validation": [{"step": 2, "macro_answer_nll": validation_nll}]}}
+
+
+def test_a_cell_file_made_with_other_settings_is_refused(config_file, tmp_path):
+    config = ExperimentConfig.load(config_file, [*STUDY, f"study.report_dir={tmp_path}"])
+    store = CellStore(cells_directory(config))
+    cell = Cell("radar", 2, 2, 0, 0.01)
+    other = ExperimentConfig.load(config_file, [*STUDY, "train.warmup_steps=0"])
+    cells_module.write_record(store, _record(cell, other, 1.0))
+    with pytest.raises(ValueError, match=r"other settings.*train.warmup_steps: 0 -> 1"):
+        store.load(cell, config)
+
+
+def test_study_writes_cell_files_resumes_without_training_and_rebuilds_the_report(config_file, tmp_path, monkeypatch):
+    assert main(_study_args(config_file, tmp_path)) == 0
+    cells_dir = tmp_path / "reports" / "tiny_cells"
+    files = sorted(path.name for path in cells_dir.glob("*.json"))
+    assert len(files) == 1 + 12  # base + 16 sweep cells, of which n=2 (r=2 on both axes) are shared
+    record = json.loads((cells_dir / "radar-n4-r1-s1-lr0.01.json").read_text())
+    assert record["config"]["adapter"]["num_experts"] == 4 and record["config"]["train"]["seed"] == 1
+    test = evaluation(record, "test")
+    assert len(test["examples"]) == test["n"] and {"acc", "answer_nll", "task", "id"} <= set(test["examples"][0])
+    assert evaluation(record, "unseen")["n"] == 3 and evaluation(record, "fit")["n"] > 0
+    assert record["timings"]["train_s"] > 0 and record["hardware"].startswith(("CPU", "GPU"))
+    assert len(record["training"]["lm_loss"]) == 2
+    report = (tmp_path / "reports" / "tiny.md").read_text()
 
     def no_training(*args, **kwargs):
-        raise AssertionError("a finished cell was trained again")
+        raise AssertionError("a cell with a result file was trained again")
 
-    monkeypatch.setattr(study_module, "evaluate_unseen", no_training)
-    monkeypatch.setattr("radargate.experiment.run.train", no_training)
-    assert main(args) == 0  # every cell done: only the report is rebuilt
-    assert json.loads((report_dir / "tiny.json").read_text())["cells"] == raw["cells"]
+    monkeypatch.setattr(cells_module, "run_or_record_failure", no_training)
+    for path in (tmp_path / "runs").iterdir():  # a fresh clone: cell files, no run folders
+        subprocess.run(["rm", "-r", str(path)], check=True)
+    assert main(_study_args(config_file, tmp_path)) == 0
+    assert main(_study_args(config_file, tmp_path, "--report-only")) == 0
+    assert (tmp_path / "reports" / "tiny.md").read_text() == report
+    assert sorted(path.name for path in cells_dir.glob("*.json")) == files
+
+
+def test_the_report_opens_with_the_answer_and_backs_it_with_intervals(config_file, tmp_path):
+    assert main(_study_args(config_file, tmp_path)) == 0
+    report = (tmp_path / "reports" / "tiny.md").read_text()
+    sections = [line for line in report.splitlines() if line.startswith("## ")]
+    assert sections[0] == "## The answer"
+    answer = report.split("## The answer")[1].split("\n## ")[0]
+    assert "n=4 vs softmax" in answer and "fit NLL" in answer and "unseen acc" in answer
+    assert "## Every method against softmax, top-k and the base model (fixed_r)" in report
+    assert "| 4 | radar - softmax |" in report and "| 2 | softmax - base |" in report
+    assert "Does RadarGate's margin grow with n?" in report and "n=4 vs n=2" in report
+    raw = json.loads((tmp_path / "reports" / "tiny.json").read_text())
+    assert len(raw["cells"]) == 13 and all(row["wall_s"] > 0 for row in raw["cells"])
+
+
+def test_a_time_limit_stops_before_the_next_cell_and_a_rerun_goes_on(config_file, tmp_path, capsys):
+    assert main(_study_args(config_file, tmp_path, "--time-limit=0.001")) == 0
+    assert "time limit reached" in capsys.readouterr().err
+    assert [path.name for path in (tmp_path / "reports" / "tiny_cells").glob("*.json")] == ["base.json"]
+
+
+def test_commit_commits_each_cell_file_alone(config_file, tmp_path):
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    subprocess.run(["git", "init", "-q", str(reports)], check=True)
+    for key, value in (("user.email", "t@example.org"), ("user.name", "t")):
+        subprocess.run(["git", "-C", str(reports), "config", key, value], check=True)
+    (reports / "unrelated.txt").write_text("staged, not committed by the study")
+    subprocess.run(["git", "-C", str(reports), "add", "unrelated.txt"], check=True)
+    args = _study_args(config_file, tmp_path, "--commit")
+    args[args.index("--set=study.seeds=[0,1]")] = "--set=study.seeds=[0]"
+    assert main([*args, "--set=study.axes=[fixed_r]", "--set=study.experts=[2]"]) == 0
+    log = subprocess.run(["git", "-C", str(reports), "log", "--format=%s", "--name-only"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "study tiny: cell base (done)" in log and "tiny_cells/radar-n2-r2-s0-lr0.01.json" in log
+    assert "unrelated.txt" not in log
 
 
 def test_bad_study_settings_are_named(config_file):
-    with pytest.raises(ValueError, match=r"study.axes='fixed'"):
-        ExperimentConfig.load(config_file, ["study.axes=[fixed]"])
+    with pytest.raises(ValueError, match="study.methods='gpt' is unknown"):
+        ExperimentConfig.load(config_file, ["study.methods=[gpt]"])
+    with pytest.raises(ValueError, match="study.lr_grid holds lr=-0.001"):
+        ExperimentConfig.load(config_file, ["study.lr_grid=[-1e-3]"])
+    assert main(["study", "--config", str(config_file), "--workers=0"]) == 2
 
 
-def test_a_failed_cell_is_counted_not_averaged():
-    ok = {"test": {"macro_acc": 0.5}, "unseen": {"macro_acc": 0.4, "per_task": {}}, "final_train_loss": 1.0}
-    rows = [cell_row(Cell("fixed_r", "radar", 2, 2, 0), ok),
-            cell_row(Cell("fixed_r", "radar", 2, 2, 1), {"method": "radar", "failed": "training diverged"}),
-            cell_row(Cell("fixed_r", "softmax", 2, 2, 0), {"method": "softmax", "failed": "training diverged"})]
-    radar, softmax = aggregate(rows)
-    assert (radar["seeds"], radar["failed"], radar["test_acc"], radar["test_acc_std"]) == (2, 1, 0.5, None)
-    assert (softmax["seeds"], softmax["failed"], softmax.get("test_acc")) == (1, 1, None)
-    table = _summary_table([radar, softmax])
-    assert "| fixed_r | radar | 2 | 2 (1 failed) | 1.000 |" in table and "| 1 (1 failed) |" in table
-    assert verdicts([radar, softmax], "test_acc") == []  # nothing to compare against
+def test_base_cell_is_the_untrained_model():
+    assert BASE.name == "base" and BASE.method == "base"

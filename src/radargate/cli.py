@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     study = commands.add_parser("study", help="the resumable scaling sweep (methods x experts x seeds) and its report")
     _add_config_arguments(study)
+    study.add_argument("--workers", type=int, default=1, help="cells trained at once, each in its own process "
+                       "(a GPU has room for several; default 1)")
+    study.add_argument("--time-limit", type=float, metavar="SECONDS",
+                       help="start no new cell after this many seconds (finished cells are kept; run again to go on)")
+    study.add_argument("--commit", action="store_true", help="git-commit each cell's result file as it lands")
+    study.add_argument("--report-only", action="store_true",
+                       help="train nothing: rebuild the report from the cell files alone")
 
     commands.add_parser("gates", help="list the registered gates")
     commands.add_parser("tasks", help="list the BIG-bench multiple-choice tasks (fetches BIG-bench once)")
@@ -148,7 +155,9 @@ def _study(args: argparse.Namespace) -> int:
     from radargate.experiment.study import study
 
     config = ExperimentConfig.load(args.config, args.overrides)
-    print(f"report: {study(config)}")
+    report = study(config, workers=args.workers, time_limit_s=args.time_limit, commit=args.commit,
+                   report_only=args.report_only)
+    print(f"report: {report}")
     return 0
 
 

@@ -158,6 +158,20 @@ class StudySettings:
     unseen_tasks: list[str] = field(default_factory=lambda: list(UNSEEN_TASKS))
     max_unseen_per_task: int = 50
     report_dir: str = "reports"
+    cells_dir: str = ""
+    """One small JSON file per finished cell (``radargate.experiment.cells``), meant to be committed;
+    the report is rebuilt from these files alone. Empty: ``<report_dir>/<name>_cells``."""
+    lr_grid: list[float] = field(default_factory=list)
+    """Learning rates each method tries at ``lr_experts`` experts (first seed); every cell of the method then
+    trains at the rate with the lowest validation answer NLL. Empty: ``train.lr`` for every method."""
+    lr_experts: int = 8
+    headline_tasks: list[str] = field(default_factory=list)
+    """The paper's per-task fitting experiment: each task trained alone at ``headline_experts`` experts by
+    each of ``headline_methods`` (first seed, ``headline_steps`` steps). Empty: skipped."""
+    headline_methods: list[str] = field(default_factory=lambda: ["softmax", "topk", "radar"])
+    headline_experts: int = 8
+    headline_steps: int | None = None
+    """Steps of a headline cell (``None``: ``train.steps``)."""
 
     def __post_init__(self) -> None:
         for method in self.methods:
@@ -172,6 +186,15 @@ class StudySettings:
             raise ValueError("study.methods, study.experts, study.seeds and study.axes must not be empty")
         require_int("study.total_rank", self.total_rank, minimum=1)
         require_int("study.max_unseen_per_task", self.max_unseen_per_task, minimum=1)
+        for lr in self.lr_grid:
+            if not lr > 0:
+                raise ValueError(f"study.lr_grid holds lr={lr!r}; every learning rate must be > 0")
+        for method in self.headline_methods:
+            require_choice("study.headline_methods", method, [m for m in method_names() if m != "base"])
+        require_int("study.lr_experts", self.lr_experts, minimum=1)
+        require_int("study.headline_experts", self.headline_experts, minimum=1)
+        if self.headline_steps is not None:
+            require_int("study.headline_steps", self.headline_steps, minimum=1)
 
 
 @dataclass

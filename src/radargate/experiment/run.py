@@ -76,20 +76,20 @@ def check_same_run(run_dir: Path, config: ExperimentConfig) -> None:
     """Refuse to continue (or reuse) a run with settings other than those it was made with."""
     previous = ExperimentConfig.load(run_dir / "config.yaml").to_dict()
     current = config.to_dict()
-    for key in IRRELEVANT_TO_A_RUN:
-        previous.pop(key, None)
-        current.pop(key, None)
-    changed = _differences(previous, current)
+    changed = config_differences(previous, current)
     if changed:
         raise ValueError(f"cannot resume {run_dir} with a different config; changed: {', '.join(changed[:8])}")
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key.sub: old -> new`` for every setting that differs, settings in ``IRRELEVANT_TO_A_RUN`` aside."""
     changed = []
     for key in sorted(set(old) | set(new)):
+        if not prefix and key in IRRELEVANT_TO_A_RUN:
+            continue
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            changed += _differences(a, b, f"{prefix}{key}.")
+            changed += config_differences(a, b, f"{prefix}{key}.")
         elif a != b:
             changed.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return changed

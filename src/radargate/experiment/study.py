@@ -1,173 +1,136 @@
-"""The scaling study: does RadarGate keep improving as the number of experts grows?
+"""The scaling study: does RadarGate fit, generalise and scale better than weighted-sum gates?
 
-``radargate study --config configs/study.yaml`` trains every cell (axis x method x experts x seed)
-with ``run_method`` in ``<output_dir>/<name>/<method>-n<n>-r<r>-s<seed>/``, evaluates it on the
-test split and zero-shot on BIG-bench tasks outside training (``unseen.json``), and writes
-``<report_dir>/<name>.md`` with ``<name>.json`` / ``<name>.csv`` beside it. Finished cells are never
-run again, so an interrupted sweep resumes and a rerun only rebuilds the report.
+``radargate study --config configs/study.yaml`` runs, in this order, cells (``radargate.experiment.cells``)
+that do not have a result file yet:
 
-Axes: ``fixed_r`` keeps each expert's rank (the mixture grows with ``n``); ``fixed_total_rank``
-sets ``r = total_rank / n`` (the same parameter budget at every ``n``; ``n`` that do not divide it
-are skipped). ``lora`` is PEFT's LoRA at rank ``n * r``, the same trainable width. A cell that both
-axes contain (``r == total_rank / n``) is trained once: its directory names the settings, not the axis.
+1. the untrained base model, and the learning-rate search: each method at ``study.lr_experts`` experts,
+   first seed, at every rate of ``study.lr_grid``; each method's rate is the one with the lowest
+   validation answer NLL (:func:`pick_learning_rate`);
+2. the sweep at those rates, seed by seed: every method x experts, on each axis (``fixed_r`` keeps each
+   expert's rank; ``fixed_total_rank`` sets ``r = total_rank / n``, skipping ``n`` that do not divide
+   it; ``lora`` is PEFT's LoRA at rank ``n * r``, the same trainable width), the first two seeds first;
+3. the paper's per-task fitting experiment (``study.headline_tasks``, each task trained alone), then the
+   remaining seeds of the sweep.
+
+Each finished cell writes its file under ``study.cells_dir`` at once (and, with ``commit``, commits it),
+so a study spread over sessions and machines resumes from a fresh clone and runs only missing cells;
+with ``report_only`` nothing runs and the report is rebuilt from the files alone. ``workers`` > 1 runs
+cells in that many processes (a GPU has room for several of these small models); ``time_limit_s``
+stops starting new cells after that long, so a session or a 10-minute machine call ends cleanly.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import statistics
+import multiprocessing
+import subprocess
+import sys
 import time
-from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+from radargate.experiment.cells import Cell, CellStore, cells_directory, run_cell, write_record
 from radargate.experiment.config import ExperimentConfig
-from radargate.experiment.data.bigbench import load_splits, load_suite
-from radargate.experiment.evaluate import evaluate_multiple_choice, mean
-from radargate.experiment.methods import load_trained
-from radargate.experiment.report.analysis import summarize_contrast
-from radargate.experiment.report.study import cells_csv, write_study_report
-from radargate.experiment.run import run_or_record_failure
-from radargate.experiment.train import autocast_dtype
-from radargate.files import atomic_write_json, atomic_write_text
-from radargate.hardware import hardware_description
-
-IDENTITY = ("axis", "method", "n", "seed", "failed")
-"""The keys of a cell row that name it (or mark it failed); every other key is a number averaged over seeds."""
+from radargate.experiment.data.bigbench import load_splits
+from radargate.experiment.plan import BASE, headline_cells, learning_rate_cells, learning_rates, sweep_cells
+from radargate.experiment.report.study import write_study_report
 
 
-@dataclass(frozen=True)
-class Cell:
-    axis: str
-    method: str
-    n: int
-    r: int
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.method}-n{self.n}-r{self.r}-s{self.seed}"
-
-    def config(self, base: ExperimentConfig) -> ExperimentConfig:
-        adapter = dataclasses.replace(base.adapter, num_experts=self.n, r=self.r)
-        train = dataclasses.replace(base.train, seed=self.seed)
-        return dataclasses.replace(base, adapter=adapter, train=train).for_method(self.method)
-
-
-def cells(config: ExperimentConfig) -> list[Cell]:
-    study = config.study
-    return [
-        Cell(axis, method, n, study.total_rank // n if axis == "fixed_total_rank" else config.adapter.r, seed)
-        for axis in study.axes
-        for n in study.experts
-        if axis == "fixed_r" or study.total_rank % n == 0
-        for method in study.methods
-        for seed in study.seeds
-    ]
+def study(config: ExperimentConfig, *, workers: int = 1, time_limit_s: float | None = None, commit: bool = False,
+          report_only: bool = False) -> Path:
+    """Run the missing cells (unless ``report_only``), then write the report from the cell files."""
+    store = CellStore(cells_directory(config))
+    if not report_only:
+        runner = CellRunner(config, store, workers=workers, time_limit_s=time_limit_s, commit=commit)
+        runner.run([BASE, *learning_rate_cells(config)])
+        rates = learning_rates(config, store)
+        if rates is not None:
+            sweep = _unique(cell for cells in sweep_cells(config, rates).values() for cell in cells)
+            early = config.study.seeds[:2]
+            runner.run([cell for cell in sweep if cell.seed in early])
+            runner.run(headline_cells(config, rates))
+            runner.run([cell for cell in sweep if cell.seed not in early])
+        if runner.left:
+            print(f"radargate study: time limit reached with {runner.left} cells not started; "
+                  "run the same command again to go on", file=sys.stderr)
+    return write_study_report(config, store)
 
 
-def run_cell(config: ExperimentConfig, cell: Cell, splits: dict[str, list]) -> dict[str, Any]:
-    """Train and test one cell (or read it back), then its zero-shot accuracy on unseen tasks."""
-    return _run_with_unseen(cell.config(config), config.run_dir / cell.name, splits)
+def _unique(cells: Iterable[Cell]) -> list[Cell]:
+    return list(dict.fromkeys(cells))
 
 
-def run_base(config: ExperimentConfig, splits: dict[str, list]) -> dict[str, Any]:
-    """The untrained base model on the same test split and unseen tasks: the point of reference
-    that shows what training did, on the suite and off it."""
-    return _run_with_unseen(config.for_method("base"), config.run_dir / "base", splits)
+class CellRunner:
+    """Runs cells that have no file yet, inline or in worker processes, and files each result as it lands."""
+
+    def __init__(self, config: ExperimentConfig, store: CellStore, *, workers: int, time_limit_s: float | None,
+                 commit: bool) -> None:
+        if workers < 1:
+            raise ValueError(f"workers={workers} is not allowed; give 1 or more")
+        if time_limit_s is not None and time_limit_s <= 0:
+            raise ValueError(f"time limit={time_limit_s} s is not allowed; give a positive number of seconds")
+        self.config, self.store, self.workers, self.commit = config, store, workers, commit
+        self.deadline = time.monotonic() + time_limit_s if time_limit_s else None
+        self.left = 0
+        self.splits: dict[tuple[str, ...], dict[str, list]] = {}
+
+    def run(self, cells: list[Cell]) -> None:
+        missing = _unique(cell for cell in cells if self.store.load(cell, self.config) is None)
+        if self.workers == 1 or len(missing) <= 1:
+            for index, cell in enumerate(missing):
+                if self._out_of_time():
+                    self.left += len(missing) - index
+                    return
+                self._file(run_cell(self.config, cell, self._splits_for(cell)))
+            return
+        self._run_in_processes(missing)
+
+    def _run_in_processes(self, cells: list[Cell]) -> None:
+        queue = list(cells)
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        with ProcessPoolExecutor(max_workers=self.workers, mp_context=context) as pool:
+            running: set[Future] = set()
+            while queue or running:
+                while queue and len(running) < self.workers and not self._out_of_time():
+                    running.add(pool.submit(_run_cell_in_worker, self.config.to_dict(), queue.pop(0)))
+                if not running:
+                    break
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    self._file(future.result())
+        self.left += len(queue)
+
+    def _out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def _splits_for(self, cell: Cell) -> dict[str, list]:
+        config = cell.config(self.config)
+        key = tuple(config.data.tasks)
+        if key not in self.splits:
+            self.splits[key] = load_splits(config)
+        return self.splits[key]
+
+    def _file(self, record: dict[str, Any]) -> None:
+        path = write_record(self.store, record)
+        status = "failed" if record["failed"] else "done"
+        print(f"radargate study: cell {record['cell']['name']} {status} "
+              f"({(record['timings']['train_and_test_s'] or 0):.0f} s): {path}", file=sys.stderr)
+        if self.commit:
+            commit_file(path, f"study {self.config.name}: cell {record['cell']['name']} ({status})")
 
 
-def _run_with_unseen(config: ExperimentConfig, directory: Path, splits: dict[str, list]) -> dict[str, Any]:
-    result = run_or_record_failure(config, directory, show_progress=False, splits=splits)
-    if result.get("failed"):
-        return result
-    unseen_path = directory / "unseen.json"
-    if not unseen_path.is_file():
-        atomic_write_json(unseen_path, evaluate_unseen(config, directory))
-    result["unseen"] = json.loads(unseen_path.read_text())
-    return result
+def _run_cell_in_worker(config_values: dict[str, Any], cell: Cell) -> dict[str, Any]:
+    return run_cell(ExperimentConfig.from_dict(config_values), cell)
 
 
-def evaluate_unseen(config: ExperimentConfig, directory: Path) -> dict[str, Any]:
-    model, tokenizer, _ = load_trained(directory)
-    study = config.study
-    examples = load_suite(study.unseen_tasks, seed=config.data.split_seed,
-                          max_per_split={"test": study.max_unseen_per_task})["test"]
-    return evaluate_multiple_choice(
-        model, tokenizer, examples, batch_size=config.eval.batch_size, max_length=config.data.max_length,
-        autocast_dtype=autocast_dtype(config.train.precision),
-    )
-
-
-def cell_row(cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
-    """The numbers of one cell that the report aggregates, straight from its results."""
-    if result.get("failed"):
-        return {"axis": cell.axis, "method": cell.method, "n": cell.n, "seed": cell.seed, "failed": True}
-    validation = result.get("validation") or [{}]
-    routing = result.get("routing") or {}
-    contrast = summarize_contrast(routing) if any("contrast" in layer for layer in routing.values()) else {}
-    return {
-        "axis": cell.axis, "method": cell.method, "n": cell.n, "seed": cell.seed, "failed": False,
-        "final_train_loss": result.get("final_train_loss"),
-        "val_acc": validation[-1].get("macro_acc"),
-        "fit_answer_nll": (result.get("fit") or {}).get("macro_answer_nll"),
-        "test_acc": result["test"]["macro_acc"],
-        "test_answer_nll": result["test"].get("macro_answer_nll"),
-        "unseen_acc": result["unseen"]["macro_acc"],
-        "unseen_answer_nll": result["unseen"].get("macro_answer_nll"),
-        "trainable_params": result.get("trainable_params"),
-        "train_time_s": result.get("train_time_s"),
-        "wall_time_s": result.get("wall_time_s"),
-        "mean_rho": contrast.get("mean_rho"),
-        "mean_rho_shuffled": contrast.get("mean_rho_shuffled_theta_baseline"),
-        "routing_entropy": mean(layer.get("mean_entropy") for layer in routing.values()),
-        **_unseen_per_task(result),
-    }
-
-
-def _unseen_per_task(result: dict[str, Any]) -> dict[str, float]:
-    return {f"unseen_{task}": scores["acc"] for task, scores in sorted(result["unseen"]["per_task"].items())}
-
-
-def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard deviation over seeds, per (axis, method, n); failed cells are counted, not averaged."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for row in rows:
-        groups[(row["axis"], row["method"], row["n"])].append(row)
-    summary = []
-    for (axis, method, n), members in sorted(groups.items()):
-        entry: dict[str, Any] = {"axis": axis, "method": method, "n": n, "seeds": len(members),
-                                 "failed": sum(bool(m.get("failed")) for m in members)}
-        metrics = dict.fromkeys(key for m in members for key in m if key not in IDENTITY)
-        for metric in metrics:
-            values = [m[metric] for m in members if m.get(metric) is not None]
-            entry[metric] = mean(values)
-            entry[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else None
-        summary.append(entry)
-    return summary
-
-
-def study(config: ExperimentConfig) -> Path:
-    """Run (or read back) every cell, then write the report and the raw results."""
-    started = time.perf_counter()
-    splits = load_splits(config)  # cells differ in method, experts and seed, never in data
-    base = base_row(run_base(config, splits))
-    results = {cell: run_cell(config, cell, splits) for cell in cells(config)}
-    rows = [cell_row(cell, result) for cell, result in results.items()]
-    summary = aggregate(rows)
-    report_dir = Path(config.study.report_dir)
-    name = config.name
-    raw = {"config": config.to_dict(), "hardware": hardware_description(), "base": base, "cells": rows,
-           "summary": summary, "wall_time_s_this_invocation": time.perf_counter() - started}
-    atomic_write_json(report_dir / f"{name}.json", raw)
-    atomic_write_text(report_dir / f"{name}.csv", cells_csv(rows))
-    return write_study_report(config, summary, results, base, report_dir)
-
-
-def base_row(result: dict[str, Any]) -> dict[str, Any]:
-    """The base model's accuracies, keyed as the summary's entries are (one run: no spread)."""
-    return {"axis": "-", "method": "base", "n": "-", "test_acc": result["test"]["macro_acc"],
-            "unseen_acc": result["unseen"]["macro_acc"],
-            **_unseen_per_task(result)}
+def commit_file(path: Path, message: str) -> None:
+    """Commit one file alone (whatever else is staged stays staged); a failure is reported, not fatal:
+    the file is on disk and the next commit can take it."""
+    folder = path.parent
+    for command in (["git", "add", "--", path.name], ["git", "commit", "-q", "-m", message, "--", path.name]):
+        done = subprocess.run(command, cwd=folder, capture_output=True, text=True, check=False)
+        if done.returncode:
+            print(f"radargate study: could not commit {path}: {done.stderr.strip() or done.stdout.strip()}",
+                  file=sys.stderr)
+            return

@@ -251,7 +251,8 @@ class _Trainer:
             batch_size=self.config.eval.batch_size, max_length=self.config.data.max_length,
             autocast_dtype=autocast_dtype(self.config.train.precision),
         )
-        return {"step": step, "macro_acc": result["macro_acc"], "macro_acc_norm": result["macro_acc_norm"]}
+        return {"step": step, "macro_acc": result["macro_acc"], "macro_acc_norm": result["macro_acc_norm"],
+                "macro_answer_nll": result["macro_answer_nll"]}
 
     # -- checkpoints: a folder written beside the old one, then swapped in (radargate.files) --------
 

@@ -54,14 +54,24 @@ def paired_difference(
 ) -> Difference:
     """Method ``a`` minus method ``b`` on ``metric``; ``a`` and ``b`` are evaluation results (one per seed)
     of the same examples. Examples that only one side scored are an error: the pairing would be unfair."""
+    return paired_contrast([(1.0, a), (-1.0, b)], metric, resamples=resamples, seed=seed)
+
+
+def paired_contrast(
+    terms: Sequence[tuple[float, Sequence[dict]]], metric: str, *, resamples: int = RESAMPLES, seed: int = 0
+) -> Difference:
+    """The mean over examples of ``sum(weight * value)`` over ``terms`` (weight, evaluations of one method),
+    with its interval: ``(+1, a), (-1, b)`` is a difference; ``(+1, a at n=32), (-1, b at n=32), (-1, a at
+    n=2), (+1, b at n=2)`` asks whether a's margin over b grows with n, on the same examples."""
     if metric not in HIGHER_IS_BETTER:
         raise ValueError(f"metric={metric!r} is unknown; choose one of {', '.join(HIGHER_IS_BETTER)}")
-    values_a, values_b = per_example(a, metric), per_example(b, metric)
-    if values_a.keys() != values_b.keys():
-        raise ValueError(f"the two sides scored different examples ({len(values_a)} vs {len(values_b)}); "
+    values = [per_example(evaluations, metric) for _, evaluations in terms]
+    if any(found.keys() != values[0].keys() for found in values):
+        raise ValueError(f"the sides scored different examples ({' vs '.join(str(len(v)) for v in values)}); "
                          "compare methods only on the same examples")
-    keys = sorted(values_a)
-    differences = np.array([values_a[key] - values_b[key] for key in keys])
+    keys = sorted(values[0])
+    differences = np.array([sum(weight * found[key] for (weight, _), found in zip(terms, values, strict=True))
+                            for key in keys])
     mean = float(differences.mean())
     if np.ptp(differences) == 0:  # every resample has the same mean: the interval is that point
         return Difference(metric, mean, mean, mean, len(keys))

@@ -1,162 +1,465 @@
-"""The study's report: ``<report_dir>/<name>.md`` with its plots, verdicts and tables, and the CSV of cells.
+"""The study's report, built from the cell files alone: ``<report_dir>/<name>.md``, its plots, and
+``<name>.json`` / ``<name>.csv`` with one row per cell.
 
-Every number comes from the cell rows and the per-seed summary that ``radargate.experiment.study``
-computes; a number a cell lacks is shown as "-".
+It opens with the answer in plain words, then backs every word with a paired bootstrap interval
+(``report.intervals``: per example, seeds pooled): each method against the softmax gate, top-k and the
+base model at each ``n``, on the fit (answer NLL on training examples, eval mode), the test split and
+the unseen tasks (accuracy and answer NLL); whether RadarGate's margin grows from the smallest to the
+largest ``n``; and the paper's per-task fitting experiment. A missing cell leaves a "-" (or a note),
+never a guess.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import statistics
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from radargate.experiment.report.comparison import markdown_table, routing_section
+from radargate.experiment.cells import Cell, CellStore, evaluation
+from radargate.experiment.plan import BASE, headline_cells, learning_rate_cells, learning_rates, sweep_cells
+from radargate.experiment.report.comparison import markdown_table
+from radargate.experiment.report.format import number
+from radargate.experiment.report.intervals import Difference, paired_contrast
 from radargate.experiment.report.plots import plot_metric_against_experts
-from radargate.files import atomic_write_text
-from radargate.hardware import hardware_description
+from radargate.files import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     from radargate.experiment.config import ExperimentConfig
-    from radargate.experiment.study import Cell
+
+REFERENCES = ("softmax", "topk", "base")
+CLAIMS = (  # (label, split, metric): the paper's three claims, each measured on its own
+    ("fit NLL", "fit", "answer_nll"),
+    ("test NLL", "test", "answer_nll"),
+    ("test acc", "test", "acc"),
+    ("unseen NLL", "unseen", "answer_nll"),
+    ("unseen acc", "unseen", "acc"),
+)
+ROW_METRICS = ("final_train_loss", "validation_answer_nll", "fit_answer_nll", "test_acc", "test_answer_nll",
+               "unseen_acc", "unseen_answer_nll", "routing_entropy", "mean_grad_norm", "wall_s")
+VERDICT_SHORT = {"better": "better", "worse": "worse", "no detectable difference": "no diff."}
 
 
-LOWER_IS_BETTER = {"final_train_loss"}
+@dataclass
+class Gathered:
+    """The cell records the report reads, found through the study's plan (``None``: not run yet)."""
+
+    config: ExperimentConfig
+    base: dict | None
+    rates: dict[str, float | None] | None
+    lr_search: dict[Cell, dict | None]
+    sweep: dict[str, dict[Cell, dict | None]] = field(default_factory=dict)
+    headline: dict[Cell, dict | None] = field(default_factory=dict)
+
+    def records(self) -> dict[str, dict]:
+        """Every distinct finished cell by name (a cell two parts share counts once)."""
+        found = {"base": self.base} if self.base else {}
+        for group in (self.lr_search, self.headline, *self.sweep.values()):
+            found.update({cell.name: record for cell, record in group.items() if record})
+        return found
+
+    def seeds_of(self, axis: str, method: str, n: int) -> list[dict]:
+        return [record for cell, record in self.sweep[axis].items()
+                if record and not record["failed"] and cell.method == method and cell.n == n]
 
 
-def verdicts(summary: list[dict[str, Any]], metric: str) -> list[str]:
-    """Per (axis, n): RadarGate against the best other method; a tie when the gap is within a seed std,
-    and no verdict at all from a single seed. Accuracies are compared as percentages, higher better;
-    the training loss (how well each method fits) lower better."""
-    lower = metric in LOWER_IS_BETTER
-    scale, spec, unit, points = (1, ".3f", "", "") if lower else (100, ".1f", "%", " points")
-    lines = []
-    by_case: dict[tuple, dict[str, dict]] = defaultdict(dict)
-    for entry in summary:
-        by_case[(entry["axis"], entry["n"])][entry["method"]] = entry
-    for (axis, n), methods in sorted(by_case.items()):
-        radar = methods.get("radar")
-        others = {m: e for m, e in methods.items() if m != "radar" and e.get(metric) is not None}
-        if radar is None or radar.get(metric) is None or not others:
-            continue
-        pick = min if lower else max
-        best_name, best = pick(others.items(), key=lambda item: item[1][metric])
-        gap = radar[metric] - best[metric]
-        stds = [e[f"{metric}_std"] for e in (radar, best) if e[f"{metric}_std"] is not None]
-        numbers = (f"{scale * radar[metric]:{spec}}{unit} vs {scale * best[metric]:{spec}}{unit}, "
-                   f"gap {scale * gap:+{spec}}{points}")
-        if not stds:
-            lines.append(f"- {axis}, n={n}: radar vs {best_name} on {metric.replace('_', ' ')}: {numbers} "
-                         "(one seed: no spread to judge, no verdict)")
-            continue
-        spread = max(stds)
-        better = gap < 0 if lower else gap > 0
-        word = "ties with" if abs(gap) <= spread else ("wins over" if better else "loses to")
-        lines.append(
-            f"- {axis}, n={n}: radar {word} {best_name} on {metric.replace('_', ' ')} "
-            f"({numbers}, seed std up to {scale * spread:{spec}})"
-        )
-    return lines
+def gather(config: ExperimentConfig, store: CellStore) -> Gathered:
+    rates = learning_rates(config, store)
+    found = Gathered(config, store.load(BASE, config), rates,
+                     {cell: store.load(cell, config) for cell in learning_rate_cells(config)})
+    if rates is not None:
+        found.sweep = {axis: {cell: store.load(cell, config) for cell in cells}
+                       for axis, cells in sweep_cells(config, rates).items()}
+        found.headline = {cell: store.load(cell, config) for cell in headline_cells(config, rates)}
+    return found
 
 
-def write_study_report(config: ExperimentConfig, summary: list[dict], results: dict[Cell, dict],
-                       base: dict[str, Any], report_dir: Path) -> Path:
-    name = config.name
-    plots_dir = f"{name}_plots"
-    distinct = {cell.name: result for cell, result in results.items()}  # a shared cell ran once
-    plots = {}
-    for axis in config.study.axes:
-        for metric in ("test_acc", "unseen_acc", "final_train_loss"):
-            path = report_dir / plots_dir / f"{axis}_{metric}.png"
-            plot_metric_against_experts([e for e in summary if e["axis"] == axis], metric, path)
-            plots[(axis, metric)] = path.relative_to(report_dir)
-    train_time = sum(result.get("train_time_s") or 0.0 for result in distinct.values())
-    wall_time = sum(result.get("wall_time_s") or 0.0 for result in distinct.values())
-    lines = [
-        f"# radargate scaling study: {name}",
-        "",
-        f"Generated by `radargate study` from `{name}.json` (raw per-cell numbers also in `{name}.csv`).",
-        "",
-        f"- **Hardware:** {hardware_description()}",
-        f"- **Model:** {config.model.name}; **training tasks:** {', '.join(config.data.tasks)}",
-        f"- **Steps:** {config.train.steps} x batch {config.train.batch_size}; **seeds:** {config.study.seeds}; "
-        f"**experts:** {config.study.experts}; **axes:** {', '.join(config.study.axes)}"
-        + (f" (total rank {config.study.total_rank})" if "fixed_total_rank" in config.study.axes else ""),
-        f"- **Unseen tasks (zero-shot):** {', '.join(config.study.unseen_tasks)}",
-        f"- **Wall time over the {len(distinct)} trained cells:** {wall_time:.0f} s "
-        f"(of which training {train_time:.0f} s; test-split evaluation included, unseen-task evaluation not; "
-        "each cell's time as measured when it ran)",
-        "",
-        "## Where RadarGate wins, ties or loses",
-        "",
-        *verdicts(summary, "test_acc"),
-        *verdicts(summary, "unseen_acc"),
-        *verdicts(summary, "final_train_loss"),
-        "",
-        "## Results (mean ± std over seeds)",
-        "",
-        f"The untrained base model scores {100 * base['test_acc']:.1f}% on the same test split and "
-        f"{100 * base['unseen_acc']:.1f}% on the unseen tasks.",
-        "",
-        _summary_table(summary),
-        "",
+def write_study_report(config: ExperimentConfig, store: CellStore) -> Path:
+    found = gather(config, store)
+    report_dir = Path(config.study.report_dir)
+    rows = [cell_row(record) for record in found.records().values()]
+    summary = aggregate([row for row in rows if row["part"] == "sweep"], found)
+    plots = _plots(summary, config, report_dir)
+    sections = [
+        _title(config),
+        _answer_section(found),
+        _setup_section(found),
+        _learning_rate_section(found),
+        *(_differences_section(found, axis) for axis in found.sweep),
+        _growth_section(found),
+        _summary_section(summary, plots),
+        _headline_section(found),
+        _diagnostics_section(summary),
+        _timing_section(found),
     ]
-    for (axis, metric), path in plots.items():
-        lines += [f"![{metric} against n, {axis}]({path})", ""]
-    lines += ["## Unseen tasks, zero-shot accuracy per task (%, mean ± std over seeds)", "",
-              _unseen_table([base, *summary], config.study.unseen_tasks), ""]
-    lines += ["## Contrastive analysis (RadarGate cells)", "", _contrast_table(summary), ""]
-    lines += [line for cell in _routing_examples(results)
-              for line in (routing_section(cell.name, results[cell]["routing"], report_dir, plots_dir), "")]
-    path = report_dir / f"{name}.md"
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    path = report_dir / f"{config.name}.md"
+    atomic_write_text(path, "\n\n".join(section for section in sections if section) + "\n")
+    atomic_write_json(report_dir / f"{config.name}.json", {"config": config.to_dict(), "cells": rows,
+                                                             "summary": summary})
+    atomic_write_text(report_dir / f"{config.name}.csv", cells_csv(rows))
     return path
 
 
-def _routing_examples(results: dict[Cell, dict]) -> list[Cell]:
-    """The cells whose routing the report shows: every routed method at the largest ``n`` of each axis,
-    first seed; a cell both axes share is shown once."""
-    largest = {axis: max(cell.n for cell in results if cell.axis == axis) for axis in {c.axis for c in results}}
-    first_seed = min(cell.seed for cell in results)
-    chosen = {cell.name: cell for cell in results
-              if cell.n == largest[cell.axis] and cell.seed == first_seed and results[cell].get("routing")}
-    return list(chosen.values())
+# -- per-cell rows and their means over seeds ----------------------------------------------------------------
 
 
-def _summary_table(summary: list[dict]) -> str:
-    header = ["axis", "method", "n", "seeds", "train loss", "fit NLL", "val acc %", "test acc %", "test NLL",
-              "unseen acc %", "unseen NLL", "routing entropy", "trainable params", "train s"]
-    rows = [
-        [e["axis"], e["method"], str(e["n"]), _seeds(e), _pm(e, "final_train_loss", 1, ".3f"),
-         _pm(e, "fit_answer_nll", 1, ".3f"), _pm(e, "val_acc", 100, ".1f"), _pm(e, "test_acc", 100, ".1f"),
-         _pm(e, "test_answer_nll", 1, ".3f"), _pm(e, "unseen_acc", 100, ".1f"), _pm(e, "unseen_answer_nll", 1, ".3f"),
-         _pm(e, "routing_entropy", 1, ".3f"),
-         f"{e['trainable_params']:,.0f}" if e.get("trainable_params") is not None else "-",
-         _pm(e, "train_time_s", 1, ".0f")]
-        for e in summary
-    ]
-    return markdown_table(header, rows)
+def cell_row(record: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of one cell file that tables and the CSV show."""
+    cell, metrics = record["cell"], record["metrics"]
+    routing = record.get("routing") or {}
+    grad_norms = [g for g in record.get("training", {}).get("grad_norm", []) if g is not None]
+    validation = metrics.get("validation") or [{}]
+    return {
+        "name": cell["name"], "part": _part(cell), "method": cell["method"], "n": cell["n"], "r": cell["r"],
+        "seed": cell["seed"], "lr": cell["lr"], "task": cell["task"], "failed": record["failed"],
+        "final_train_loss": metrics.get("final_train_loss"),
+        "validation_answer_nll": validation[-1].get("macro_answer_nll"),
+        **{f"{split}_{metric}": (metrics.get(split) or {}).get(f"macro_{metric}")
+           for split in ("fit", "test", "unseen") for metric in ("acc", "answer_nll")},
+        "routing_entropy": _mean(layer.get("mean_entropy") for layer in routing.values()),
+        "mean_abs_angle": _mean(layer.get("theta_abs_mean") for layer in routing.values()),
+        "mean_grad_norm": _mean(grad_norms),
+        "trainable_params": metrics.get("trainable_params"),
+        "wall_s": _sum_present(record["timings"].get(key) for key in ("train_and_test_s", "unseen_s")),
+        "train_s": record["timings"].get("train_s"),
+        "hardware": record.get("hardware"),
+    }
+
+
+def _part(cell: dict[str, Any]) -> str:
+    return "base" if cell["method"] == "base" else ("headline" if cell["task"] else "sweep")
+
+
+def aggregate(rows: list[dict[str, Any]], found: Gathered) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds, per (axis, method, n); failed cells are counted, not averaged."""
+    by_name = {row["name"]: row for row in rows}
+    summary = []
+    for axis, cells in found.sweep.items():
+        groups: dict[tuple[str, int], list[Cell]] = defaultdict(list)
+        for cell in cells:
+            groups[(cell.method, cell.n)].append(cell)
+        for (method, n), members in groups.items():
+            present = [by_name[c.name] for c in members if c.name in by_name]
+            entry: dict[str, Any] = {"axis": axis, "method": method, "n": n, "r": members[0].r,
+                                     "lr": members[0].lr, "seeds": len(present), "planned": len(members),
+                                     "failed": sum(bool(row["failed"]) for row in present)}
+            for metric in ROW_METRICS:
+                values = [row[metric] for row in present if row.get(metric) is not None]
+                entry[metric] = _mean(values)
+                entry[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else None
+            summary.append(entry)
+    return summary
+
+
+# -- intervals -----------------------------------------------------------------------------------------------
+
+
+def difference(a: Sequence[dict], b: Sequence[dict], split: str, metric: str) -> Difference | None:
+    """``a`` minus ``b`` (cell records, seeds pooled per example), or ``None`` if either side lacks the split."""
+    return contrast([(1.0, a), (-1.0, b)], split, metric)
+
+
+def contrast(terms: Sequence[tuple[float, Sequence[dict]]], split: str, metric: str) -> Difference | None:
+    evaluations = [(weight, [evaluation(r, split) for r in records]) for weight, records in terms]
+    if any(not found or any(e is None for e in found) for _, found in evaluations):
+        return None
+    return paired_contrast(evaluations, metric)
+
+
+def describe(found: Difference | None, *, short: bool = False) -> str:
+    """``-0.052 [-0.071, -0.034] better``: accuracy in points, NLL in nats per answer token."""
+    if found is None:
+        return "-"
+    scale, spec = (100, "+.1f") if found.metric == "acc" else (1, "+.3f")
+    verdict = VERDICT_SHORT[found.verdict] if short else found.verdict
+    return f"{scale * found.mean:{spec}} [{scale * found.low:{spec}}, {scale * found.high:{spec}}] {verdict}"
+
+
+def _sides(found: Gathered, axis: str, method: str, n: int) -> list[dict]:
+    if method == "base":
+        return [found.base] if found.base and not found.base["failed"] else []
+    return found.seeds_of(axis, method, n)
+
+
+# -- sections ------------------------------------------------------------------------------------------------
+
+
+def _title(config: ExperimentConfig) -> str:
+    return (f"# radargate scaling study: {config.name}\n\n"
+            f"Rebuilt from the cell files in `{config.study.cells_dir or config.study.report_dir + '/' + config.name + '_cells'}` "
+            f"by `radargate study --config <this study's config> --report-only`; one row per cell in "
+            f"`{config.name}.csv`. Differences are method minus reference, per example, seeds pooled, with 95% "
+            "paired-bootstrap intervals (scipy); accuracy in points, answer NLL in nats per answer token "
+            "(lower is better). \"better\"/\"worse\" only where the interval excludes zero, else \"no diff.\" "
+            "(no detectable difference).")
+
+
+def _answer_section(found: Gathered) -> str:
+    axis = "fixed_r" if "fixed_r" in found.sweep else next(iter(found.sweep), None)
+    if axis is None:
+        return "## The answer\n\nNo sweep cells yet (the learning-rate search has not finished)."
+    large = sorted(n for n in found.config.study.experts if n >= 8) or sorted(found.config.study.experts)[-1:]
+    lines = ["## The answer", "",
+             f"RadarGate against the weighted-sum gates at n >= 8 (axis {axis}, each expert rank "
+             f"{found.config.adapter.r}):", ""]
+    tally: dict[str, int] = defaultdict(int)
+    for label, split, metric in CLAIMS:
+        parts = []
+        for n in large:
+            for reference in ("softmax", "topk"):
+                result = difference(_sides(found, axis, "radar", n), _sides(found, axis, reference, n), split, metric)
+                if result is not None:
+                    tally[result.verdict] += 1
+                    parts.append(f"n={n} vs {reference} {describe(result)}")
+        lines.append(f"- **{label}**: " + ("; ".join(parts) if parts else "not measured yet") + ".")
+    total = sum(tally.values())
+    if total:
+        lines += ["", f"Of these {total} comparisons RadarGate is better in {tally['better']}, worse in "
+                      f"{tally['worse']}, and not detectably different in {tally['no detectable difference']}."]
+    growth = _growth_lines(found, axis, ("fit", "answer_nll"), ("test", "answer_nll"), ("unseen", "answer_nll"))
+    if growth:
+        lines += ["", "Does its margin over each gate grow with n (margin at the largest n minus margin at the "
+                      "smallest, answer NLL; negative = RadarGate pulls ahead)?", "", *growth]
+    headline = _headline_counts(found)
+    if headline:
+        lines += ["", headline]
+    return "\n".join(lines)
+
+
+def _growth_lines(found: Gathered, axis: str, *claims: tuple[str, str]) -> list[str]:
+    experts = sorted({cell.n for cell in found.sweep.get(axis, {})})
+    if len(experts) < 2:
+        return []
+    low, high = experts[0], experts[-1]
+    lines = []
+    for reference in ("softmax", "topk"):
+        for split, metric in claims:
+            terms = [(1.0, _sides(found, axis, "radar", high)), (-1.0, _sides(found, axis, reference, high)),
+                     (-1.0, _sides(found, axis, "radar", low)), (1.0, _sides(found, axis, reference, low))]
+            if all(records for _, records in terms):
+                result = contrast(terms, split, metric)
+                if result is not None:
+                    lines.append(f"- vs {reference}, {split} {metric.replace('_', ' ')}, n={high} vs n={low}: "
+                                 f"{describe(result)}")
+    return lines
+
+
+def _setup_section(found: Gathered) -> str:
+    config = found.config
+    records = found.records()
+    hardware = sorted({r["hardware"] for r in records.values() if r.get("hardware")})
+    test_counts = _examples_per_task(found.base, "test")
+    unseen_counts = _examples_per_task(found.base, "unseen")
+    study, train, data = config.study, config.train, config.data
+    return "\n".join([
+        "## Setup", "",
+        f"- **Hardware:** {'; '.join(hardware) or '-'}",
+        f"- **Model:** {config.model.name}; adapters on {', '.join(config.adapter.target_modules)}, "
+        f"expert rank r={config.adapter.r} (alpha {config.adapter.alpha}), load-balance weight "
+        f"{config.adapter.load_balance_weight}",
+        f"- **Budget:** {train.steps} steps x batch {train.batch_size} x up to {data.max_length} tokens, "
+        f"{train.warmup_steps} warm-up steps, precision {train.precision}; up to {data.max_train_per_task} training "
+        f"examples per task",
+        f"- **Training tasks ({len(data.tasks)}):** {', '.join(data.tasks)}",
+        f"- **Test examples per task:** {test_counts}",
+        f"- **Unseen tasks, zero-shot:** {unseen_counts}",
+        f"- **Fit:** answer NLL on the first {config.eval.fit_per_task} training examples of each task, after "
+        "training, in eval mode",
+        f"- **Sweep:** methods {', '.join(study.methods)} x n in {study.experts} x seeds {study.seeds}, "
+        f"axes {', '.join(study.axes)}" + (f" (total rank {study.total_rank})" if "fixed_total_rank" in study.axes
+                                           else ""),
+        f"- **Cells finished:** {len(records)}",
+        "",
+        _budget_text(found),
+    ])
+
+
+def _examples_per_task(record: dict | None, split: str) -> str:
+    scores = (record or {}).get("metrics", {}).get(split)
+    if not scores:
+        return "-"
+    per_task = scores.get("per_task", {})
+    return ", ".join(f"{task} {values['n']}" for task, values in per_task.items()) + f" ({scores['n']} in all)"
+
+
+def _budget_text(found: Gathered) -> str:
+    """Whether the budget teaches the tasks: the best method at the search's n against the base model."""
+    axis = next(iter(found.sweep), None)
+    if axis is None or not found.base:
+        return "Whether the budget learns is shown once the base model and the sweep have run."
+    n = found.config.study.lr_experts if found.config.study.lr_experts in found.config.study.experts else max(
+        found.config.study.experts)
+    candidates = {m: _sides(found, axis, m, n) for m in found.config.study.methods if m != "base"}
+    candidates = {m: records for m, records in candidates.items() if records}
+    if not candidates:
+        return "Whether the budget learns is shown once the sweep's cells have run."
+    best = min(candidates, key=lambda m: _mean(r["metrics"]["validation"][-1].get("macro_answer_nll")
+                                               for r in candidates[m] if r["metrics"]["validation"]) or 0.0)
+    nll = difference(candidates[best], [found.base], "test", "answer_nll")
+    acc = difference(candidates[best], [found.base], "test", "acc")
+    return (f"The budget is judged on whether training teaches the tasks at all: the method with the best "
+            f"validation answer NLL at n={n} ({best}) against the untrained base model on the test split: "
+            f"answer NLL {describe(nll)}, accuracy {describe(acc)}.")
+
+
+def _learning_rate_section(found: Gathered) -> str:
+    study = found.config.study
+    if not study.lr_grid:
+        return (f"## Learning rates\n\nOne rate for every method: {found.config.train.lr:g} (no `study.lr_grid`). "
+                "A convex gate (softmax, top-k) hands each expert about 1/n of the update, so one shared rate "
+                "may favour some n; this study does not correct for it.")
+    header = ["method", *(f"lr {lr:g}: val NLL / acc %" for lr in study.lr_grid), "chosen"]
+    rows = []
+    for method in dict.fromkeys(cell.method for cell in found.lr_search):
+        texts = []
+        for lr in study.lr_grid:
+            record = next(r for c, r in found.lr_search.items() if c.method == method and c.lr == lr) if any(
+                c.method == method and c.lr == lr for c in found.lr_search) else None
+            texts.append(_validation_text(record))
+        chosen = (found.rates or {}).get(method)
+        rows.append([method, *texts, f"{chosen:g}" if chosen else ("pending" if found.rates is None else "none")])
+    return "\n".join([
+        "## Learning rates", "",
+        f"Each method tried every rate at n={study.lr_experts} (seed {study.seeds[0]}); the rate with the lowest "
+        "validation answer NLL trains all of that method's cells. A convex gate (softmax, top-k) hands each expert "
+        "about 1/n of the update, so its best rate may grow with n; choosing at one n fixes the rate there, and "
+        "the margins at other n carry that confound (per-(method, n) rates were not searched).", "",
+        markdown_table(header, rows),
+    ])
+
+
+def _validation_text(record: dict | None) -> str:
+    if record is None:
+        return "-"
+    if record["failed"]:
+        return "diverged"
+    last = record["metrics"]["validation"][-1] if record["metrics"]["validation"] else {}
+    return f"{number(last.get('macro_answer_nll'), '.3f')} / {number(100 * (last.get('macro_acc') or 0), '.1f')}"
+
+
+def _differences_section(found: Gathered, axis: str) -> str:
+    experts = sorted({cell.n for cell in found.sweep[axis]})
+    methods = [m for m in found.config.study.methods if m != "base"]
+    header = ["n", "comparison", *(label for label, _, _ in CLAIMS)]
+    rows = []
+    for n in experts:
+        for reference in REFERENCES:
+            for method in methods:
+                if method == reference:
+                    continue
+                a, b = _sides(found, axis, method, n), _sides(found, axis, reference, n)
+                if a and b:
+                    rows.append([str(n), f"{method} - {reference}",
+                                 *(describe(difference(a, b, split, metric), short=True) for _, split, metric in CLAIMS)])
+    title = f"## Every method against softmax, top-k and the base model ({axis})"
+    return f"{title}\n\n" + (markdown_table(header, rows) if rows else "No finished pairs yet.")
+
+
+def _growth_section(found: Gathered) -> str:
+    lines = []
+    for axis in found.sweep:
+        lines += [f"**{axis}**", "", *(_growth_lines(found, axis, *((s, m) for _, s, m in CLAIMS)) or ["- not enough n yet"]), ""]
+    return "## Does RadarGate's margin grow with n?\n\n(margin at the largest n minus margin at the smallest; for NLL " \
+           "negative, for accuracy positive, means RadarGate pulls ahead)\n\n" + "\n".join(lines).rstrip()
+
+
+def _summary_section(summary: list[dict], plots: list[Path]) -> str:
+    header = ["axis", "method", "n", "r", "lr", "seeds", "train loss", "val NLL", "fit NLL", "test acc %", "test NLL",
+              "unseen acc %", "unseen NLL", "wall s"]
+    rows = [[e["axis"], e["method"], str(e["n"]), str(e["r"]), f"{e['lr']:g}", _seeds(e),
+             _pm(e, "final_train_loss", 1, ".3f"), _pm(e, "validation_answer_nll", 1, ".3f"),
+             _pm(e, "fit_answer_nll", 1, ".3f"), _pm(e, "test_acc", 100, ".1f"), _pm(e, "test_answer_nll", 1, ".3f"),
+             _pm(e, "unseen_acc", 100, ".1f"), _pm(e, "unseen_answer_nll", 1, ".3f"), _pm(e, "wall_s", 1, ".0f")]
+            for e in summary]
+    figures = [f"![{path.stem}]({path})" for path in plots]
+    return "\n\n".join(["## Means per cell (± std over seeds)", markdown_table(header, rows), *figures])
 
 
 def _seeds(entry: dict) -> str:
-    return f"{entry['seeds']} ({entry['failed']} failed)" if entry["failed"] else str(entry["seeds"])
+    text = f"{entry['seeds']}/{entry['planned']}"
+    return f"{text} ({entry['failed']} failed)" if entry["failed"] else text
 
 
-def _unseen_table(summary: list[dict], tasks: list[str]) -> str:
-    header = ["axis", "method", "n", *tasks, "macro"]
-    rows = [[e["axis"], e["method"], str(e["n"]), *(_pm(e, f"unseen_{task}", 100, ".1f") for task in tasks),
-             _pm(e, "unseen_acc", 100, ".1f")] for e in summary]
-    return markdown_table(header, rows)
+def _headline_counts(found: Gathered) -> str | None:
+    verdicts = [_headline_verdicts(found, task) for task in found.config.study.headline_tasks]
+    verdicts = [v for v in verdicts if v]
+    if not verdicts:
+        return None
+    best = sum(all(d.verdict == "better" for d in v.values()) for v in verdicts)
+    worse = sum(any(d.verdict == "worse" for d in v.values()) for v in verdicts)
+    return (f"The paper's headline replayed (each task trained alone, n={found.config.study.headline_experts}): "
+            f"RadarGate fits better than every other gate in {best} of {len(verdicts)} tasks "
+            f"({100 * best / len(verdicts):.0f}%; the paper reports 90%), worse than at least one in {worse}, "
+            f"and otherwise not detectably different.")
 
 
-def _contrast_table(summary: list[dict]) -> str:
-    rows = [[e["axis"], str(e["n"]), _pm(e, "mean_rho", 1, "+.3f"), _pm(e, "mean_rho_shuffled", 1, "+.3f")]
-            for e in summary if e.get("mean_rho") is not None]
-    if not rows:
-        return "No RadarGate cells with routing data."
-    header = ["axis", "n", "mean Spearman rho (cos before vs change)", "shuffled-angle baseline"]
-    return markdown_table(header, rows)
+def _headline_verdicts(found: Gathered, task: str) -> dict[str, Difference] | None:
+    records = {cell.method: record for cell, record in found.headline.items()
+               if cell.task == task and record and not record["failed"]}
+    if "radar" not in records or len(records) < 2:
+        return None
+    return {method: difference([records["radar"]], [record], "fit", "answer_nll")
+            for method, record in records.items() if method != "radar"}
+
+
+def _headline_section(found: Gathered) -> str:
+    study = found.config.study
+    if not study.headline_tasks:
+        return ""
+    others = [m for m in study.headline_methods if m != "radar"]
+    rows = []
+    for task in study.headline_tasks:
+        verdicts = _headline_verdicts(found, task) or {}
+        rows.append([task, *(describe(verdicts.get(m), short=True) for m in others)])
+    note = (f"Each of {len(study.headline_tasks)} BIG-bench tasks trained alone at n={study.headline_experts} "
+            f"({study.headline_steps or found.config.train.steps} steps, each method at its chosen rate, seed "
+            f"{study.seeds[0]}); fitting loss = answer NLL on the task's first {found.config.eval.fit_per_task} "
+            "training examples after training, RadarGate minus each gate.")
+    return "\n\n".join(["## The paper's headline, replayed", note, _headline_counts(found) or "No task finished yet.",
+                        markdown_table(["task", *(f"radar - {m} (fit NLL)" for m in others)], rows)])
+
+
+def _diagnostics_section(summary: list[dict]) -> str:
+    header = ["axis", "method", "n", "mean grad norm", "routing entropy (nats)"]
+    rows = [[e["axis"], e["method"], str(e["n"]), _pm(e, "mean_grad_norm", 1, ".3f"), _pm(e, "routing_entropy", 1, ".3f")]
+            for e in summary if e["method"] != "lora"]
+    return "\n\n".join([
+        "## Why: gradients and routing",
+        "Mean gradient norm over training steps (before clipping) and the mean entropy of the gate's weights per "
+        "token (uniform over n experts = ln n), per gate and n.",
+        markdown_table(header, rows),
+    ])
+
+
+def _timing_section(found: Gathered) -> str:
+    records = found.records()
+    by_part: dict[str, list[float]] = defaultdict(list)
+    for record in records.values():
+        wall = cell_row(record)["wall_s"]
+        if wall is not None:
+            by_part[_part(record["cell"])].append(wall)
+    total = sum(sum(values) for values in by_part.values())
+    lines = [f"- {part}: {len(values)} cells, {sum(values) / 60:.1f} min (mean {statistics.mean(values):.0f} s per cell)"
+             for part, values in sorted(by_part.items())]
+    return "\n".join(["## Time", "",
+                      f"Wall time of every finished cell (training, test and unseen evaluation), summed: "
+                      f"{total / 60:.1f} min; cells that ran in parallel overlap in real time. Per cell: "
+                      f"`{found.config.name}.csv` (column wall_s, with the hardware of each).", "", *lines])
+
+
+def _plots(summary: list[dict], config: ExperimentConfig, report_dir: Path) -> list[Path]:
+    paths = []
+    for axis in config.study.axes:
+        entries = [e for e in summary if e["axis"] == axis]
+        for metric in ("fit_answer_nll", "test_answer_nll", "test_acc", "unseen_answer_nll"):
+            path = report_dir / f"{config.name}_plots" / f"{axis}_{metric}.png"
+            plot_metric_against_experts(entries, metric, path)
+            paths.append(path.relative_to(report_dir))
+    return paths
 
 
 def _pm(entry: dict, metric: str, scale: float, spec: str) -> str:
@@ -167,9 +470,19 @@ def _pm(entry: dict, metric: str, scale: float, spec: str) -> str:
     return f"{text} ± {format(scale * std, spec.lstrip('+'))}" if std is not None else text
 
 
+def _mean(values: Iterable[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _sum_present(values: Iterable[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return sum(present) if present else None
+
+
 def cells_csv(rows: list[dict]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)) or ["axis"])
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)) or ["name"])
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()

@@ -1,0 +1,199 @@
+"""The study's unit of work, a cell, and the small file each finished cell leaves for git.
+
+A cell is one method trained at one setting (experts ``n``, rank ``r``, seed, learning rate, and either
+the whole suite or one task alone), then evaluated: the fit (training examples, eval mode), the test
+split, and, for suite cells, the unseen tasks zero-shot. Its name says all of that, so a cell that two
+parts of a study share (the learning-rate search at ``n = 8`` and the scaling sweep, say) runs once.
+
+Its result file, ``<cells_dir>/<name>.json`` (about 100 KB), holds everything the report reads: the
+cell's full config, every metric, the per-example correctness and answer NLL of every evaluated
+example (for paired bootstrap intervals), the training curve, the routing summary, timings and the
+hardware. The report is built from these files alone; checkpoints stay in ``<output_dir>`` (not in git).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from radargate import __version__
+from radargate.experiment.config import ExperimentConfig
+from radargate.experiment.data.bigbench import load_splits, load_suite
+from radargate.experiment.evaluate import METRICS, evaluate_multiple_choice
+from radargate.experiment.methods import load_trained
+from radargate.experiment.run import config_differences, run_or_record_failure
+from radargate.experiment.train import autocast_dtype
+from radargate.files import atomic_write_json
+from radargate.hardware import hardware_description
+
+FORMAT = 1
+EVALUATIONS = ("fit", "test", "unseen")
+NLL_DIGITS = 5
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One trained (or, for ``base``, untrained) model of the study; ``task``: trained on it alone."""
+
+    method: str
+    n: int = 0
+    r: int = 0
+    seed: int = 0
+    lr: float = 0.0
+    task: str | None = None
+    steps: int | None = None
+    """Training steps when they differ from the study's ``train.steps`` (the single-task cells)."""
+
+    @property
+    def name(self) -> str:
+        if self.method == "base":
+            return "base"
+        name = f"{self.method}-n{self.n}-r{self.r}-s{self.seed}-lr{self.lr:g}"
+        return name if self.task is None else f"{self.task.replace('/', '.')}-{name}"
+
+    def config(self, study: ExperimentConfig) -> ExperimentConfig:
+        """The study's config with this cell's settings."""
+        if self.method == "base":
+            return study.for_method("base")
+        adapter = dataclasses.replace(study.adapter, num_experts=self.n, r=self.r)
+        train = dataclasses.replace(study.train, seed=self.seed, lr=self.lr, steps=self.steps or study.train.steps)
+        data = dataclasses.replace(study.data, tasks=[self.task]) if self.task else study.data
+        return dataclasses.replace(study, adapter=adapter, train=train, data=data).for_method(self.method)
+
+
+def cells_directory(config: ExperimentConfig) -> Path:
+    return Path(config.study.cells_dir or Path(config.study.report_dir) / f"{config.name}_cells")
+
+
+class CellStore:
+    """The folder of cell files: where a cell's file goes, and reading one back checked against its config."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def path(self, cell: Cell) -> Path:
+        return self.directory / f"{cell.name}.json"
+
+    def load(self, cell: Cell, study: ExperimentConfig) -> dict[str, Any] | None:
+        """The cell's record, or ``None`` if it has not run; a file made with other settings is an error
+        (reusing it would compare methods trained differently)."""
+        path = self.path(cell)
+        if not path.is_file():
+            return None
+        record = json.loads(path.read_text())
+        changed = config_differences(record["config"], cell.config(study).to_dict())
+        if changed:
+            raise ValueError(f"{path} was made with other settings than this study's ({', '.join(changed[:6])}); "
+                             "move it away (or restore the settings) to go on")
+        return record
+
+
+def run_cell(study: ExperimentConfig, cell: Cell, splits: dict[str, list] | None = None) -> dict[str, Any]:
+    """Train and evaluate one cell in ``<output_dir>/<name>/<cell>/`` (resuming what is there) and
+    return its record; a diverged run gives a record marked failed."""
+    config = cell.config(study)
+    run_dir = study.run_dir / cell.name
+    result = run_or_record_failure(config, run_dir, show_progress=False, splits=splits or load_splits(config))
+    unseen, unseen_seconds = None, None
+    if cell.task is None and not result.get("failed"):
+        started = time.perf_counter()
+        unseen = evaluate_unseen(config, run_dir)
+        unseen_seconds = time.perf_counter() - started
+    return cell_record(cell, config, result, unseen, unseen_seconds)
+
+
+def evaluate_unseen(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
+    """Zero-shot scores on the study's unseen tasks: generalisation off the training suite."""
+    model, tokenizer, _ = load_trained(run_dir)
+    study = config.study
+    examples = load_suite(study.unseen_tasks, seed=config.data.split_seed,
+                          max_per_split={"test": study.max_unseen_per_task})["test"]
+    return evaluate_multiple_choice(
+        model, tokenizer, examples, batch_size=config.eval.batch_size, max_length=config.data.max_length,
+        autocast_dtype=autocast_dtype(config.train.precision),
+    )
+
+
+def cell_record(cell: Cell, config: ExperimentConfig, result: dict[str, Any], unseen: dict[str, Any] | None,
+                unseen_seconds: float | None) -> dict[str, Any]:
+    """What the cell file holds (see the module docstring)."""
+    evaluations = {"fit": result.get("fit"), "test": result.get("test"), "unseen": unseen}
+    history = result.get("history") or []
+    return {
+        "format": FORMAT,
+        "cell": {"name": cell.name, **dataclasses.asdict(cell)},
+        "config": config.to_dict(),
+        "failed": result.get("failed"),
+        "hardware": hardware_description(),
+        "radargate_version": __version__,
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "timings": {
+            "train_s": result.get("train_time_s"),
+            "train_and_test_s": result.get("wall_time_s"),
+            "unseen_s": unseen_seconds,
+            "tokens_per_s": result.get("tokens_per_s"),
+        },
+        "metrics": {
+            "final_train_loss": result.get("final_train_loss"),
+            "trainable_params": result.get("trainable_params"),
+            "steps": result.get("steps"),
+            "skipped_steps": result.get("skipped_steps"),
+            "adapter": result.get("adapter"),
+            "validation": result.get("validation") or [],
+            **{split: _scores(evaluation) for split, evaluation in evaluations.items() if evaluation},
+        },
+        "examples": {split: _columns(evaluation["examples"]) for split, evaluation in evaluations.items()
+                     if evaluation},
+        "training": {key: [row.get(key) for row in history] for key in ("step", "lm_loss", "grad_norm")},
+        "routing": _compact_routing(result.get("routing")),
+    }
+
+
+def _scores(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """Macro scores and per-task scores, without the per-example records (kept as columns)."""
+    return {key: value for key, value in evaluation.items() if key != "examples"}
+
+
+def _columns(records: list[dict[str, Any]]) -> dict[str, list]:
+    """Per-example records as columns (a third of the size of a list of objects)."""
+    columns: dict[str, list] = {"task": [r["task"] for r in records], "id": [r["id"] for r in records]}
+    for metric in METRICS:
+        columns[metric] = [round(r[metric], NLL_DIGITS) if isinstance(r[metric], float) else r[metric]
+                           for r in records]
+    return columns
+
+
+def evaluation(record: dict[str, Any], split: str) -> dict[str, Any] | None:
+    """One split's evaluation as ``evaluate_multiple_choice`` returns it (per-example ``examples``), for
+    ``report.intervals.paired_difference``; ``None`` if the cell has no such evaluation."""
+    columns = record.get("examples", {}).get(split)
+    if columns is None:
+        return None
+    keys = list(columns)
+    return {**record["metrics"][split], "examples": [dict(zip(keys, values, strict=True))
+                                                     for values in zip(*columns.values(), strict=True)]}
+
+
+def _compact_routing(routing: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The routing summary without the contrastive analysis' sample points (plots of one cell need
+    them; a file meant for git does not)."""
+    if not routing:
+        return None
+    compact = {}
+    for layer, summary in routing.items():
+        summary = dict(summary)
+        if "contrast" in summary:
+            summary["contrast"] = {k: v for k, v in summary["contrast"].items() if k != "points"}
+        compact[layer] = summary
+    return compact
+
+
+def write_record(store: CellStore, record: dict[str, Any]) -> Path:
+    path = store.directory / f"{record['cell']['name']}.json"
+    atomic_write_json(path, record)
+    return path
