@@ -156,3 +156,16 @@ def test_bad_study_settings_are_named(config_file):
 
 def test_base_cell_is_the_untrained_model():
     assert BASE.name == "base" and BASE.method == "base"
+
+
+def test_cells_run_in_worker_processes_match_cells_run_inline(config_file, tmp_path):
+    small = ["--set=study.seeds=[0]", "--set=study.axes=[fixed_r]", "--set=study.experts=[2]"]
+    inline, parallel = tmp_path / "inline", tmp_path / "parallel"
+    for folder, workers in ((inline, "1"), (parallel, "2")):
+        args = _study_args(config_file, folder, "--workers", workers, *small)
+        assert main([*args, f"--set=output_dir={folder / 'runs'}"]) == 0
+    names = sorted(path.name for path in (inline / "reports" / "tiny_cells").glob("*.json"))
+    assert names == ["base.json", "radar-n2-r2-s0-lr0.01.json", "softmax-n2-r2-s0-lr0.01.json"]
+    for name in names:
+        a, b = (json.loads((folder / "reports" / "tiny_cells" / name).read_text()) for folder in (inline, parallel))
+        assert a["examples"] == b["examples"] and a["training"] == b["training"]

@@ -6,7 +6,7 @@
   ``wheels/``), from which :func:`~radargate.experiment.loading.load_model_and_tokenizer` builds its float32
   safetensors copy in ``RADARGATE_CACHE`` on the first load there (tens of seconds; the copy itself, 537 MiB,
   would take 12 parts); for a local folder, its files (under ``model/<folder name>/``);
-- the BIG-bench task files of ``data.tasks`` and ``study.unseen_tasks`` as a bundled cache (under
+- the BIG-bench task files of ``data.tasks``, ``study.unseen_tasks`` and ``study.headline_tasks`` as a bundled cache (under
   ``cache/bigbench/``: the index and those tasks' ``task.json``, not the 358 MB sdist), which the data
   layer reads with no sdist and no network;
 - wheels (under ``wheels/``): the project's own (``pip wheel --no-deps``), :data:`GPU_WHEELS` and, for the
@@ -107,7 +107,7 @@ def bundle_files(config: ExperimentConfig, cache_dir: str | Path | None = None) 
             f"model.name={name!r} is neither the default {DEFAULT_MODEL!r} nor a local folder; a bundle carries "
             "only those (save a hub model with save_pretrained into a folder and name that folder)"
         )
-    tasks = [*config.data.tasks, *config.study.unseen_tasks]
+    tasks = list(dict.fromkeys([*config.data.tasks, *config.study.unseen_tasks, *config.study.headline_tasks]))
     files.update({f"cache/{path}": source for path, source in offline_files(tasks, cache_dir).items()})
     return files
 
