@@ -70,6 +70,7 @@ def test_learning_rates_come_from_the_search_cell_files(config_file, tmp_path):
 
 def _record(cell: Cell, config: ExperimentConfig, validation_nll: float) -> dict:
     return {"cell": {"name": cell.name}, "config": cell.config(config).to_dict(), "failed": None,
+            "unseen_settings": cells_module.unseen_settings(cell, config),
             "metrics": {"validation": [{"step": 2, "macro_answer_nll": validation_nll}]}}
 
 
@@ -81,6 +82,12 @@ def test_a_cell_file_made_with_other_settings_is_refused(config_file, tmp_path):
     cells_module.write_record(store, _record(cell, other, 1.0))
     with pytest.raises(ValueError, match=r"other settings.*train.warmup_steps: 0 -> 1"):
         store.load(cell, config)
+    cells_module.write_record(store, _record(cell, config, 1.0))
+    assert store.load(cell, config)["config"] == cell.config(config).to_dict()
+    fewer_unseen = ExperimentConfig.load(config_file, [*STUDY, f"study.report_dir={tmp_path}",
+                                                       "study.max_unseen_per_task=2"])
+    with pytest.raises(ValueError, match=r"max_unseen_per_task: 3 -> 2"):  # its unseen scores would differ
+        store.load(cell, fewer_unseen)
 
 
 def test_study_writes_cell_files_resumes_without_training_and_rebuilds_the_report(config_file, tmp_path, monkeypatch):

@@ -87,10 +87,20 @@ class CellStore:
             return None
         record = json.loads(path.read_text())
         changed = config_differences(record["config"], cell.config(study).to_dict())
+        changed += config_differences(record.get("unseen_settings") or {}, unseen_settings(cell, study))
         if changed:
             raise ValueError(f"{path} was made with other settings than this study's ({', '.join(changed[:6])}); "
                              "move it away (or restore the settings) to go on")
         return record
+
+
+def unseen_settings(cell: Cell, study: ExperimentConfig) -> dict[str, Any]:
+    """The study settings a suite cell's unseen-task scores depend on (single-task cells have none)."""
+    if cell.task is not None:
+        return {}
+    settings = study.study
+    return {"unseen_tasks": settings.unseen_tasks, "max_unseen_per_task": settings.max_unseen_per_task,
+            "unseen_split": settings.unseen_split}
 
 
 def run_cell(study: ExperimentConfig, cell: Cell, splits: dict[str, list] | None = None) -> dict[str, Any]:
@@ -104,14 +114,15 @@ def run_cell(study: ExperimentConfig, cell: Cell, splits: dict[str, list] | None
         started = time.perf_counter()
         unseen = evaluate_unseen(config, run_dir)
         unseen_seconds = time.perf_counter() - started
-    return cell_record(cell, config, result, unseen, unseen_seconds)
+    return {**cell_record(cell, config, result, unseen, unseen_seconds), "unseen_settings": unseen_settings(cell, study)}
 
 
 def evaluate_unseen(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     """Zero-shot scores on the study's unseen tasks: generalisation off the training suite."""
     model, tokenizer, _ = load_trained(run_dir)
     study = config.study
-    examples = load_suite(study.unseen_tasks, seed=config.data.split_seed,
+    fractions = (0.0, 0.0, 1.0) if study.unseen_split == "all" else (0.8, 0.1, 0.1)
+    examples = load_suite(study.unseen_tasks, seed=config.data.split_seed, fractions=fractions,
                           max_per_split={"test": study.max_unseen_per_task})["test"]
     return evaluate_multiple_choice(
         model, tokenizer, examples, batch_size=config.eval.batch_size, max_length=config.data.max_length,

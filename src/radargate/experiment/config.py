@@ -141,6 +141,7 @@ class CompareSettings:
 
 
 STUDY_AXES = ("fixed_r", "fixed_total_rank")
+UNSEEN_SPLITS = ("all", "test")
 UNSEEN_TASKS = ["navigate", "causal_judgment", "disambiguation_qa", "hyperbaton", "snarks", "movie_recommendation"]
 """BIG-bench multiple-choice tasks outside the training suite, for zero-shot generalisation."""
 
@@ -157,6 +158,9 @@ class StudySettings:
     total_rank: int = 32
     unseen_tasks: list[str] = field(default_factory=lambda: list(UNSEEN_TASKS))
     max_unseen_per_task: int = 50
+    unseen_split: str = "all"
+    """Which examples of an unseen task are scored: ``all`` (none was trained on, so every split is held out)
+    or ``test`` (its test split only, 10% of the task)."""
     report_dir: str = "reports"
     cells_dir: str = ""
     """One small JSON file per finished cell (``radargate.experiment.cells``), meant to be committed;
@@ -186,6 +190,7 @@ class StudySettings:
             raise ValueError("study.methods, study.experts, study.seeds and study.axes must not be empty")
         require_int("study.total_rank", self.total_rank, minimum=1)
         require_int("study.max_unseen_per_task", self.max_unseen_per_task, minimum=1)
+        require_choice("study.unseen_split", self.unseen_split, UNSEEN_SPLITS)
         for lr in self.lr_grid:
             if not lr > 0:
                 raise ValueError(f"study.lr_grid holds lr={lr!r}; every learning rate must be > 0")
