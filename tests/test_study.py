@@ -154,9 +154,9 @@ def test_commit_commits_each_cell_file_alone(config_file, tmp_path):
 
 
 def test_bad_study_settings_are_named(config_file):
-    with pytest.raises(ValueError, match="study.methods='gpt' is unknown"):
+    with pytest.raises(ValueError, match=r"study\.methods='gpt' is unknown"):
         ExperimentConfig.load(config_file, ["study.methods=[gpt]"])
-    with pytest.raises(ValueError, match="study.lr_grid holds lr=-0.001"):
+    with pytest.raises(ValueError, match=r"study\.lr_grid holds lr=-0\.001"):
         ExperimentConfig.load(config_file, ["study.lr_grid=[-1e-3]"])
     assert main(["study", "--config", str(config_file), "--workers=0"]) == 2
 
@@ -176,3 +176,22 @@ def test_cells_run_in_worker_processes_match_cells_run_inline(config_file, tmp_p
     for name in names:
         a, b = (json.loads((folder / "reports" / "tiny_cells" / name).read_text()) for folder in (inline, parallel))
         assert a["examples"] == b["examples"] and a["training"] == b["training"]
+
+
+def test_the_headline_replay_trains_each_task_alone_and_counts_verdicts(config_file, tmp_path):
+    from tests.conftest import PIPELINE_TASKS
+
+    task = PIPELINE_TASKS[0]
+    args = _study_args(config_file, tmp_path, "--set=study.seeds=[0]", "--set=study.axes=[fixed_r]",
+                       "--set=study.experts=[2]", f"--set=study.headline_tasks=[{task}]",
+                       "--set=study.headline_methods=[softmax,radar]", "--set=study.headline_experts=2",
+                       "--set=study.headline_steps=3")
+    assert main(args) == 0
+    cell_file = tmp_path / "reports" / "tiny_cells" / f"{task.replace('/', '.')}-radar-n2-r2-s0-lr0.01.json"
+    record = json.loads(cell_file.read_text())
+    assert record["config"]["data"]["tasks"] == [task] and record["metrics"]["steps"] == 3
+    assert "unseen" not in record["examples"] and evaluation(record, "fit")["n"] > 0
+    headline = (tmp_path / "reports" / "tiny.md").read_text().split("## The paper's headline, replayed")[1]
+    assert "RadarGate fits better than every other gate in" in headline and "of 1 tasks" in headline
+    row = next(line for line in headline.splitlines() if line.startswith(f"| {task} |"))
+    assert row.count("[") == 1 and any(word in row for word in ("better", "worse", "no diff."))

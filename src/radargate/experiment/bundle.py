@@ -6,7 +6,8 @@
   ``wheels/``), from which :func:`~radargate.experiment.loading.load_model_and_tokenizer` builds its float32
   safetensors copy in ``RADARGATE_CACHE`` on the first load there (tens of seconds; the copy itself, 537 MiB,
   would take 12 parts); for a local folder, its files (under ``model/<folder name>/``);
-- the BIG-bench task files of ``data.tasks``, ``study.unseen_tasks`` and ``study.headline_tasks`` as a bundled cache (under
+- the BIG-bench task files of ``data.tasks``, ``study.unseen_tasks`` and ``study.headline_tasks`` as a bundled
+  cache (under
   ``cache/bigbench/``: the index and those tasks' ``task.json``, not the 358 MB sdist), which the data
   layer reads with no sdist and no network;
 - wheels (under ``wheels/``): the project's own (``pip wheel --no-deps``), :data:`GPU_WHEELS` and, for the

@@ -114,7 +114,8 @@ def run_cell(study: ExperimentConfig, cell: Cell, splits: dict[str, list] | None
         started = time.perf_counter()
         unseen = evaluate_unseen(config, run_dir)
         unseen_seconds = time.perf_counter() - started
-    return {**cell_record(cell, config, result, unseen, unseen_seconds), "unseen_settings": unseen_settings(cell, study)}
+    record = cell_record(cell, config, result, unseen, unseen_seconds)
+    return {**record, "unseen_settings": unseen_settings(cell, study)}
 
 
 def evaluate_unseen(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:

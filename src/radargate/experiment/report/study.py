@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from radargate.experiment.cells import Cell, CellStore, evaluation
+from radargate.experiment.cells import Cell, CellStore, cells_directory, evaluation
 from radargate.experiment.plan import BASE, headline_cells, learning_rate_cells, learning_rates, sweep_cells
 from radargate.experiment.report.comparison import markdown_table
 from radargate.experiment.report.format import number
@@ -40,7 +40,7 @@ CLAIMS = (  # (label, split, metric): the paper's three claims, each measured on
     ("unseen acc", "unseen", "acc"),
 )
 ROW_METRICS = ("final_train_loss", "validation_answer_nll", "fit_answer_nll", "test_acc", "test_answer_nll",
-               "unseen_acc", "unseen_answer_nll", "routing_entropy", "mean_grad_norm", "wall_s")
+               "unseen_acc", "unseen_answer_nll", "routing_entropy", "mean_abs_angle", "mean_grad_norm", "wall_s")
 VERDICT_SHORT = {"better": "better", "worse": "worse", "no detectable difference": "no diff."}
 
 
@@ -190,7 +190,7 @@ def _sides(found: Gathered, axis: str, method: str, n: int) -> list[dict]:
 
 def _title(config: ExperimentConfig) -> str:
     return (f"# radargate scaling study: {config.name}\n\n"
-            f"Rebuilt from the cell files in `{config.study.cells_dir or config.study.report_dir + '/' + config.name + '_cells'}` "
+            f"Rebuilt from the cell files in `{cells_directory(config)}` "
             f"by `radargate study --config <this study's config> --report-only`; one row per cell in "
             f"`{config.name}.csv`. Differences are method minus reference, per example, seeds pooled, with 95% "
             "paired-bootstrap intervals (scipy); accuracy in points, answer NLL in nats per answer token "
@@ -219,7 +219,9 @@ def _answer_section(found: Gathered) -> str:
     total = sum(tally.values())
     if total:
         lines += ["", f"Of these {total} comparisons RadarGate is better in {tally['better']}, worse in "
-                      f"{tally['worse']}, and not detectably different in {tally['no detectable difference']}."]
+                      f"{tally['worse']}, and not detectably different in {tally['no detectable difference']}: "
+                      f"{_plainly(tally)}"]
+    lines += ["", _completeness(found, axis)]
     growth = _growth_lines(found, axis, ("fit", "answer_nll"), ("test", "answer_nll"), ("unseen", "answer_nll"))
     if growth:
         lines += ["", "Does its margin over each gate grow with n (margin at the largest n minus margin at the "
@@ -228,6 +230,30 @@ def _answer_section(found: Gathered) -> str:
     if headline:
         lines += ["", headline]
     return "\n".join(lines)
+
+
+def _plainly(tally: dict[str, int]) -> str:
+    better, worse = tally["better"], tally["worse"]
+    if better and not worse and better == sum(tally.values()):
+        return "so far, yes: RadarGate beats both weighted-sum gates on every claim measured."
+    if not better and not worse:
+        return "so far, no: RadarGate shows no detectable advantage over the weighted-sum gates."
+    if better > worse:
+        return "so far, a mixed answer leaning to RadarGate."
+    return "so far, no: where the gates differ, RadarGate is as often or more often worse than better."
+
+
+def _completeness(found: Gathered, axis: str) -> str:
+    """How much of the sweep the answer rests on, so a partial study is read as one."""
+    cells = found.sweep.get(axis, {})
+    done = sum(record is not None for record in cells.values())
+    seeds = sorted({cell.seed for cell, record in cells.items() if record is not None})
+    missing = sorted({cell.n for cell, record in cells.items() if record is None})
+    text = f"This rests on {done} of the {len(cells)} planned sweep cells (seeds run: {seeds or 'none'})."
+    if missing:
+        text += (f" Cells at n = {', '.join(map(str, missing))} are still to run, so the scaling claim is open; "
+                 "rerun the study command to add them.")
+    return text
 
 
 def _growth_lines(found: Gathered, axis: str, *claims: tuple[str, str]) -> list[str]:
@@ -301,9 +327,15 @@ def _budget_text(found: Gathered) -> str:
                                                for r in candidates[m] if r["metrics"]["validation"]) or 0.0)
     nll = difference(candidates[best], [found.base], "test", "answer_nll")
     acc = difference(candidates[best], [found.base], "test", "acc")
-    return (f"The budget is judged on whether training teaches the tasks at all: the method with the best "
-            f"validation answer NLL at n={n} ({best}) against the untrained base model on the test split: "
-            f"answer NLL {describe(nll)}, accuracy {describe(acc)}.")
+    curves = "; ".join(f"{m} " + " -> ".join(f"{v['macro_answer_nll']:.3f}" for v in records[0]["metrics"]["validation"]
+                                              if v.get("macro_answer_nll") is not None)
+                       for m, records in candidates.items())
+    steps = [v["step"] for v in candidates[best][0]["metrics"]["validation"]]
+    return (f"Whether the budget teaches the tasks at all: the method with the best validation answer NLL at n={n} "
+            f"({best}) against the untrained base model on the test split: answer NLL {describe(nll)}, accuracy "
+            f"{describe(acc)}. Validation answer NLL at steps {', '.join(map(str, steps))} (first seed): {curves}. "
+            "Where it still falls at the last step, a longer budget would fit more; the budget was set by the "
+            "time a cell may take on the machine it was planned for, and every method gets the same one.")
 
 
 def _learning_rate_section(found: Gathered) -> str:
@@ -322,12 +354,15 @@ def _learning_rate_section(found: Gathered) -> str:
             texts.append(_validation_text(record))
         chosen = (found.rates or {}).get(method)
         rows.append([method, *texts, f"{chosen:g}" if chosen else ("pending" if found.rates is None else "none")])
+    edges = [m for m, lr in (found.rates or {}).items() if lr in (min(study.lr_grid), max(study.lr_grid))]
+    edge_note = (f" The rate chosen for {', '.join(edges)} lies at the edge of the grid, so a wider grid might find "
+                 "a better one for them." if edges and len(study.lr_grid) > 1 else "")
     return "\n".join([
         "## Learning rates", "",
         f"Each method tried every rate at n={study.lr_experts} (seed {study.seeds[0]}); the rate with the lowest "
         "validation answer NLL trains all of that method's cells. A convex gate (softmax, top-k) hands each expert "
         "about 1/n of the update, so its best rate may grow with n; choosing at one n fixes the rate there, and "
-        "the margins at other n carry that confound (per-(method, n) rates were not searched).", "",
+        "the margins at other n carry that confound (per-(method, n) rates were not searched)." + edge_note, "",
         markdown_table(header, rows),
     ])
 
@@ -354,7 +389,8 @@ def _differences_section(found: Gathered, axis: str) -> str:
                 a, b = _sides(found, axis, method, n), _sides(found, axis, reference, n)
                 if a and b:
                     rows.append([str(n), f"{method} - {reference}",
-                                 *(describe(difference(a, b, split, metric), short=True) for _, split, metric in CLAIMS)])
+                                 *(describe(difference(a, b, split, metric), short=True)
+                                   for _, split, metric in CLAIMS)])
     title = f"## Every method against softmax, top-k and the base model ({axis})"
     return f"{title}\n\n" + (markdown_table(header, rows) if rows else "No finished pairs yet.")
 
@@ -362,9 +398,11 @@ def _differences_section(found: Gathered, axis: str) -> str:
 def _growth_section(found: Gathered) -> str:
     lines = []
     for axis in found.sweep:
-        lines += [f"**{axis}**", "", *(_growth_lines(found, axis, *((s, m) for _, s, m in CLAIMS)) or ["- not enough n yet"]), ""]
-    return "## Does RadarGate's margin grow with n?\n\n(margin at the largest n minus margin at the smallest; for NLL " \
-           "negative, for accuracy positive, means RadarGate pulls ahead)\n\n" + "\n".join(lines).rstrip()
+        growth = _growth_lines(found, axis, *((split, metric) for _, split, metric in CLAIMS))
+        lines += [f"**{axis}**", "", *(growth or ["- not enough n yet"]), ""]
+    note = ("(margin at the largest n minus margin at the smallest; for NLL negative, for accuracy positive, means "
+            "RadarGate pulls ahead)")
+    return "\n\n".join(["## Does RadarGate's margin grow with n?", note, "\n".join(lines).rstrip()])
 
 
 def _summary_section(summary: list[dict], plots: list[Path]) -> str:
@@ -424,13 +462,15 @@ def _headline_section(found: Gathered) -> str:
 
 
 def _diagnostics_section(summary: list[dict]) -> str:
-    header = ["axis", "method", "n", "mean grad norm", "routing entropy (nats)"]
-    rows = [[e["axis"], e["method"], str(e["n"]), _pm(e, "mean_grad_norm", 1, ".3f"), _pm(e, "routing_entropy", 1, ".3f")]
+    header = ["axis", "method", "n", "mean grad norm", "routing entropy (nats)", "mean |angle| (rad)"]
+    rows = [[e["axis"], e["method"], str(e["n"]), _pm(e, "mean_grad_norm", 1, ".3f"),
+             _pm(e, "routing_entropy", 1, ".3f"), _pm(e, "mean_abs_angle", 1, ".3f")]
             for e in summary if e["method"] != "lora"]
     return "\n\n".join([
-        "## Why: gradients and routing",
-        "Mean gradient norm over training steps (before clipping) and the mean entropy of the gate's weights per "
-        "token (uniform over n experts = ln n), per gate and n.",
+        "## Why: gradients, routing and angles",
+        "Mean gradient norm over training steps (before clipping), the mean entropy of the gate's weights per "
+        "token (uniform over n experts = ln n; top-k's is over its k chosen experts), and RadarGate's mean absolute "
+        "rotation angle on the test inputs, per gate and n.",
         markdown_table(header, rows),
     ])
 
@@ -443,12 +483,17 @@ def _timing_section(found: Gathered) -> str:
         if wall is not None:
             by_part[_part(record["cell"])].append(wall)
     total = sum(sum(values) for values in by_part.values())
-    lines = [f"- {part}: {len(values)} cells, {sum(values) / 60:.1f} min (mean {statistics.mean(values):.0f} s per cell)"
+    lines = [f"- {part}: {len(values)} cells, {sum(values) / 60:.1f} min "
+             f"(mean {statistics.mean(values):.0f} s per cell)"
              for part, values in sorted(by_part.items())]
-    return "\n".join(["## Time", "",
+    per_cell = markdown_table(
+        ["cell", "wall s", "of which training s", "hardware"],
+        [[name, number(cell_row(record)["wall_s"], ".0f"), number(record["timings"].get("train_s"), ".0f"),
+          record.get("hardware") or "-"] for name, record in sorted(records.items())])
+    return "\n".join(["## Time and hardware", "",
                       f"Wall time of every finished cell (training, test and unseen evaluation), summed: "
-                      f"{total / 60:.1f} min; cells that ran in parallel overlap in real time. Per cell: "
-                      f"`{found.config.name}.csv` (column wall_s, with the hardware of each).", "", *lines])
+                      f"{total / 60:.1f} min; cells that ran in parallel overlap in real time.", "", *lines, "",
+                      "<details><summary>Per cell</summary>", "", per_cell, "", "</details>"])
 
 
 def _plots(summary: list[dict], config: ExperimentConfig, report_dir: Path) -> list[Path]:
