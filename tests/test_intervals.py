@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from radargate.experiment.report.intervals import paired_difference, per_example
+from radargate.experiment.report.intervals import paired_contrast, paired_difference, per_example
 
 
 def evaluation(metric: str, values: list[float]) -> dict:
@@ -51,3 +51,15 @@ def test_different_examples_cannot_be_paired():
         paired_difference([evaluation("acc", [1, 0])], [evaluation("acc", [1])], "acc")
     with pytest.raises(ValueError, match="metric='loss' is unknown"):
         paired_difference([evaluation("acc", [1])], [evaluation("acc", [1])], "loss")
+
+
+def test_a_contrast_of_four_methods_is_the_difference_of_two_margins_per_example():
+    # margin of a over b at large n: [1, 0, 2]; at small n: [1, 0, -1]; growth per example [0, 0, 3],
+    # the hand-computed case above: mean 1, interval [0, 3]
+    a_large, b_large = evaluation("answer_nll", [3.0, 1.0, 4.0]), evaluation("answer_nll", [2.0, 1.0, 2.0])
+    a_small, b_small = evaluation("answer_nll", [2.0, 5.0, 1.0]), evaluation("answer_nll", [1.0, 5.0, 2.0])
+    growth = paired_contrast([(1.0, [a_large]), (-1.0, [b_large]), (-1.0, [a_small]), (1.0, [b_small])],
+                             "answer_nll")
+    assert (growth.mean, growth.low, growth.high, growth.n) == (1.0, 0.0, 3.0, 3)
+    assert paired_contrast([(1.0, [a_large]), (-1.0, [b_large])], "answer_nll") == paired_difference(
+        [a_large], [b_large], "answer_nll")
