@@ -402,7 +402,8 @@ def _growth_section(found: Gathered) -> str:
         lines += [f"**{axis}**", "", *(growth or ["- not enough n yet"]), ""]
     note = ("(margin at the largest n minus margin at the smallest; for NLL negative, for accuracy positive, means "
             "RadarGate pulls ahead)")
-    return "\n\n".join(["## Does RadarGate's margin grow with n?", note, "\n".join(lines).rstrip()])
+    body = "\n".join(lines).rstrip() or "Not measured yet: the sweep has not started."
+    return "\n\n".join(["## Does RadarGate's margin grow with n?", note, body])
 
 
 def _summary_section(summary: list[dict], plots: list[Path]) -> str:
