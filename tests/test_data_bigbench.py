@@ -258,3 +258,28 @@ def test_fractions_are_respected_on_many_examples() -> None:
     assert abs(sizes["validation"] - 4000) < 250
     assert abs(sizes["test"] - 2000) < 200
     assert bb.split_examples(examples, fractions=(1.0, 0.0, 0.0))["train"].__len__() == 20000
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(3, 400), st.integers(1, 150), st.randoms(use_true_random=False))
+def test_a_small_task_s_test_split_is_topped_up_from_its_training_examples(size: int, minimum: int,
+                                                                           rng: random.Random) -> None:
+    examples = [fake("t", str(i)) for i in range(size)]
+    plain = bb.split_examples(examples)
+    topped = bb.split_examples(examples, min_test_per_task=minimum)
+    wanted = max(len(plain["test"]), min(minimum, size // 3))
+    assert len(topped["test"]) == wanted
+    assert topped["validation"] == plain["validation"]  # only training examples move
+    assert {e.id for e in plain["test"]} <= {e.id for e in topped["test"]}
+    assert {e.id for e in topped["train"]} | {e.id for e in topped["test"]} == (
+        {e.id for e in plain["train"]} | {e.id for e in plain["test"]})
+    assert not {e.id for e in topped["train"]} & {e.id for e in topped["test"]}
+    rng.shuffle(examples)
+    assert bb.split_examples(examples, min_test_per_task=minimum) == topped  # independent of order
+
+
+def test_a_study_config_gives_small_suite_tasks_100_test_examples(suite) -> None:
+    examples = (example for task in suite.values() for example in task)
+    splits = bb.split_examples(examples, max_per_split={"test": 100}, min_test_per_task=100)
+    per_task = {task: sum(e.task == task for e in splits["test"]) for task in suite}
+    assert per_task == dict.fromkeys(suite, 100)  # every default task has at least 300 examples

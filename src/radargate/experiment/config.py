@@ -62,6 +62,9 @@ class DataSettings:
     max_test_per_task: int | None = 100
     max_length: int = 256
     """Longest tokenised prompt + answer; longer prompts lose their beginning."""
+    min_test_per_task: int = 0
+    """Tops up a task's test split (10% of the task by its hash) to this many examples, or a third of the
+    task, from its training examples: small tasks get enough test examples for intervals."""
 
     def __post_init__(self) -> None:
         if not self.tasks or not all(isinstance(task, str) for task in self.tasks):
@@ -70,6 +73,7 @@ class DataSettings:
             if getattr(self, name) is not None:
                 require_int(f"data.{name}", getattr(self, name), minimum=1)
         require_int("data.max_length", self.max_length, minimum=8)
+        require_int("data.min_test_per_task", self.min_test_per_task, minimum=0)
 
     @property
     def caps(self) -> dict[str, int | None]:

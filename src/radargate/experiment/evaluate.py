@@ -253,7 +253,8 @@ def evaluate_run(
     else:
         config = ExperimentConfig.load(config_path, overrides).for_method("base")
         model, tokenizer = build_model(config)
-    examples = load_suite(tasks or config.data.tasks, seed=config.data.split_seed, max_per_split=config.data.caps)
+    examples = load_suite(tasks or config.data.tasks, seed=config.data.split_seed, max_per_split=config.data.caps,
+                         min_test_per_task=config.data.min_test_per_task)
     result = evaluate_multiple_choice(
         model, tokenizer, examples[split], batch_size=config.eval.batch_size, max_length=config.data.max_length
     )

@@ -407,23 +407,41 @@ def split_examples(
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     max_per_split: int | Mapping[str, int] | None = None,
+    min_test_per_task: int = 0,
 ) -> dict[str, list[MCExample]]:
     """Deterministic train/validation/test split, with optional caps per task and split.
 
     ``max_per_split`` is one cap for every split or a mapping such as ``{"train": 1000, "test": 200}``
-    (a split left out is uncapped). The result does not depend on the order of ``examples``.
+    (a split left out is uncapped). ``min_test_per_task`` tops up the test split of a task whose
+    hash share is smaller (up to a third of the task) with its training examples of the highest hash
+    position, so small tasks are tested on enough examples. The result does not depend on the order of
+    ``examples``.
     """
     _check_fractions(fractions)
     caps = _caps(max_per_split)
-    groups: dict[tuple[str, str], list[tuple[float, str, MCExample]]] = {}
+    groups: dict[str, dict[str, list[tuple[float, str, MCExample]]]] = {}
     for example in examples:
-        key = (split_of(example, fractions, seed), example.task)
-        groups.setdefault(key, []).append((_unit(example, seed), example.id, example))
+        splits = groups.setdefault(example.task, {split: [] for split in SPLITS})
+        splits[split_of(example, fractions, seed)].append((_unit(example, seed), example.id, example))
     result: dict[str, list[MCExample]] = {split: [] for split in SPLITS}
-    for (split, _), members in sorted(groups.items(), key=lambda item: item[0][1]):
-        members.sort(key=lambda member: member[:2])
-        result[split].extend(example for _, _, example in members[: caps[split]])
+    for task in sorted(groups):
+        splits = groups[task]
+        for members in splits.values():
+            members.sort(key=lambda member: member[:2])
+        _top_up_test(splits, min_test_per_task)
+        for split in SPLITS:
+            result[split].extend(example for _, _, example in splits[split][: caps[split]])
     return result
+
+
+def _top_up_test(splits: dict[str, list[tuple[float, str, MCExample]]], minimum: int) -> None:
+    """Move a task's last training examples (by hash position) to its test split until it holds
+    ``minimum`` examples or a third of the task."""
+    total = sum(len(members) for members in splits.values())
+    missing = min(minimum, total // 3) - len(splits["test"])
+    if missing > 0:
+        moved, splits["train"] = splits["train"][-missing:], splits["train"][:-missing]
+        splits["test"] = sorted(splits["test"] + moved, key=lambda member: member[:2])
 
 
 def load_suite(
@@ -433,13 +451,16 @@ def load_suite(
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     max_per_split: int | Mapping[str, int] | None = None,
+    min_test_per_task: int = 0,
 ) -> dict[str, list[MCExample]]:
     """Load several tasks and split them: ``{"train": [...], "validation": [...], "test": [...]}``."""
     tasks = load_tasks(names, cache_dir)
     examples = (example for task in tasks.values() for example in task)
-    return split_examples(examples, fractions=fractions, seed=seed, max_per_split=max_per_split)
+    return split_examples(examples, fractions=fractions, seed=seed, max_per_split=max_per_split,
+                          min_test_per_task=min_test_per_task)
 
 
 def load_splits(config: ExperimentConfig) -> dict[str, list[MCExample]]:
     """The train / validation / test examples of ``config.data``."""
-    return load_suite(config.data.tasks, seed=config.data.split_seed, max_per_split=config.data.caps)
+    return load_suite(config.data.tasks, seed=config.data.split_seed, max_per_split=config.data.caps,
+                      min_test_per_task=config.data.min_test_per_task)
