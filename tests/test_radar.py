@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from radargate.gates.radar import rotate_outputs
+from radargate.gates.radar import SpanCoefficients, _span_coefficients, rotate_outputs
 from tests.layer_helpers import copy_adapters, make_layer, random_input
 
 
@@ -210,3 +210,45 @@ def test_radar_trains_under_bfloat16_autocast(generator, recompute):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert layer.experts.B.grad.norm() > 0
     assert relative_error(output.detach().float(), reference(x).detach()) < 2e-2  # bf16 matmuls
+
+
+def _coefficient_inputs(generator, *, tokens=5, n=4, gram="random"):
+    """Float64 inputs of the coefficient math: a Gram matrix of real expert outputs (or a degenerate one),
+    weights, a fusion matrix and angles, all requiring grad."""
+    outputs = torch.randn(tokens, n, 6, generator=generator, dtype=torch.float64)
+    if gram == "zero":  # all B = 0: every expert output vanishes
+        outputs = torch.zeros_like(outputs)
+    elif gram == "parallel":  # every expert output on one line per token: no plane to rotate in
+        outputs = torch.randn(tokens, n, 1, generator=generator, dtype=torch.float64) * outputs[:, :1, :]
+    gram_matrix = outputs @ outputs.transpose(-1, -2)
+    weights = torch.rand(tokens, n, generator=generator, dtype=torch.float64).softmax(-1)
+    theta = (torch.rand(tokens, n, generator=generator, dtype=torch.float64) - 0.5) * 2.0
+    fusion = random_fusion(generator, n) if n > 1 else torch.zeros(1, 1, dtype=torch.float64)  # as the gate's
+    tensors = (gram_matrix, weights, fusion, theta)
+    return tuple(t.clone().requires_grad_(True) for t in tensors)
+
+
+def test_hand_written_coefficient_backward_passes_gradcheck_in_float64(generator):
+    # at a proper plane only: in the degenerate cases the function bends on the scale of TAU (1e-12),
+    # far below gradcheck's finite-difference step, so there the test below compares with autograd instead
+    inputs = _coefficient_inputs(generator)
+    assert torch.autograd.gradcheck(lambda *x: SpanCoefficients.apply(*x)[0], inputs)
+
+
+@pytest.mark.parametrize("gram", ["random", "zero", "parallel"])
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_hand_written_coefficient_backward_equals_autograd_of_the_forward(generator, gram, n):
+    inputs = _coefficient_inputs(generator, n=n, gram=gram)
+    upstream = torch.randn(5, n, generator=generator, dtype=torch.float64)
+    fused, *fused_geometry = SpanCoefficients.apply(*inputs)
+    fused_grads = torch.autograd.grad(fused, inputs, upstream)
+    plain, *plain_geometry = _span_coefficients(*inputs)
+    plain_grads = torch.autograd.grad(plain, inputs, upstream)
+    torch.testing.assert_close(fused, plain, rtol=0, atol=0)
+    # degenerate planes are ill-conditioned (derivatives up to ~1e9 here, and autograd sums -2 a + 2 kappa q
+    # term by term where they cancel), so there both sides agree to 1e-4 of the largest gradient: a wrong
+    # term in the chain rule would be off by order one
+    rtol = 1e-10 if gram == "random" else 1e-4
+    for ours, reference in zip([*fused_grads, *fused_geometry], [*plain_grads, *plain_geometry], strict=True):
+        scale = 1 + float(reference.detach().abs().max())
+        torch.testing.assert_close(ours, reference, rtol=rtol, atol=rtol * scale)
