@@ -209,10 +209,14 @@ class SpanCoefficients(torch.autograd.Function):
         grad_a = -2 * kappa * grad_raw + grad_kappa / q_tau
         grad_q = kappa**2 * grad_raw - grad_kappa * kappa / q_tau + grad_norm_v * inv_q * (1 - 0.5 * q / q_tau)
 
-        grad_gram = phi.T @ (grad_m.unsqueeze(-1) * phi) + grad_a.unsqueeze(-1) * phi
+        # [T, n, n] work: a contiguous left factor, so that the matmul folds T into its rows, and sums over
+        # T before any transpose (the strided forms copy T n^2 numbers each: 769 vs 636 ms for this
+        # function's forward + backward at n = 64, 2048 tokens, one thread)
+        grad_gram_phi = phi.T * grad_m.unsqueeze(-2)  # [T, j, i] = dm_i Phi_ij
+        grad_gram = grad_gram_phi @ phi + grad_a.unsqueeze(-1) * phi
         grad_gram.diagonal(dim1=-2, dim2=-1).add_(grad_q)
         grad_phi = grad_phi + (grad_a.unsqueeze(-1) * gram).flatten(0, -3).sum(0)
-        grad_phi = grad_phi + (grad_m.unsqueeze(-1) * 2 * gram_phi.transpose(-1, -2)).flatten(0, -3).sum(0)
+        grad_phi = grad_phi + 2 * (gram_phi * grad_m.unsqueeze(-2)).flatten(0, -3).sum(0).T
         return grad_gram, grad_weights, grad_phi, grad_theta
 
 
