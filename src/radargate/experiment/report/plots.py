@@ -212,6 +212,7 @@ def plot_metric_against_experts(summary: Sequence[Mapping], metric: str, path: s
     figure, axes = _figure(6.0, 4.0)
     methods = list(dict.fromkeys(entry["method"] for entry in summary))
     scale = 100.0 if metric.endswith("_acc") else 1.0
+    drawn = False
     for color, method in zip(_colors(len(methods)), methods, strict=True):
         entries = sorted((e for e in summary if e["method"] == method and is_number(e[metric])), key=lambda e: e["n"])
         if not entries:
@@ -219,13 +220,14 @@ def plot_metric_against_experts(summary: Sequence[Mapping], metric: str, path: s
         spread = [scale * e[f"{metric}_std"] if is_number(e[f"{metric}_std"]) else 0.0 for e in entries]
         axes.errorbar([e["n"] for e in entries], [scale * e[metric] for e in entries], yerr=spread,
                       color=color, marker="o", capsize=3, label=method)
+        drawn = True
     axes.set_xscale("log", base=2)
     axes.set_xlabel("experts n")
     axes.set_ylabel(metric.replace("_", " ") + (" (%)" if scale == 100.0 else ""))
-    if methods:
+    if drawn:
         axes.legend()
     else:
-        _note(axes, "no cells")
+        _note(axes, "no finished cells")
     return _save(figure, path)
 
 
