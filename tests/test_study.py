@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -84,6 +85,10 @@ def test_a_cell_file_made_with_other_settings_is_refused(config_file, tmp_path):
         store.load(cell, config)
     cells_module.write_record(store, _record(cell, config, 1.0))
     assert store.load(cell, config)["config"] == cell.config(config).to_dict()
+    older = _record(cell, config, 1.0)  # made before data.min_test_per_task existed: its default applies
+    del older["config"]["data"]["min_test_per_task"]
+    cells_module.write_record(store, older)
+    assert store.load(cell, config) is not None
     fewer_unseen = ExperimentConfig.load(config_file, [*STUDY, f"study.report_dir={tmp_path}",
                                                        "study.max_unseen_per_task=2"])
     with pytest.raises(ValueError, match=r"max_unseen_per_task: 3 -> 2"):  # its unseen scores would differ
@@ -195,3 +200,15 @@ def test_the_headline_replay_trains_each_task_alone_and_counts_verdicts(config_f
     assert "RadarGate fits better than every other gate in" in headline and "of 1 tasks" in headline
     row = next(line for line in headline.splitlines() if line.startswith(f"| {task} |"))
     assert row.count("[") == 1 and any(word in row for word in ("better", "worse", "no diff."))
+
+
+def test_the_study_command_runs_and_rebuilds_its_report_in_a_subprocess(config_file, tmp_path):
+    args = [arg for arg in _study_args(config_file, tmp_path) if not arg.startswith("--set=study.seeds")]
+    command = [sys.executable, "-m", "radargate.cli", *args, "--set=study.seeds=[0]", "--set=study.axes=[fixed_r]",
+               "--set=study.experts=[2]", "--set=study.methods=[radar]"]
+    first = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "cell radar-n2-r2-s0-lr0.01 done" in first.stderr
+    again = subprocess.run([*command, "--report-only"], capture_output=True, text=True, check=False)
+    assert again.returncode == 0 and "done" not in again.stderr  # nothing trained the second time
+    assert again.stdout.strip() == f"report: {tmp_path / 'reports' / 'tiny.md'}"

@@ -86,7 +86,9 @@ class CellStore:
         if not path.is_file():
             return None
         record = json.loads(path.read_text())
-        changed = config_differences(record["config"], cell.config(study).to_dict())
+        # read back through the config class, as a resumed run is: a setting added since fills its default
+        saved = ExperimentConfig.from_dict(record["config"]).to_dict()
+        changed = config_differences(saved, cell.config(study).to_dict())
         changed += config_differences(record.get("unseen_settings") or {}, unseen_settings(cell, study))
         if changed:
             raise ValueError(f"{path} was made with other settings than this study's ({', '.join(changed[:6])}); "

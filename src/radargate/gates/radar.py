@@ -137,12 +137,8 @@ def _span_space(codes, experts, weights, phi, theta, recompute: bool):
 
 def _span_coefficients(gram, weights, phi, theta):
     """``lambda: [T, n]`` with ``sum_i g_i v'_i = sum_j lambda_j v_j``, and the per-expert geometry."""
-    q = torch.diagonal(gram, dim1=-2, dim2=-1)
-    a = (phi * gram).sum(-1)  # <v_i, c_i> = sum_j Phi_ij G_ij
-    gram_phi = gram @ phi.T  # [T, j, i] = <v_j, c_i>
-    m = (gram_phi * phi.T).sum(-2)  # |c_i|^2 = sum_j Phi_ij <v_j, c_i>, without a strided transpose
-    kappa = a / (q + TAU)
-    pp = (m - 2 * kappa * a + kappa**2 * q).clamp_min(0.0)
+    q, a, _, m, kappa, raw_pp = _plane_geometry(gram, phi)
+    pp = raw_pp.clamp_min(0.0)
     cos_term, beta = _rotation_terms(q, m, pp, theta)
     coefficients = weights * (cos_term - beta * kappa) + (weights * beta) @ phi
     return coefficients, q, a, m, kappa, cos_term, beta
@@ -170,13 +166,8 @@ class SpanCoefficients(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_coefficients, *_):
         gram, weights, phi, theta = ctx.saved_tensors
-        q = torch.diagonal(gram, dim1=-2, dim2=-1)
-        gram_phi = gram @ phi.T  # [T, j, i] = <v_j, c_i>
-        a = (phi * gram).sum(-1)
-        m = (gram_phi * phi.T).sum(-2)
+        q, a, gram_phi, m, kappa, raw_pp = _plane_geometry(gram, phi)
         q_tau = q + TAU
-        kappa = a / q_tau
-        raw_pp = m - 2 * kappa * a + kappa**2 * q
         pp = raw_pp.clamp_min(0.0)
         plane = pp + DELTA**2 * m + TAU
         ratio = pp / plane
@@ -218,6 +209,17 @@ class SpanCoefficients(torch.autograd.Function):
         grad_phi = grad_phi + (grad_a.unsqueeze(-1) * gram).flatten(0, -3).sum(0)
         grad_phi = grad_phi + 2 * (gram_phi * grad_m.unsqueeze(-2)).flatten(0, -3).sum(0).T
         return grad_gram, grad_weights, grad_phi, grad_theta
+
+
+def _plane_geometry(gram, phi):
+    """Per expert, from the Gram matrix: ``q = |v|^2``, ``a = <v, c>``, ``G Phi^T`` (``[T, j, i] = <v_j, c_i>``),
+    ``m = |c|^2``, ``kappa = a / (q + tau)`` and ``|p|^2`` before clamping at 0 (rounding can make it negative)."""
+    q = torch.diagonal(gram, dim1=-2, dim2=-1)
+    a = (phi * gram).sum(-1)  # <v_i, c_i> = sum_j Phi_ij G_ij
+    gram_phi = gram @ phi.T
+    m = (gram_phi * phi.T).sum(-2)  # |c_i|^2 = sum_j Phi_ij <v_j, c_i>, without a strided transpose
+    kappa = a / (q + TAU)
+    return q, a, gram_phi, m, kappa, m - 2 * kappa * a + kappa**2 * q
 
 
 def _materialized(codes, experts, weights, phi, theta):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from radargate.experiment.cells import Cell, CellStore, cells_directory, evaluation
+from radargate.experiment.evaluate import mean
 from radargate.experiment.plan import BASE, headline_cells, learning_rate_cells, learning_rates, sweep_cells
 from radargate.experiment.report.comparison import markdown_table
 from radargate.experiment.report.format import number
@@ -94,7 +95,7 @@ def write_study_report(config: ExperimentConfig, store: CellStore) -> Path:
         _summary_section(summary, plots),
         _headline_section(found),
         _diagnostics_section(summary),
-        _timing_section(found),
+        _timing_section({row['name']: row for row in rows}),
     ]
     path = report_dir / f"{config.name}.md"
     atomic_write_text(path, "\n\n".join(section for section in sections if section) + "\n")
@@ -120,9 +121,9 @@ def cell_row(record: dict[str, Any]) -> dict[str, Any]:
         "validation_answer_nll": validation[-1].get("macro_answer_nll"),
         **{f"{split}_{metric}": (metrics.get(split) or {}).get(f"macro_{metric}")
            for split in ("fit", "test", "unseen") for metric in ("acc", "answer_nll")},
-        "routing_entropy": _mean(layer.get("mean_entropy") for layer in routing.values()),
-        "mean_abs_angle": _mean(layer.get("theta_abs_mean") for layer in routing.values()),
-        "mean_grad_norm": _mean(grad_norms),
+        "routing_entropy": mean(layer.get("mean_entropy") for layer in routing.values()),
+        "mean_abs_angle": mean(layer.get("theta_abs_mean") for layer in routing.values()),
+        "mean_grad_norm": mean(grad_norms),
         "trainable_params": metrics.get("trainable_params"),
         "wall_s": _sum_present(record["timings"].get(key) for key in ("train_and_test_s", "unseen_s")),
         "train_s": record["timings"].get("train_s"),
@@ -149,7 +150,7 @@ def aggregate(rows: list[dict[str, Any]], found: Gathered) -> list[dict[str, Any
                                      "failed": sum(bool(row["failed"]) for row in present)}
             for metric in ROW_METRICS:
                 values = [row[metric] for row in present if row.get(metric) is not None]
-                entry[metric] = _mean(values)
+                entry[metric] = mean(values)
                 entry[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else None
             summary.append(entry)
     return summary
@@ -323,7 +324,7 @@ def _budget_text(found: Gathered) -> str:
     candidates = {m: records for m, records in candidates.items() if records}
     if not candidates:
         return "Whether the budget learns is shown once the sweep's cells have run."
-    best = min(candidates, key=lambda m: _mean(r["metrics"]["validation"][-1].get("macro_answer_nll")
+    best = min(candidates, key=lambda m: mean(r["metrics"]["validation"][-1].get("macro_answer_nll")
                                                for r in candidates[m] if r["metrics"]["validation"]) or 0.0)
     nll = difference(candidates[best], [found.base], "test", "answer_nll")
     acc = difference(candidates[best], [found.base], "test", "acc")
@@ -345,13 +346,10 @@ def _learning_rate_section(found: Gathered) -> str:
                 "A convex gate (softmax, top-k) hands each expert about 1/n of the update, so one shared rate "
                 "may favour some n; this study does not correct for it.")
     header = ["method", *(f"lr {lr:g}: val NLL / acc %" for lr in study.lr_grid), "chosen"]
+    searched = {(cell.method, cell.lr): record for cell, record in found.lr_search.items()}
     rows = []
     for method in dict.fromkeys(cell.method for cell in found.lr_search):
-        texts = []
-        for lr in study.lr_grid:
-            record = next(r for c, r in found.lr_search.items() if c.method == method and c.lr == lr) if any(
-                c.method == method and c.lr == lr for c in found.lr_search) else None
-            texts.append(_validation_text(record))
+        texts = [_validation_text(searched.get((method, lr))) for lr in study.lr_grid]
         chosen = (found.rates or {}).get(method)
         rows.append([method, *texts, f"{chosen:g}" if chosen else ("pending" if found.rates is None else "none")])
     edges = [m for m, lr in (found.rates or {}).items() if lr in (min(study.lr_grid), max(study.lr_grid))]
@@ -476,21 +474,19 @@ def _diagnostics_section(summary: list[dict]) -> str:
     ])
 
 
-def _timing_section(found: Gathered) -> str:
-    records = found.records()
+def _timing_section(rows: dict[str, dict[str, Any]]) -> str:
     by_part: dict[str, list[float]] = defaultdict(list)
-    for record in records.values():
-        wall = cell_row(record)["wall_s"]
-        if wall is not None:
-            by_part[_part(record["cell"])].append(wall)
+    for row in rows.values():
+        if row["wall_s"] is not None:
+            by_part[row["part"]].append(row["wall_s"])
     total = sum(sum(values) for values in by_part.values())
     lines = [f"- {part}: {len(values)} cells, {sum(values) / 60:.1f} min "
              f"(mean {statistics.mean(values):.0f} s per cell)"
              for part, values in sorted(by_part.items())]
     per_cell = markdown_table(
         ["cell", "wall s", "of which training s", "hardware"],
-        [[name, number(cell_row(record)["wall_s"], ".0f"), number(record["timings"].get("train_s"), ".0f"),
-          record.get("hardware") or "-"] for name, record in sorted(records.items())])
+        [[name, number(row["wall_s"], ".0f"), number(row["train_s"], ".0f"), row["hardware"] or "-"]
+         for name, row in sorted(rows.items())])
     return "\n".join(["## Time and hardware", "",
                       f"Wall time of every finished cell (training, test and unseen evaluation), summed: "
                       f"{total / 60:.1f} min; cells that ran in parallel overlap in real time.", "", *lines, "",
@@ -514,11 +510,6 @@ def _pm(entry: dict, metric: str, scale: float, spec: str) -> str:
         return "-"
     text = format(scale * mean, spec)
     return f"{text} ± {format(scale * std, spec.lstrip('+'))}" if std is not None else text
-
-
-def _mean(values: Iterable[float | None]) -> float | None:
-    present = [value for value in values if value is not None]
-    return sum(present) / len(present) if present else None
 
 
 def _sum_present(values: Iterable[float | None]) -> float | None:
