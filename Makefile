@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: the CPU wheel on disk, not a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,trl,tracking]'
 	touch $(STAMP)
 
 # The main job: train PEFT LoRA, the softmax gate and RadarGate briefly on SmolLM2-135M and the
@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/radargate compare --config configs/quickstart.yaml
 
-# Quick speed and memory benchmarks (about 4 min on 2 CPU cores); see benchmarks/README.md.
+# Quick speed and memory benchmarks (about 7 min on 2 CPU cores); see benchmarks/README.md.
 bench: $(STAMP)
 	$(PY) benchmarks/layer_speed.py --quick
 	$(PY) benchmarks/model_step.py --quick
+	$(PY) benchmarks/generation.py
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

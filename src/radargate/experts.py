@@ -15,6 +15,8 @@ import math
 import torch
 from torch import nn
 
+from radargate.frozen import FrozenCache
+
 
 class LoRAExperts(nn.Module):
     """``num_experts`` LoRA factor pairs; ``B`` starts at zero so the layer starts as the base."""
@@ -36,6 +38,7 @@ class LoRAExperts(nn.Module):
         self.scaling = scaling
         self.A = nn.Parameter(torch.empty(num_experts, r, in_features, dtype=dtype, device=device))
         self.B = nn.Parameter(torch.zeros(num_experts, r, out_features, dtype=dtype, device=device))
+        self.frozen = FrozenCache()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -62,10 +65,12 @@ class LoRAExperts(nn.Module):
     def mix(self, codes: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
         """``sum_i coefficients_i * v_i`` as one ``[tokens, n r] x [n r, d_out]`` matmul.
 
-        ``codes``: ``[tokens, n, r]``; ``coefficients``: ``[tokens, n]``; returns ``[tokens, d_out]``.
+        ``codes``: ``[tokens, n, r]``; ``coefficients``: ``[tokens, n]``; returns ``[tokens, d_out]``. The
+        scale ``s`` goes on the ``[tokens, n]`` coefficients, not on the ``[tokens, d_out]`` result (one
+        pass less over the widest tensor, forward and backward; PEFT's LoRA makes that pass).
         """
-        weighted = (codes * coefficients.unsqueeze(-1)).reshape(codes.shape[0], -1)
-        return (weighted @ self.B_flat) * self.scaling
+        scaled = (coefficients * self.scaling).unsqueeze(-1)
+        return (codes * scaled).reshape(codes.shape[0], -1) @ self.B_flat
 
     def outputs(self, codes: torch.Tensor) -> torch.Tensor:
         """``[tokens, n, r] -> [tokens, n, d_out]``: every expert's output, materialised."""
@@ -76,11 +81,24 @@ class LoRAExperts(nn.Module):
 
         ``G_ij = s^2 z_i (B_i B_j^T) z_j^T`` (see :class:`BlockGram`); each token costs
         ``(n r)^2``, independent of ``d_out``. Computed in float32 (or float64), also under autocast.
+        Without autograd (evaluation, generation) the ``B B^T`` blocks are computed once per weight update.
         """
         dtype = torch.float64 if torch.float64 in (codes.dtype, self.B.dtype) else torch.float32
-        with torch.autocast(codes.device.type, enabled=False):  # gate math in at least float32
-            # the scale goes on B (n r x d_out), not on G: one pass less over [T, n, n] each way
-            return BlockGram.apply(codes.to(dtype), self.B_flat.to(dtype) * self.scaling)
+        if torch.is_autocast_enabled(codes.device.type):  # gate math in at least float32
+            with torch.autocast(codes.device.type, enabled=False):
+                return self.gram(codes)
+        if not torch.is_grad_enabled():
+            return gram_from_blocks(codes.to(dtype), self.frozen_blocks(dtype))
+        return BlockGram.apply(codes.to(dtype), self.scaled_b(dtype))
+
+    def frozen_blocks(self, dtype: torch.dtype) -> torch.Tensor:
+        """``gram_blocks`` of the current ``B``, computed once per change of ``B`` (no autograd)."""
+        return self.frozen.get(f"blocks_{dtype}", lambda: gram_blocks(self.scaled_b(dtype), self.num_experts), self.B)
+
+    def scaled_b(self, dtype: torch.dtype) -> torch.Tensor:
+        """``s B_flat`` in ``dtype``: the scale on ``B`` (``n r x d_out``), not on ``G`` (``T x n x n``),
+        is one pass less over ``[T, n, n]`` each way."""
+        return self.B_flat.to(dtype) * self.scaling
 
 
 GRAM_CHUNK_ELEMENTS = 1 << 21
@@ -110,23 +128,14 @@ class BlockGram(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, codes: torch.Tensor, b_flat: torch.Tensor) -> torch.Tensor:
-        tokens, n, r = codes.shape
-        blocks = (b_flat @ b_flat.T).view(n, r, n * r)
-        by_expert = codes.transpose(0, 1)  # [i, t, a]
-        gram = [
-            (torch.bmm(by_expert[:, start:stop], blocks).view(n, stop - start, n, r) * codes[start:stop])
-            .sum(-1)
-            .transpose(0, 1)
-            for start, stop in token_chunks(tokens, n * n * r)
-        ]
         ctx.save_for_backward(codes, b_flat)
-        return torch.cat(gram)  # contiguous [T, n, n]: the gate's matmuls need no copy
+        return gram_from_blocks(codes, gram_blocks(b_flat, codes.shape[1]))
 
     @staticmethod
     def backward(ctx, grad_gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         codes, b_flat = ctx.saved_tensors
         tokens, n, r = codes.shape
-        blocks = (b_flat @ b_flat.T).view(n, r, n * r)  # [i, a, (j b)]
+        blocks = gram_blocks(b_flat, n)  # [i, a, (j b)]
         symmetric = (grad_gram + grad_gram.transpose(-1, -2)).transpose(0, 1)  # [i, t, j]
         grad_codes = []
         grad_blocks = codes.new_zeros(n, r, n * r)  # dK + dK^T, by row blocks
@@ -135,3 +144,27 @@ class BlockGram(torch.autograd.Function):
             grad_codes.append(torch.bmm(weighted, blocks.transpose(1, 2)).transpose(0, 1))
             grad_blocks = grad_blocks + torch.bmm(codes[start:stop].permute(1, 2, 0), weighted)
         return torch.cat(grad_codes), grad_blocks.view(n * r, n * r) @ b_flat
+
+
+def gram_blocks(b_flat: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """``K = B B^T`` as ``[n, r, n r]`` row blocks: ``K[i, a, (j b)] = <B_ia, B_jb>``."""
+    rank_total = b_flat.shape[0]
+    return (b_flat @ b_flat.T).view(num_experts, rank_total // num_experts, rank_total)
+
+
+def gram_from_blocks(codes: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """``G[t, i, j] = z_ti K_ij z_tj^T``: one batched matmul per expert row (``[n, T, n r]``), then a
+    multiply-sum over ``r``, token chunk by token chunk; contiguous ``[T, n, n]`` (the gate's
+    matmuls need no copy)."""
+    tokens, n, r = codes.shape
+    chunks = token_chunks(tokens, n * n * r)
+    if len(chunks) == 1:  # no slicing: generation calls this with a few tokens, once per layer and token
+        return _gram_chunk(codes, blocks).contiguous()
+    return torch.cat([_gram_chunk(codes[start:stop], blocks) for start, stop in chunks])
+
+
+def _gram_chunk(codes: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """``[T, n, n]`` (a transposed view) for one chunk of codes ``[T, n, r]``."""
+    tokens, n, r = codes.shape
+    projected = torch.bmm(codes.transpose(0, 1), blocks).view(n, tokens, n, r)  # [i, t, j, b]
+    return torch.linalg.vecdot(projected, codes).transpose(0, 1)

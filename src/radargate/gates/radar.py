@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radargate.experts import LoRAExperts
+from radargate.frozen import FrozenCache
 from radargate.gates.base import Gate, GateOutput, make_router, upcast
 
 TAU = 1e-12
@@ -67,6 +68,7 @@ class RadarGate(Gate):
         self.angle = nn.Linear(n * config.r, n, dtype=dtype, device=device)
         nn.init.zeros_(self.angle.weight)
         nn.init.zeros_(self.angle.bias)
+        self.frozen = FrozenCache()
 
     def fusion(self) -> torch.Tensor:
         """``Phi: [n, n]``, row-stochastic with a zero diagonal (all zeros for a single expert)."""
@@ -92,7 +94,7 @@ class RadarGate(Gate):
         logits = self.router(tokens)
         weights = self.stretch_weights(logits)
         theta = self.angles(codes)
-        phi = upcast(self.fusion())
+        phi = self.frozen.get("phi", lambda: upcast(self.fusion()), self.fusion_logits)
         if self.impl == "span":
             # under torch.compile, the compiler's own partitioner decides what to recompute
             recompute = self.recompute and torch.is_grad_enabled() and not torch.compiler.is_compiling()
@@ -106,12 +108,15 @@ class RadarGate(Gate):
 def _rotation_terms(
     q: torch.Tensor, m: torch.Tensor, pp: torch.Tensor, theta: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``v' = cos_term * v + beta * p`` (all ``[T, n]``), smooth where the plane degenerates."""
-    plane_norm_sq = pp + DELTA**2 * m + TAU
+    """``v' = cos_term * v + beta * p`` (all ``[T, n]``), smooth where the plane degenerates.
+
+    ``beta = sin(theta sigma) / sigma * |v|~ / sqrt(P)`` with ``|v|~ = q / sqrt(q + tau)``, written with one
+    reciprocal square root: generation runs this on a few tokens, where every op costs its dispatch.
+    """
+    plane_norm_sq = torch.add(pp, m, alpha=DELTA**2) + TAU
     sigma = torch.sqrt(pp / plane_norm_sq + EPS)
     turned = theta * sigma
-    norm_v = q / torch.sqrt(q + TAU)
-    beta = torch.sin(turned) / sigma * norm_v / torch.sqrt(plane_norm_sq)
+    beta = torch.sin(turned) * q * torch.rsqrt((q + TAU) * plane_norm_sq) / sigma
     return torch.cos(turned), beta
 
 
@@ -140,7 +145,7 @@ def _span_coefficients(gram, weights, phi, theta):
     q, a, _, m, kappa, raw_pp = _plane_geometry(gram, phi)
     pp = raw_pp.clamp_min(0.0)
     cos_term, beta = _rotation_terms(q, m, pp, theta)
-    coefficients = weights * (cos_term - beta * kappa) + (weights * beta) @ phi
+    coefficients = torch.addcmul((weights * beta) @ phi, weights, torch.addcmul(cos_term, beta, kappa, value=-1))
     return coefficients, q, a, m, kappa, cos_term, beta
 
 
@@ -215,11 +220,11 @@ def _plane_geometry(gram, phi):
     """Per expert, from the Gram matrix: ``q = |v|^2``, ``a = <v, c>``, ``G Phi^T`` (``[T, j, i] = <v_j, c_i>``),
     ``m = |c|^2``, ``kappa = a / (q + tau)`` and ``|p|^2`` before clamping at 0 (rounding can make it negative)."""
     q = torch.diagonal(gram, dim1=-2, dim2=-1)
-    a = (phi * gram).sum(-1)  # <v_i, c_i> = sum_j Phi_ij G_ij
     gram_phi = gram @ phi.T
+    a = torch.diagonal(gram_phi, dim1=-2, dim2=-1)  # <v_i, c_i>
     m = (gram_phi * phi.T).sum(-2)  # |c_i|^2 = sum_j Phi_ij <v_j, c_i>, without a strided transpose
     kappa = a / (q + TAU)
-    return q, a, gram_phi, m, kappa, m - 2 * kappa * a + kappa**2 * q
+    return q, a, gram_phi, m, kappa, torch.addcmul(m, kappa, torch.add(kappa * q, a, alpha=-2))
 
 
 def _materialized(codes, experts, weights, phi, theta):
