@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Union
 
 import yaml
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
 from radargate.config import MoLoRAConfig
 from radargate.experiment.data.bigbench import DEFAULT_SUITE
@@ -106,10 +107,16 @@ class TrainSettings:
     """Steps in a row with a non-finite loss or gradient norm (each skipped) before the run stops."""
     compile: bool = False
     """``torch.compile`` each mixture layer (dynamic shapes). Pays on GPUs; on CPUs it measured slower."""
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers (any that accelerate supports: ``tensorboard``, ``wandb``, ``mlflow``, ...), logging
+    per step the loss, each auxiliary loss, gradient norm, learning rate, tokens/s and the routing entropy
+    of every mixture layer into ``<run>/tracking/``. Empty (the default): none."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.compile, bool):
             raise ValueError(f"train.compile={self.compile!r} is not allowed; use true or false")
+        for tracker in self.report_to:
+            require_choice("train.report_to", tracker, sorted(LOGGER_TYPE_TO_CLASS))
         for name in ("steps", "batch_size", "grad_accum", "save_every", "max_nonfinite_steps"):
             require_int(f"train.{name}", getattr(self, name), minimum=1)
         for name in ("warmup_steps", "eval_every", "seed"):

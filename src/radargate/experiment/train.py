@@ -18,6 +18,7 @@ row stop the run with ``TrainingDiverged``; weights that are not finite are neve
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import math
@@ -40,6 +41,7 @@ from radargate.experiment.data.batching import EncodedPair, answer_logprobs, col
 from radargate.experiment.data.bigbench import MCExample
 from radargate.experiment.evaluate import evaluate_multiple_choice
 from radargate.experiment.methods import save_adapter, trainable_parameters
+from radargate.experiment.tracking import start_trackers, step_metrics
 from radargate.files import atomic_write_bytes, atomic_write_directory, atomic_write_text, latest_directory, strict_json
 from radargate.model import MoLoRAModel
 
@@ -139,7 +141,11 @@ class _Trainer:
         self.train_pairs = encode_training_examples(tokenizer, splits["train"], config.data.max_length)
         if not self.train_pairs:
             raise ValueError(f"no training examples for tasks {config.data.tasks}")
-        self.accelerator = Accelerator(mixed_precision=mixed_precision(settings.precision))
+        self.accelerator = Accelerator(
+            mixed_precision=mixed_precision(settings.precision),
+            log_with=settings.report_to or None, project_dir=run_dir / "tracking",
+        )
+        self.tracking = bool(settings.report_to)
         if settings.compile and isinstance(model, MoLoRAModel):
             model.compile_layers()
         parameters = list(trainable_parameters(model).values())
@@ -151,6 +157,8 @@ class _Trainer:
             len(self.train_pairs), settings.batch_size, settings.grad_accum, settings.seed,
             self.accelerator.num_processes,
         )
+        if self.tracking:
+            start_trackers(self.accelerator, config)
 
     def run(self, state: TrainState, *, show_progress: bool) -> None:
         settings = self.config.train
@@ -162,11 +170,15 @@ class _Trainer:
         with progress:
             while state.step < settings.steps:
                 started = time.perf_counter()
-                row = self._step(state.step)
+                with self._routing() as routing:
+                    row = self._step(state.step)
                 state.train_time_s += time.perf_counter() - started
                 state.step += 1
                 state.tokens += row["tokens"]
                 state.history.append(row)
+                if self.tracking:
+                    tokens_per_s = state.tokens / state.train_time_s
+                    self.accelerator.log(step_metrics(row, tokens_per_s, routing), step=state.step)
                 if self.accelerator.is_main_process:
                     with log.open("a") as stream:
                         stream.write(strict_json(row) + "\n")
@@ -183,20 +195,33 @@ class _Trainer:
         self.require_finite_weights()
         if self.accelerator.is_main_process:
             save_adapter(self.unwrapped, self.run_dir / "adapter")
+        if self.tracking:
+            self.accelerator.end_training()
+
+    def _routing(self) -> contextlib.AbstractContextManager[dict]:
+        """Routing statistics of the step for the trackers (nothing is gathered without them)."""
+        if self.tracking and isinstance(self.unwrapped, MoLoRAModel):
+            return self.unwrapped.record_routing()
+        return contextlib.nullcontext({})
 
     def _step(self, step: int) -> dict[str, Any]:
         settings = self.config.train
         self.model.train()
         totals = {"loss": 0.0, "lm_loss": 0.0, "tokens": 0}
+        aux_parts: dict[str, float] = {}
         for micro in range(settings.grad_accum):
             indices = self.schedule.micro_batch(step, micro, self.accelerator.process_index)
             batch = collate([self.train_pairs[i] for i in indices], self.tokenizer.pad_token_id)
-            lm_loss, aux = self._losses(batch.to(self.accelerator.device))
+            lm_loss, aux, parts = self._losses(batch.to(self.accelerator.device))
             loss = (lm_loss + aux) / settings.grad_accum
             self.accelerator.backward(loss)
             totals["loss"] += float(loss.detach())
             totals["lm_loss"] += float(lm_loss.detach()) / settings.grad_accum
             totals["tokens"] += int(batch.attention_mask.sum())
+            for name, value in parts.items():
+                aux_parts[name] = aux_parts.get(name, 0.0) + float(value) / settings.grad_accum
+        if aux_parts:
+            totals["aux_losses"] = aux_parts
         grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), settings.max_grad_norm))
         nonfinite = {name: str(value) for name, value in (("loss", totals["loss"]), ("grad_norm", grad_norm))
                      if not math.isfinite(value)}
@@ -237,13 +262,16 @@ class _Trainer:
             causes += f", or half precision overflowing (train.precision={settings.precision}; try no)"
         return causes + "."
 
-    def _losses(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean negative log-likelihood of the answer tokens, and the weighted auxiliary losses."""
+    def _losses(self, batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean negative log-likelihood of the answer tokens, the weighted sum of the auxiliary losses, and
+        each auxiliary loss unweighted (detached, for the log)."""
         kwargs = {"with_aux": True} if isinstance(self.unwrapped, MoLoRAModel) else {}
         logprobs, output = answer_logprobs(self.model, batch, **kwargs)
         lm_loss = -logprobs.sum() / max(logprobs.numel(), 1)
         aux = output.get("aux_loss") if isinstance(output, dict) else None
-        return lm_loss, aux if aux is not None else torch.zeros((), device=lm_loss.device)
+        if aux is None:
+            return lm_loss, torch.zeros((), device=lm_loss.device), {}
+        return lm_loss, aux, output["aux_losses"]
 
     def validate(self, step: int) -> dict[str, Any]:
         result = evaluate_multiple_choice(
