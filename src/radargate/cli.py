@@ -4,6 +4,8 @@
     radargate eval    --run runs/quickstart/radar [--tasks TASK ...] [--split test] [--set eval.batch_size=8]
     radargate compare --config configs/quickstart.yaml [--set compare.methods=[lora,radar]]
     radargate study   --config configs/study.yaml
+    radargate eval    --run runs/quickstart/radar --harness radargate_winowhy --harness-include lm_eval_tasks/
+    radargate export-tasks --config configs/quickstart.yaml --out lm_eval_tasks/   # for lm_eval --include_path
     radargate gates | radargate tasks
     radargate bundle pack   --config configs/study_full.yaml --out bundle/   # everything a run needs offline
     radargate bundle unpack --dir bundle/ --to /tmp/radargate                # verify every part, then extract
@@ -15,6 +17,7 @@ Exit status: 0 done; 1 the work failed (training diverged, a file could not be w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--gsm8k", type=int, default=0, metavar="N",
                           help="also score the first N GSM8K test problems by generation (exact final number)")
     evaluate.add_argument("--output", help="also write the results as JSON here (refuses to overwrite)")
+    evaluate.add_argument("--harness", nargs="+", metavar="TASK",
+                          help="score with lm-evaluation-harness instead: lm-eval task names (e.g. the exported "
+                          "radargate_<task>), offline")
+    evaluate.add_argument("--harness-include", metavar="DIR", help="folder of extra lm-eval task YAMLs "
+                          "(what `radargate export-tasks` wrote)")
+    evaluate.add_argument("--limit", type=int, help="with --harness: at most this many documents per task")
     _add_overrides(evaluate, "with --run only evaluation settings (data, eval) may change")
 
     compare = commands.add_parser("compare", help="train and evaluate several methods side by side")
@@ -58,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--commit", action="store_true", help="git-commit each cell's result file as it lands")
     study.add_argument("--report-only", action="store_true",
                        help="train nothing: rebuild the report from the cell files alone")
+
+    export = commands.add_parser("export-tasks", help="write a config's BIG-bench split as lm-eval tasks "
+                                 "(YAML + JSONL), to reproduce radargate's scores with lm_eval --include_path")
+    _add_config_arguments(export)
+    export.add_argument("--out", required=True, help="new folder for the task folders")
+    export.add_argument("--tasks", nargs="+", help="BIG-bench tasks (default: the config's)")
+    export.add_argument("--split", choices=("train", "validation", "test"), default="test")
 
     commands.add_parser("gates", help="list the registered gates")
     commands.add_parser("tasks", help="list the BIG-bench multiple-choice tasks (fetches BIG-bench once)")
@@ -126,6 +142,8 @@ def _eval(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else None
     if output is not None and output.exists():
         raise FileExistsError(f"{output} exists; choose another --output path")
+    if args.harness:
+        return _eval_with_harness(args, output)
     method, result = evaluate_run(args.run, args.config, overrides=args.overrides, tasks=args.tasks,
                                   split=args.split, gsm8k=args.gsm8k)
     print(_accuracy_table(method, result))
@@ -133,6 +151,41 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"\nGSM8K exact match: {100 * result['gsm8k']['exact_match']:.1f}% of {result['gsm8k']['n']}")
     if output is not None:
         atomic_write_json(output, result)
+    return 0
+
+
+def _eval_with_harness(args: argparse.Namespace, output: Path | None) -> int:
+    from radargate.experiment.harness import evaluate_with_harness
+    from radargate.experiment.methods import model_to_evaluate
+    from radargate.files import atomic_write_json
+
+    model, tokenizer, config = model_to_evaluate(args.run, args.config, args.overrides)
+    results = evaluate_with_harness(model, tokenizer, args.harness, include_path=args.harness_include,
+                                    batch_size=config.eval.batch_size, limit=args.limit)
+    print("| lm-eval task | acc (%) | acc_norm (%) |\n| --- | --- | --- |")
+    for task, metrics in results.items():
+        print(f"| {task} | {_percent(metrics.get('acc'))} | {_percent(metrics.get('acc_norm'))} |")
+    if output is not None:
+        atomic_write_json(output, results)
+    return 0
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _export_tasks(args: argparse.Namespace) -> int:
+    from radargate.experiment.config import ExperimentConfig
+    from radargate.experiment.data.bigbench import load_splits
+    from radargate.experiment.harness import export_tasks
+
+    config = ExperimentConfig.load(args.config, args.overrides)
+    if args.tasks:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, tasks=list(args.tasks)))
+    names = export_tasks(load_splits(config)[args.split], args.out, args.split)
+    print(f"wrote {len(names)} lm-eval tasks to {args.out}: {' '.join(names)}")
+    print(f"score them with: lm_eval --model hf --model_args pretrained=... --include_path {args.out} "
+          f"--tasks {','.join(names)}")
     return 0
 
 
@@ -210,7 +263,7 @@ def _accuracy_table(method: str, result: dict) -> str:
 
 COMMANDS = {
     "train": _train, "eval": _eval, "compare": _compare, "study": _study, "gates": _gates, "tasks": _tasks,
-    "bundle": _bundle,
+    "bundle": _bundle, "export-tasks": _export_tasks,
 }
 
 

@@ -27,11 +27,10 @@ import torch
 from transformers import Cache
 from transformers.utils import ModelOutput
 
-from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.batching import encode_pair
 from radargate.experiment.data.bigbench import MCExample, load_suite
 from radargate.experiment.data.gsm8k import GSM8KExample, is_correct, load_gsm8k_test
-from radargate.experiment.methods import build_model, load_trained
+from radargate.experiment.methods import model_to_evaluate
 
 
 @dataclass(frozen=True)
@@ -248,11 +247,7 @@ def evaluate_run(
 
     Returns the method's name and the results.
     """
-    if run_dir is not None:
-        model, tokenizer, config = load_trained(run_dir, overrides)
-    else:
-        config = ExperimentConfig.load(config_path, overrides).for_method("base")
-        model, tokenizer = build_model(config)
+    model, tokenizer, config = model_to_evaluate(run_dir, config_path, overrides)
     examples = load_suite(tasks or config.data.tasks, seed=config.data.split_seed, max_per_split=config.data.caps,
                          min_test_per_task=config.data.min_test_per_task)
     result = evaluate_multiple_choice(

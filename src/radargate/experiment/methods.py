@@ -75,6 +75,14 @@ TRAINED_SETTINGS = ("method", "model", "adapter", "train")
 """What made a trained run's weights: evaluation overrides may not change them."""
 
 
+def model_to_evaluate(run_dir: str | Path | None, config_path: str | Path | None, overrides: Sequence[str] = ()):
+    """What ``radargate eval`` scores: a trained run (``run_dir``), else the untrained base model of a config."""
+    if run_dir is not None:
+        return load_trained(run_dir, overrides)
+    config = ExperimentConfig.load(config_path, overrides).for_method("base")
+    return (*build_model(config), config)
+
+
 def load_trained(run_dir: str | Path, overrides: Sequence[str] = ()):
     """The model, tokenizer and config of a finished run, from its ``config.yaml`` and ``adapter/``.
 

@@ -1,0 +1,125 @@
+"""lm-evaluation-harness, both ways: radargate's splits as lm-eval tasks, and lm-eval on a trained run.
+
+``export_tasks`` writes each task's examples of one split as a JSONL file and an lm-eval task YAML, so
+that ``lm_eval --include_path OUT/ --tasks radargate_<task>`` scores exactly the examples radargate scores,
+the same way: the context is the prompt without its trailing whitespace, each choice carries that
+whitespace (``MCExample.scoring_pairs``), and there is no extra delimiter. lm-eval's ``acc`` is radargate's
+``acc``; radargate's ``acc_norm`` divides by UTF-8 bytes, which is lm-eval's ``acc_bytes`` (and equals its
+``acc_norm``, which divides by characters, wherever the choices are ASCII).
+
+``evaluate_with_harness`` runs ``lm_eval.simple_evaluate`` with lm-eval's own ``HFLM`` wrapped around the
+trained model (the base model carries the mixture or LoRA layers in place, so it is passed as is).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from radargate.experiment.data.bigbench import MCExample
+from radargate.files import atomic_write_text
+
+TASK_PREFIX = "radargate_"
+
+
+def task_name(task: str) -> str:
+    """lm-eval's name for a radargate task: ``logical_deduction/three_objects`` ->
+    ``radargate_logical_deduction__three_objects`` (a path separator cannot be part of a task name)."""
+    return TASK_PREFIX + task.replace("/", "__")
+
+
+def export_tasks(examples: Sequence[MCExample], out_dir: str | Path, split: str) -> list[str]:
+    """Write ``OUT/<name>/<split>.jsonl`` and ``OUT/<name>/<name>.yaml`` for each task among ``examples``;
+    returns the lm-eval task names. ``OUT`` must not exist yet (nothing is overwritten)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists; choose a new folder for the exported tasks")
+    if not examples:
+        raise ValueError(f"no examples in the {split} split to export")
+    by_task: dict[str, list[MCExample]] = {}
+    for example in examples:
+        by_task.setdefault(example.task, []).append(example)
+    for task, members in by_task.items():
+        folder = out_dir / task_name(task)
+        data = folder / f"{split}.jsonl"
+        atomic_write_text(data, "".join(json.dumps(_document(example)) + "\n" for example in members))
+        atomic_write_text(folder / f"{task_name(task)}.yaml", yaml.safe_dump(_task_config(task, data, split)))
+    return [task_name(task) for task in by_task]
+
+
+def _document(example: MCExample) -> dict[str, Any]:
+    context, continuations = example.scoring_pairs()
+    return {"id": example.id, "task": example.task, "context": context, "choices": list(continuations),
+            "answer": example.answer}
+
+
+def _task_config(task: str, data: Path, split: str) -> dict[str, Any]:
+    """An lm-eval multiple-choice task reading the exported JSONL (absolute path: lm-eval resolves data
+    files against the working directory, not the YAML)."""
+    return {
+        "task": task_name(task),
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {split: str(data.resolve())}},
+        "test_split": split,
+        "output_type": "multiple_choice",
+        "doc_to_text": "context",
+        "doc_to_choice": "choices",
+        "doc_to_target": "answer",
+        "target_delimiter": "",
+        "metric_list": [{"metric": metric, "aggregation": "mean", "higher_is_better": True}
+                        for metric in ("acc", "acc_norm", "acc_bytes")],
+        "metadata": {"version": 1.0, "source": f"radargate BIG-bench task {task}, {split} split"},
+    }
+
+
+def evaluate_with_harness(
+    model, tokenizer, tasks: Sequence[str], *, include_path: str | Path | None = None, batch_size: int = 8,
+    limit: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """lm-eval's metrics per task for ``model`` (a MoLoRAModel, a PEFT model or a plain causal LM)."""
+    try:
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise ValueError("--harness needs lm-evaluation-harness: pip install 'radargate[harness]'") from None
+    manager = TaskManager(include_path=str(include_path) if include_path else None)
+    unknown = [task for task in tasks if not manager.match_tasks([task])]
+    if unknown:
+        where = f"lm-eval or {include_path}" if include_path else "lm-eval (exported tasks need --harness-include)"
+        raise ValueError(f"unknown lm-eval tasks {unknown}: not in {where}")
+    language_model = HFLM(pretrained=_transformers_model(model), tokenizer=tokenizer, batch_size=batch_size,
+                          add_bos_token=_adds_bos(tokenizer))
+    output = simple_evaluate(model=language_model, tasks=list(tasks), task_manager=manager, limit=limit,
+                             log_samples=False)
+    return {task: _plain_metrics(values) for task, values in output["results"].items()}
+
+
+def _transformers_model(model):
+    """The transformers model that runs the forward pass: a MoLoRAModel's or PEFT model's base carries the
+    adapter layers in place, and lm-eval expects a ``PreTrainedModel``."""
+    from peft import PeftModel
+
+    from radargate.model import MoLoRAModel
+
+    if isinstance(model, MoLoRAModel):
+        return model.base_model
+    if isinstance(model, PeftModel):
+        return model.get_base_model()
+    return model
+
+
+def _adds_bos(tokenizer) -> bool:
+    """Whether radargate's scorer starts each context with the tokenizer's special tokens (it encodes
+    contexts with ``add_special_tokens=True``); lm-eval must do the same for scores to agree."""
+    return len(tokenizer("a", add_special_tokens=True)["input_ids"]) > len(
+        tokenizer("a", add_special_tokens=False)["input_ids"])
+
+
+def _plain_metrics(values: dict[str, Any]) -> dict[str, float]:
+    """``{"acc,none": 0.5, "acc_stderr,none": ...}`` -> ``{"acc": 0.5, "acc_stderr": ...}``."""
+    return {key.split(",")[0]: value for key, value in values.items() if isinstance(value, int | float)}
