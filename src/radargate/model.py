@@ -30,10 +30,10 @@ from radargate.checkpoint import (
     save_tensors,
 )
 from radargate.config import MoLoRAConfig
-from radargate.files import atomic_write_text
+from radargate.files import atomic_write_json, atomic_write_text
 from radargate.injection import attach_experts
-from radargate.layer import MoLoRALinear
-from radargate.peft_interop import PeftAdapter, read_peft_adapter
+from radargate.layer import Conv1D, MoLoRALinear
+from radargate.peft_interop import PeftAdapter, read_peft_adapter, write_peft_adapter
 from radargate.stats import RoutingStats
 
 
@@ -341,6 +341,57 @@ class MoLoRAModel(nn.Module):
                 for slot, adapter in enumerate(adapters):
                     _load_expert(layer, slot, adapter, name)
 
+    # -- experts out, as PEFT adapters -----------------------------------------------------------
+
+    def expert_adapter(self, index: int, path: str | Path) -> PeftAdapter:
+        """Expert ``index`` of every layer as one LoRA adapter (to be written at ``path``): ``A_i`` and ``B_i``
+        with the mixture's ``r`` and scale, so its delta is ``s B_i A_i x``, the layer's under
+        :meth:`force_expert`. The inverse of :meth:`load_peft_experts`."""
+        n = self.molora_config.num_experts
+        if not 0 <= index < n:
+            raise ValueError(f"expert index={index} is out of range; choose 0 <= index < num_experts={n}")
+        factors = {
+            name: (layer.experts.A[index].detach(), layer.experts.B[index].detach())
+            for name, layer in self._layers.items()
+        }
+        config = self.molora_config
+        return PeftAdapter(path=Path(path), r=config.r, scaling=config.scaling, target_modules=sorted(factors),
+                           factors=factors)
+
+    def export_experts(self, directory: str | Path) -> list[Path]:
+        """Write each expert as a PEFT LoRA adapter folder ``directory/expert_<i>/`` (loadable with
+        ``peft.PeftModel.from_pretrained(base, directory / "expert_0")``), and the gates as
+        ``gate.safetensors`` (``<module>.gate.<tensor>``) with ``gate_config.json`` (the gate, the experts'
+        folders, the modules and the whole ``MoLoRAConfig``). Returns the adapter folders."""
+        directory = Path(directory)
+        config = self.molora_config
+        base = self.base_model
+        can_generate = getattr(base, "can_generate", None)
+        layers = self._layers.values()
+        peft_settings = {
+            "fan_in_fan_out": bool(Conv1D) and any(isinstance(layer.base_layer, Conv1D) for layer in layers),
+            "task_type": "CAUSAL_LM" if callable(can_generate) and can_generate() else None,
+            "base_model_name_or_path": getattr(getattr(base, "config", None), "name_or_path", None) or None,
+        }
+        folders = [directory / f"expert_{index}" for index in range(config.num_experts)]
+        for index, folder in enumerate(folders):
+            write_peft_adapter(self.expert_adapter(index, folder), **peft_settings)
+        gate_tensors = {
+            f"{name}.gate.{key}": value
+            for name, layer in self._layers.items()
+            for key, value in layer.gate.state_dict().items()
+        }
+        save_tensors(directory / GATE_WEIGHTS, gate_tensors, {CONFIG_METADATA_KEY: config.to_json()})
+        atomic_write_json(directory / GATE_CONFIG, {
+            "gate": config.gate,
+            "num_experts": config.num_experts,
+            "experts": [folder.name for folder in folders],
+            "modules": sorted(self._layers),
+            "weights": GATE_WEIGHTS,
+            "molora_config": config.to_dict(),
+        })
+        return folders
+
     def _check_adapter_fits(self, adapter: PeftAdapter) -> None:
         foreign = sorted(set(adapter.factors) - set(self._layers))
         if foreign:
@@ -350,6 +401,10 @@ class MoLoRAModel(nn.Module):
             )
         if adapter.r > self.molora_config.r:
             raise ValueError(f"adapter {adapter.path} has rank r={adapter.r} > the experts' r={self.molora_config.r}")
+
+
+GATE_WEIGHTS = "gate.safetensors"
+GATE_CONFIG = "gate_config.json"
 
 
 def _read_checkpoint(directory: str | Path) -> tuple[MoLoRAConfig, dict[str, torch.Tensor], Path]:
