@@ -51,7 +51,8 @@ def test_export_tasks_cli_writes_one_task_per_folder_and_refuses_to_overwrite(co
 def test_eval_harness_cli_scores_a_trained_run_offline(config_file, tmp_path, capsys):
     assert main(["train", "--config", str(config_file), "--set", "train.steps=2"]) == 0
     out = tmp_path / "tasks"
-    assert main(["export-tasks", "--config", str(config_file), "--out", str(out), "--tasks", "sports_understanding"]) == 0
+    assert main(["export-tasks", "--config", str(config_file), "--out", str(out),
+                 "--tasks", "sports_understanding"]) == 0
     capsys.readouterr()
     results = tmp_path / "harness.json"
     assert main(["eval", "--run", str(tmp_path / "runs" / "tiny"), "--harness", "radargate_sports_understanding",

@@ -7,6 +7,7 @@
     radargate eval    --run runs/quickstart/radar --harness radargate_winowhy --harness-include lm_eval_tasks/
     radargate export-tasks --config configs/quickstart.yaml --out lm_eval_tasks/   # for lm_eval --include_path
     radargate gates | radargate tasks
+    radargate export-experts runs/quickstart/radar experts/   # each expert as a PEFT LoRA adapter, and the gates
     radargate bundle pack   --config configs/study_full.yaml --out bundle/   # everything a run needs offline
     radargate bundle unpack --dir bundle/ --to /tmp/radargate                # verify every part, then extract
 
@@ -68,12 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--report-only", action="store_true",
                        help="train nothing: rebuild the report from the cell files alone")
 
-    export = commands.add_parser("export-tasks", help="write a config's BIG-bench split as lm-eval tasks "
-                                 "(YAML + JSONL), to reproduce radargate's scores with lm_eval --include_path")
-    _add_config_arguments(export)
-    export.add_argument("--out", required=True, help="new folder for the task folders")
-    export.add_argument("--tasks", nargs="+", help="BIG-bench tasks (default: the config's)")
-    export.add_argument("--split", choices=("train", "validation", "test"), default="test")
+    export_tasks = commands.add_parser("export-tasks", help="write a config's BIG-bench split as lm-eval tasks "
+                                       "(YAML + JSONL), to reproduce radargate's scores with lm_eval --include_path")
+    _add_config_arguments(export_tasks)
+    export_tasks.add_argument("--out", required=True, help="new folder for the task folders")
+    export_tasks.add_argument("--tasks", nargs="+", help="BIG-bench tasks (default: the config's)")
+    export_tasks.add_argument("--split", choices=("train", "validation", "test"), default="test")
+
+    export = commands.add_parser("export-experts", help="write each expert of a trained mixture as a PEFT LoRA "
+                                 "adapter (OUT/expert_<i>/), and its gates (OUT/gate.safetensors, gate_config.json)")
+    export.add_argument("run", metavar="RUN", help="a run folder written by `radargate train` (a gate method)")
+    export.add_argument("out", metavar="OUT", help="new (or empty) folder for the adapters and the gates")
 
     commands.add_parser("gates", help="list the registered gates")
     commands.add_parser("tasks", help="list the BIG-bench multiple-choice tasks (fetches BIG-bench once)")
@@ -215,6 +221,16 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_experts(args: argparse.Namespace) -> int:
+    from radargate.experiment.export import export_run_experts
+
+    folders = export_run_experts(args.run, args.out)
+    names = ", ".join(folder.name for folder in folders)
+    print(f"{len(folders)} PEFT LoRA adapters ({names}) and the gates in {args.out}")
+    print(f"load one with: peft.PeftModel.from_pretrained(base_model, '{folders[0]}')")
+    return 0
+
+
 def _gates(args: argparse.Namespace) -> int:
     for name, gate in GATES.items():
         summary = (sys.modules[gate.__module__].__doc__ or "").strip().splitlines()
@@ -263,7 +279,7 @@ def _accuracy_table(method: str, result: dict) -> str:
 
 COMMANDS = {
     "train": _train, "eval": _eval, "compare": _compare, "study": _study, "gates": _gates, "tasks": _tasks,
-    "bundle": _bundle, "export-tasks": _export_tasks,
+    "bundle": _bundle, "export-tasks": _export_tasks, "export-experts": _export_experts,
 }
 
 

@@ -67,6 +67,8 @@ class MoLoRALinear(nn.Module):
         self.aux_losses: dict[str, torch.Tensor] = {}
         self.routing_stats: RoutingStats | None = None
         """Set to a ``RoutingStats`` to accumulate routing statistics on every call."""
+        self.forced_expert: int | None = None
+        """Set to an expert's index to bypass the gate: the layer is then ``base(x) + s B_i A_i x``."""
 
     @property
     def in_features(self) -> int:
@@ -82,6 +84,10 @@ class MoLoRALinear(nn.Module):
             return result
         tokens = x.reshape(-1, x.shape[-1]).to(self.experts.A.dtype)
         codes = self.experts.codes(self.dropout(tokens))
+        if self.forced_expert is not None:
+            one_hot = codes.new_zeros(codes.shape[:2])
+            one_hot[:, self.forced_expert] = 1
+            return result + self.experts.mix(codes, one_hot).view(*x.shape[:-1], -1).to(result.dtype)
         output = self.gate(tokens, codes, self.experts, with_stats=self.routing_stats is not None)
         if self.aux_names:
             self.aux_losses = auxiliary_losses(output, codes, self.experts, self.aux_names)

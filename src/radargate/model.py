@@ -3,13 +3,19 @@
 ``get_molora_model(model, config)`` freezes the base model, swaps each target linear layer for a
 ``MoLoRALinear`` (in place, so the model's own forward and ``generate`` work unchanged) and wraps
 it. Calling the wrapper with ``labels=`` adds the weighted auxiliary losses to the model's loss
-and reports them separately (``output["lm_loss"]``, ``output["aux_losses"]``).
+and reports them separately (``output["lm_loss"]``, ``output["aux_losses"]``). The wrapper's
+``forward`` shows the base model's arguments to ``inspect.signature`` (plus ``with_aux``), so
+tools that read them, such as the Trainer's ``remove_unused_columns``, see ``input_ids``,
+``labels``... and not ``*args, **kwargs``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import functools
+import inspect
+import types
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +30,54 @@ from radargate.checkpoint import (
     save_tensors,
 )
 from radargate.config import MoLoRAConfig
-from radargate.files import atomic_write_text
+from radargate.files import atomic_write_json, atomic_write_text
 from radargate.injection import attach_experts
-from radargate.layer import MoLoRALinear
-from radargate.peft_interop import PeftAdapter, read_peft_adapter
+from radargate.layer import Conv1D, MoLoRALinear
+from radargate.peft_interop import PeftAdapter, read_peft_adapter, write_peft_adapter
 from radargate.stats import RoutingStats
 
 
 def get_molora_model(model: nn.Module, config: MoLoRAConfig) -> MoLoRAModel:
     """Freeze ``model``, attach experts and a gate to its target layers, and wrap it."""
     return MoLoRAModel(model, config)
+
+
+class _ForwardWithBaseSignature:
+    """A method whose bound form carries the signature of the base model's ``forward`` plus its own
+    keyword-only arguments (``with_aux``), so that ``inspect.signature(model.forward)`` lists the
+    arguments the model really accepts.
+
+    The signature is computed once per base model class; an instance attribute ``forward`` (set by
+    accelerate or TRL when they wrap the forward) still takes precedence, as for any method.
+    """
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+        functools.update_wrapper(self, function)
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self.function
+        return types.MethodType(_signed_forward(self.function, type(instance.base_model)), instance)
+
+
+@functools.cache
+def _signed_forward(function: Callable[..., Any], base_class: type) -> Callable[..., Any]:
+    """``function`` with ``__signature__``: ``self``, the base class's forward arguments, and the keyword-only
+    arguments of ``function`` itself before the base's ``**kwargs``."""
+
+    @functools.wraps(function)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return function(self, *args, **kwargs)
+
+    own = inspect.signature(function).parameters
+    base = list(inspect.signature(base_class.forward).parameters.values())[1:]  # without self
+    names = {parameter.name for parameter in base}
+    extra = [p for p in own.values() if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in names]
+    variadic = [p for p in base if p.kind is inspect.Parameter.VAR_KEYWORD]
+    fixed = [p for p in base if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    forward.__signature__ = inspect.Signature([own["self"], *fixed, *extra, *variadic])
+    return forward
 
 
 class MoLoRAModel(nn.Module):
@@ -47,6 +91,7 @@ class MoLoRAModel(nn.Module):
         self.molora_config = config
         base_model.requires_grad_(False)
         self._layers = attach_experts(base_model, config)
+        self._aux_loss_apart = False
         for layer in self._layers.values():
             layer.experts.requires_grad_(config.train_experts)
             layer.gate.requires_grad_(True)
@@ -66,13 +111,14 @@ class MoLoRAModel(nn.Module):
 
     # -- running ---------------------------------------------------------------------------------
 
+    @_ForwardWithBaseSignature
     def forward(self, *args: Any, with_aux: bool | None = None, **kwargs: Any) -> Any:
         """The base model's forward, plus the auxiliary losses that have a positive weight.
 
         They are computed when ``with_aux`` is true (default: when ``labels=`` is given) and
         reported as ``output["aux_losses"]`` (per loss, detached) and ``output["aux_loss"]`` (the
-        weighted sum, differentiable); with labels, ``output.loss`` includes that sum and
-        ``output["lm_loss"]`` keeps the model's own loss.
+        weighted sum, differentiable); with labels, ``output.loss`` includes that sum (except inside
+        :meth:`aux_loss_apart`) and ``output["lm_loss"]`` keeps the model's own loss.
         """
         if with_aux is None:
             with_aux = kwargs.get("labels") is not None
@@ -83,12 +129,12 @@ class MoLoRAModel(nn.Module):
         output = self.base_model(*args, **kwargs)
         if weights and isinstance(output, dict):
             aux = self.aux_losses()
-            total = sum((weights[name] * value for name, value in aux.items()), torch.zeros(()))
             output["aux_losses"] = {name: value.detach() for name, value in aux.items()}
-            output["aux_loss"] = total
+            output["aux_loss"] = self.weighted_aux_loss(aux)
             if output.get("loss") is not None:
                 output["lm_loss"] = output["loss"]
-                output["loss"] = output["loss"] + total
+                if not self._aux_loss_apart:
+                    output["loss"] = output["loss"] + output["aux_loss"]
         return output
 
     def aux_losses(self) -> dict[str, torch.Tensor]:
@@ -98,6 +144,23 @@ class MoLoRAModel(nn.Module):
             for name, value in layer.aux_losses.items():
                 per_name.setdefault(name, []).append(value)
         return {name: torch.stack(values).mean() for name, values in per_name.items()}
+
+    def weighted_aux_loss(self, aux: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``sum_name weight * loss`` over ``aux`` (default: the last forward's :meth:`aux_losses`)."""
+        aux = self.aux_losses() if aux is None else aux
+        weights = self.molora_config.aux_loss_weights()
+        return sum((weights[name] * value for name, value in aux.items() if name in weights), torch.zeros(()))
+
+    @contextlib.contextmanager
+    def aux_loss_apart(self) -> Iterator[None]:
+        """Inside the block ``output.loss`` is the model's own loss alone; the auxiliary losses are still
+        computed and returned. For a trainer that adds them itself, scaled for gradient accumulation
+        (``radargate.integrations.MoLoRATrainer``)."""
+        self._aux_loss_apart = True
+        try:
+            yield
+        finally:
+            self._aux_loss_apart = False
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         for layer in self._layers.values():
@@ -132,6 +195,21 @@ class MoLoRAModel(nn.Module):
         finally:
             for layer in self._layers.values():
                 layer.routing_stats = None
+
+    @contextlib.contextmanager
+    def force_expert(self, index: int) -> Iterator[None]:
+        """Inside the block every layer uses expert ``index`` alone, at full weight (the gate is bypassed):
+        what that expert does by itself, and what ``export_experts`` writes as its PEFT adapter."""
+        n = self.molora_config.num_experts
+        if not 0 <= index < n:
+            raise ValueError(f"expert index={index} is out of range; choose 0 <= index < num_experts={n}")
+        for layer in self._layers.values():
+            layer.forced_expert = index
+        try:
+            yield
+        finally:
+            for layer in self._layers.values():
+                layer.forced_expert = None
 
     @contextlib.contextmanager
     def disable_experts(self) -> Iterator[None]:
@@ -201,16 +279,23 @@ class MoLoRAModel(nn.Module):
 
         Frozen and in eval mode unless ``is_trainable``, as in PEFT.
         """
-        path = Path(directory) / WEIGHTS_NAME
-        tensors, metadata = load_tensors(path)
-        if CONFIG_METADATA_KEY not in metadata:
-            raise ValueError(f"{path} is not a radargate checkpoint: its metadata has no {CONFIG_METADATA_KEY!r}")
-        model = cls(base_model, MoLoRAConfig.from_json(metadata[CONFIG_METADATA_KEY]))
+        config, tensors, path = _read_checkpoint(directory)
+        model = cls(base_model, config)
         model.load_adapter_state_dict(tensors, source=f"checkpoint {path}")
         if not is_trainable:
             model.requires_grad_(False)
             model.eval()
         return model
+
+    def load_pretrained_weights(self, directory: str | Path) -> None:
+        """Copy the experts and gates that ``save_pretrained`` wrote in ``directory`` into this model, which
+        must have the same config (how a trainer resumes from its checkpoint)."""
+        config, tensors, path = _read_checkpoint(directory)
+        if config != self.molora_config:
+            saved, own = config.to_dict(), self.molora_config.to_dict()
+            changed = [f"{key}: {saved[key]!r} here {own[key]!r}" for key in sorted(own) if saved[key] != own[key]]
+            raise ValueError(f"checkpoint {path} was saved with another MoLoRAConfig ({'; '.join(changed)})")
+        self.load_adapter_state_dict(tensors, source=f"checkpoint {path}")
 
     # -- PEFT adapters as experts ----------------------------------------------------------------
 
@@ -256,6 +341,57 @@ class MoLoRAModel(nn.Module):
                 for slot, adapter in enumerate(adapters):
                     _load_expert(layer, slot, adapter, name)
 
+    # -- experts out, as PEFT adapters -----------------------------------------------------------
+
+    def expert_adapter(self, index: int, path: str | Path) -> PeftAdapter:
+        """Expert ``index`` of every layer as one LoRA adapter (to be written at ``path``): ``A_i`` and ``B_i``
+        with the mixture's ``r`` and scale, so its delta is ``s B_i A_i x``, the layer's under
+        :meth:`force_expert`. The inverse of :meth:`load_peft_experts`."""
+        n = self.molora_config.num_experts
+        if not 0 <= index < n:
+            raise ValueError(f"expert index={index} is out of range; choose 0 <= index < num_experts={n}")
+        factors = {
+            name: (layer.experts.A[index].detach(), layer.experts.B[index].detach())
+            for name, layer in self._layers.items()
+        }
+        config = self.molora_config
+        return PeftAdapter(path=Path(path), r=config.r, scaling=config.scaling, target_modules=sorted(factors),
+                           factors=factors)
+
+    def export_experts(self, directory: str | Path) -> list[Path]:
+        """Write each expert as a PEFT LoRA adapter folder ``directory/expert_<i>/`` (loadable with
+        ``peft.PeftModel.from_pretrained(base, directory / "expert_0")``), and the gates as
+        ``gate.safetensors`` (``<module>.gate.<tensor>``) with ``gate_config.json`` (the gate, the experts'
+        folders, the modules and the whole ``MoLoRAConfig``). Returns the adapter folders."""
+        directory = Path(directory)
+        config = self.molora_config
+        base = self.base_model
+        can_generate = getattr(base, "can_generate", None)
+        layers = self._layers.values()
+        peft_settings = {
+            "fan_in_fan_out": bool(Conv1D) and any(isinstance(layer.base_layer, Conv1D) for layer in layers),
+            "task_type": "CAUSAL_LM" if callable(can_generate) and can_generate() else None,
+            "base_model_name_or_path": getattr(getattr(base, "config", None), "name_or_path", None) or None,
+        }
+        folders = [directory / f"expert_{index}" for index in range(config.num_experts)]
+        for index, folder in enumerate(folders):
+            write_peft_adapter(self.expert_adapter(index, folder), **peft_settings)
+        gate_tensors = {
+            f"{name}.gate.{key}": value
+            for name, layer in self._layers.items()
+            for key, value in layer.gate.state_dict().items()
+        }
+        save_tensors(directory / GATE_WEIGHTS, gate_tensors, {CONFIG_METADATA_KEY: config.to_json()})
+        atomic_write_json(directory / GATE_CONFIG, {
+            "gate": config.gate,
+            "num_experts": config.num_experts,
+            "experts": [folder.name for folder in folders],
+            "modules": sorted(self._layers),
+            "weights": GATE_WEIGHTS,
+            "molora_config": config.to_dict(),
+        })
+        return folders
+
     def _check_adapter_fits(self, adapter: PeftAdapter) -> None:
         foreign = sorted(set(adapter.factors) - set(self._layers))
         if foreign:
@@ -265,6 +401,18 @@ class MoLoRAModel(nn.Module):
             )
         if adapter.r > self.molora_config.r:
             raise ValueError(f"adapter {adapter.path} has rank r={adapter.r} > the experts' r={self.molora_config.r}")
+
+
+GATE_WEIGHTS = "gate.safetensors"
+GATE_CONFIG = "gate_config.json"
+
+
+def _read_checkpoint(directory: str | Path) -> tuple[MoLoRAConfig, dict[str, torch.Tensor], Path]:
+    path = Path(directory) / WEIGHTS_NAME
+    tensors, metadata = load_tensors(path)
+    if CONFIG_METADATA_KEY not in metadata:
+        raise ValueError(f"{path} is not a radargate checkpoint: its metadata has no {CONFIG_METADATA_KEY!r}")
+    return MoLoRAConfig.from_json(metadata[CONFIG_METADATA_KEY]), tensors, path
 
 
 def _load_expert(layer: MoLoRALinear, slot: int, adapter: PeftAdapter, name: str) -> None:

@@ -1,9 +1,10 @@
 """One run: prepare its folder, train, evaluate on the test split, summarise into ``result.json``.
 
 Run folder ``<output_dir>/<name>/``: ``config.yaml`` (what made the run), what the training loop
-writes (``log.jsonl``, ``checkpoint/``, ``adapter/``; see ``radargate.experiment.train``) and
-``result.json``. A finished run is read back, never trained again; an unfinished one resumes from its
-checkpoint with the same settings only. A run whose training diverges is recorded as failed
+writes (``log.jsonl``, ``checkpoint/``, ``adapter/``; see ``radargate.experiment.train``),
+``result.json`` and ``README.md`` (the model card, ``radargate.experiment.model_card``). A finished
+run is read back, never trained again; an unfinished one resumes from its checkpoint with the same
+settings only. A run whose training diverges is recorded as failed
 (``{"method": ..., "failed": message}``).
 """
 
@@ -22,6 +23,7 @@ from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.bigbench import MCExample, load_splits
 from radargate.experiment.evaluate import evaluate_multiple_choice
 from radargate.experiment.methods import build_model, describe_adapter, trainable_parameters, trains_anything
+from radargate.experiment.model_card import write_model_card
 from radargate.experiment.report.analysis import summarize_routing
 from radargate.experiment.train import TrainState, autocast_dtype, fit
 from radargate.files import atomic_write_json, atomic_write_text
@@ -51,6 +53,7 @@ def train(
     if not trains_anything(config):
         return model, tokenizer, TrainState()
     model, state = fit(config, model, tokenizer, splits, run_dir, resume=resume, show_progress=show_progress)
+    write_model_card(run_dir, config)
     return model, tokenizer, state
 
 
@@ -182,6 +185,7 @@ def run_method(
     result.update(evaluate_with_routing(model, tokenizer, config, splits))
     result["wall_time_s"] = time.perf_counter() - started
     atomic_write_json(result_path, result)
+    write_model_card(run_dir, config, result)
     return result
 
 
