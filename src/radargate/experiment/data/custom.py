@@ -16,7 +16,9 @@ and routing statistics are reported under that name.
   0-based index; text is matched first). These become :class:`MCExample` s with BIG-bench's prompt, so they are
   trained and scored exactly like BIG-bench tasks (accuracy).
 
-In CSV files every cell is read as text, and ``choices`` and ``messages`` are JSON text (``["a", "b"]``).
+In CSV files every cell is read as text (a completion ``007`` stays ``007``), ``choices`` and ``messages`` are
+JSON text (``["a", "b"]``), and an answer such as ``1`` is the choice ``"1"`` if there is one, else index 1:
+when the choices are numbers, give the answer as the choice's text.
 
 **Splits** (``split`` of a source): ``own`` takes the data's own ``train``/``validation``/``test`` splits
 (per-split files, a saved ``DatasetDict``, a Hub dataset's splits; a missing one is empty); ``column`` reads
