@@ -29,8 +29,8 @@ PAIRS = [
 @pytest.fixture(scope="module")
 def batch(tokenizer):
     encoded = [encode_pair(tokenizer, context, answer, max_length=64) for context, answer in PAIRS]
-    assert len({pair.context_length for pair in encoded}) == len(PAIRS)
-    assert len({len(pair.input_ids) - pair.context_length for pair in encoded}) > 1
+    assert len({pair.answer_mask.index(True) for pair in encoded}) == len(PAIRS)
+    assert len({sum(pair.answer_mask) for pair in encoded}) > 1
     return collate(encoded, tokenizer.pad_token_id)
 
 

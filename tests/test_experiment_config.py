@@ -145,6 +145,8 @@ def wrong_texts(kind: typing.Any) -> list[str]:
     origin = typing.get_origin(kind)
     if origin is list:
         (item,) = typing.get_args(kind)
+        if dataclasses.is_dataclass(item):  # data.sources: a list of sections
+            return WRONG_TEXT["list"] + ["abc", "[abc]", "[{name: x}]"]
         scalar = {str: [], int: ["[abc]", "[1.5]"], float: ["[abc]", "[nan]", "[yes]"]}[item]
         return WRONG_TEXT["list"] + ["abc"] + scalar
     options = [option for option in typing.get_args(kind) if option is not type(None)]

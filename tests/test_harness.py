@@ -9,8 +9,8 @@ import yaml
 
 from radargate.cli import main
 from radargate.experiment.config import ExperimentConfig
-from radargate.experiment.data.bigbench import load_splits
-from radargate.experiment.evaluate import evaluate_multiple_choice
+from radargate.experiment.data.custom import load_splits
+from radargate.experiment.evaluate import evaluate_examples
 from radargate.experiment.harness import evaluate_with_harness, export_tasks, task_name
 from radargate.experiment.methods import model_to_evaluate
 
@@ -22,7 +22,7 @@ def test_lm_eval_agrees_exactly_with_radargate_on_the_exported_split(config_file
     model, tokenizer, config = model_to_evaluate(tmp_path / "runs" / "tiny" if trained else None, config_file)
     examples = load_splits(config)["test"]
     names = export_tasks(examples, tmp_path / "lm_eval_tasks", "test")
-    ours = evaluate_multiple_choice(model, tokenizer, examples, batch_size=4, max_length=config.data.max_length)
+    ours = evaluate_examples(model, tokenizer, examples, batch_size=4, max_length=config.data.max_length)
     theirs = evaluate_with_harness(model, tokenizer, names, include_path=tmp_path / "lm_eval_tasks", batch_size=4)
     assert sorted(theirs) == sorted(task_name(task) for task in ours["per_task"])
     for task, metrics in ours["per_task"].items():

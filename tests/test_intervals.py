@@ -8,7 +8,7 @@ from radargate.experiment.report.intervals import paired_contrast, paired_differ
 
 
 def evaluation(metric: str, values: list[float]) -> dict:
-    """An evaluation result as ``evaluate_multiple_choice`` writes it, one example per value."""
+    """An evaluation result as ``evaluate_examples`` writes it, one example per value."""
     return {"examples": [{"task": "t", "id": str(i), metric: value} for i, value in enumerate(values)]}
 
 

@@ -16,7 +16,7 @@ from radargate.cli import main
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.bigbench import MCExample
 from radargate.experiment.data.gsm8k import GSM8KExample, is_correct
-from radargate.experiment.evaluate import _accuracies, answer_of_completion, evaluate_multiple_choice, score_choices
+from radargate.experiment.evaluate import _accuracies, answer_of_completion, evaluate_examples, score_choices
 from radargate.experiment.methods import load_trained
 from radargate.experiment.run import train
 from radargate.experiment.train import BatchSchedule
@@ -75,7 +75,7 @@ def test_answer_nll_is_the_correct_answers_mean_token_nll(tokenizer):
                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)).eval()
     example = MCExample(task="t", id="a", input="", prompt="Q: is two even?\nA:", choices=("no", "yes, it is"),
                         target_scores=(0.0, 1.0), answer=1)
-    (record,) = evaluate_multiple_choice(model, tokenizer, [example], batch_size=4, max_length=64)["examples"]
+    (record,) = evaluate_examples(model, tokenizer, [example], batch_size=4, max_length=64)["examples"]
     context, continuations = example.scoring_pairs()
     prompt = tokenizer(context)["input_ids"]
     answer = tokenizer(continuations[1], add_special_tokens=False)["input_ids"]

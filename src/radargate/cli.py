@@ -39,11 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(train)
     train.add_argument("--resume", action="store_true", help="continue the run in the run folder exactly")
 
-    evaluate = commands.add_parser("eval", help="evaluate a trained run (or the base model) on BIG-bench tasks")
+    evaluate = commands.add_parser("eval", help="evaluate a trained run (or the base model) on its tasks")
     source = evaluate.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="a run folder written by `radargate train` (or a method folder of compare)")
     source.add_argument("--config", help="a YAML config: evaluates its model without training (method base)")
-    evaluate.add_argument("--tasks", nargs="+", help="BIG-bench multiple-choice tasks (default: the run's tasks)")
+    evaluate.add_argument("--tasks", nargs="+", help="BIG-bench multiple-choice tasks, or some of the config's "
+                          "data.sources by name (default: the run's tasks)")
     evaluate.add_argument("--split", choices=("train", "validation", "test"), default="test")
     evaluate.add_argument("--gsm8k", type=int, default=0, metavar="N",
                           help="also score the first N GSM8K test problems by generation (exact final number)")
@@ -69,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--report-only", action="store_true",
                        help="train nothing: rebuild the report from the cell files alone")
 
-    export_tasks = commands.add_parser("export-tasks", help="write a config's BIG-bench split as lm-eval tasks "
-                                       "(YAML + JSONL), to reproduce radargate's scores with lm_eval --include_path")
+    export_tasks = commands.add_parser("export-tasks", help="write a config's multiple-choice split (BIG-bench or "
+                                       "your own data) as lm-eval tasks (YAML + JSONL), for lm_eval --include_path")
     _add_config_arguments(export_tasks)
     export_tasks.add_argument("--out", required=True, help="new folder for the task folders")
     export_tasks.add_argument("--tasks", nargs="+", help="BIG-bench tasks (default: the config's)")
@@ -182,13 +183,13 @@ def _percent(value: float | None) -> str:
 
 def _export_tasks(args: argparse.Namespace) -> int:
     from radargate.experiment.config import ExperimentConfig
-    from radargate.experiment.data.bigbench import load_splits
-    from radargate.experiment.harness import export_tasks
+    from radargate.experiment.data.custom import load_splits
+    from radargate.experiment.harness import export_tasks, multiple_choice_only
 
     config = ExperimentConfig.load(args.config, args.overrides)
     if args.tasks:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, tasks=list(args.tasks)))
-    names = export_tasks(load_splits(config)[args.split], args.out, args.split)
+    names = export_tasks(multiple_choice_only(load_splits(config)[args.split]), args.out, args.split)
     print(f"wrote {len(names)} lm-eval tasks to {args.out}: {' '.join(names)}")
     print(f"score them with: lm_eval --model hf --model_args pretrained=... --include_path {args.out} "
           f"--tasks {','.join(names)}")
@@ -269,12 +270,18 @@ def _bundle_unpack(args: argparse.Namespace) -> int:
 
 
 def _accuracy_table(method: str, result: dict) -> str:
-    """Per-task test accuracy (plain and length-normalised) of one method, with counts and the macro row."""
-    rows = [(task, r["n"], r["acc"], r["acc_norm"]) for task, r in result["per_task"].items()]
-    rows.append(("macro", result["n"], result["macro_acc"], result["macro_acc_norm"]))
-    lines = [f"| task ({method}) | n | acc (%) | acc_norm (%) |", "|---|---|---|---|"]
-    lines += [f"| {task} | {n} | {100 * acc:.1f} | {100 * norm:.1f} |" for task, n, acc, norm in rows]
+    """Per-task test accuracy (plain and length-normalised) and answer NLL of one method, with counts and the
+    macro row; ``-`` where a task has no accuracy (completion and chat sources are scored by NLL alone)."""
+    rows = [(task, r["n"], r["acc"], r["acc_norm"], r["answer_nll"]) for task, r in result["per_task"].items()]
+    rows.append(("macro", result["n"], result["macro_acc"], result["macro_acc_norm"], result["macro_answer_nll"]))
+    lines = [f"| task ({method}) | n | acc (%) | acc_norm (%) | answer NLL |", "|---|---|---|---|---|"]
+    lines += [f"| {task} | {n} | {_shown(acc, 100, '.1f')} | {_shown(norm, 100, '.1f')} | {_shown(nll, 1, '.3f')} |"
+              for task, n, acc, norm, nll in rows]
     return "\n".join(lines)
+
+
+def _shown(value: float | None, scale: float, spec: str) -> str:
+    return "-" if value is None else format(scale * value, spec)
 
 
 COMMANDS = {

@@ -23,8 +23,9 @@ from typing import Any
 
 from radargate import __version__
 from radargate.experiment.config import ExperimentConfig
-from radargate.experiment.data.bigbench import load_splits, load_suite
-from radargate.experiment.evaluate import METRICS, evaluate_multiple_choice
+from radargate.experiment.data.bigbench import load_suite
+from radargate.experiment.data.custom import load_splits
+from radargate.experiment.evaluate import METRICS, evaluate_examples
 from radargate.experiment.methods import load_trained
 from radargate.experiment.run import config_differences, run_or_record_failure
 from radargate.experiment.train import autocast_dtype
@@ -127,7 +128,7 @@ def evaluate_unseen(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     fractions = (0.0, 0.0, 1.0) if study.unseen_split == "all" else (0.8, 0.1, 0.1)
     examples = load_suite(study.unseen_tasks, seed=config.data.split_seed, fractions=fractions,
                           max_per_split={"test": study.max_unseen_per_task})["test"]
-    return evaluate_multiple_choice(
+    return evaluate_examples(
         model, tokenizer, examples, batch_size=config.eval.batch_size, max_length=config.data.max_length,
         autocast_dtype=autocast_dtype(config.train.precision),
     )
@@ -183,7 +184,7 @@ def _columns(records: list[dict[str, Any]]) -> dict[str, list]:
 
 
 def evaluation(record: dict[str, Any], split: str) -> dict[str, Any] | None:
-    """One split's evaluation as ``evaluate_multiple_choice`` returns it (per-example ``examples``), for
+    """One split's evaluation as ``evaluate_examples`` returns it (per-example ``examples``), for
     ``report.intervals.paired_difference``; ``None`` if the cell has no such evaluation."""
     columns = record.get("examples", {}).get(split)
     if columns is None:

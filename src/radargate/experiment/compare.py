@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from radargate.experiment.config import ExperimentConfig
-from radargate.experiment.data.bigbench import load_splits
+from radargate.experiment.data.custom import load_splits
 from radargate.experiment.report.comparison import write_report
 from radargate.experiment.run import run_or_record_failure
 from radargate.files import atomic_write_json
@@ -33,7 +33,7 @@ def compare(config: ExperimentConfig, *, show_progress: bool = True) -> dict[str
     results = {
         "name": config.name,
         "model": config.model.name,
-        "tasks": list(config.data.tasks),
+        "tasks": config.data.task_names,
         "split_sizes": {split: len(examples) for split, examples in splits.items()},
         "hardware": hardware_description(),
         "seed": config.train.seed,

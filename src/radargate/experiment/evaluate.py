@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +27,10 @@ import torch
 from transformers import Cache
 from transformers.utils import ModelOutput
 
-from radargate.experiment.data.batching import encode_pair
+from radargate.experiment.config import ExperimentConfig
+from radargate.experiment.data.batching import IGNORE_INDEX, answer_logprobs, collate, pair_ids
 from radargate.experiment.data.bigbench import MCExample, load_suite
+from radargate.experiment.data.custom import Example, check_lengths, encode_example, load_splits
 from radargate.experiment.data.gsm8k import GSM8KExample, is_correct, load_gsm8k_test
 from radargate.experiment.methods import model_to_evaluate
 
@@ -40,10 +42,9 @@ class _Item:
 
 
 def _encode(tokenizer, context: str, continuations: Sequence[str], max_length: int) -> _Item:
-    pairs = [encode_pair(tokenizer, context, continuation, max_length) for continuation in continuations]
-    shortest = min(pairs, key=lambda pair: pair.context_length)  # the context that leaves room for every choice
-    context_ids = list(shortest.input_ids[: shortest.context_length])
-    return _Item(context_ids, [list(pair.input_ids[pair.context_length :]) for pair in pairs])
+    pairs = [pair_ids(tokenizer, context, continuation, max_length) for continuation in continuations]
+    shortest = min((context_ids for context_ids, _ in pairs), key=len)  # the context that leaves room for every choice
+    return _Item(shortest, [answer_ids for _, answer_ids in pairs])
 
 
 @torch.no_grad()
@@ -129,30 +130,59 @@ def _pad(sequences: list[list[int]], pad: int, device, *, left: bool) -> tuple[t
     return ids.to(device), mask.to(device)
 
 
-def evaluate_multiple_choice(
+def evaluate_examples(
     model,
     tokenizer,
-    examples: Sequence[MCExample],
+    examples: Sequence[Example],
     *,
     batch_size: int = 32,
     max_length: int = 256,
     autocast_dtype: torch.dtype | None = None,
 ) -> dict:
-    """Accuracy (plain and length-normalised) per task and macro-averaged over tasks."""
+    """Per task and macro-averaged over tasks: multiple-choice examples by accuracy (plain and
+    length-normalised) and answer NLL, completion and chat examples by answer NLL alone (``acc`` is None)."""
+    choice = [example for example in examples if isinstance(example, MCExample)]
+    text = [example for example in examples if not isinstance(example, MCExample)]
+    with _evaluating(model, autocast_dtype):
+        encoded = [_encode(tokenizer, *example.scoring_pairs(), max_length) for example in choice]
+        scores = _score_encoded(model, tokenizer, encoded, batch_size=batch_size)
+        records = _text_records(model, tokenizer, text, batch_size=batch_size, max_length=max_length)
+    answer_lengths = [len(item.continuations[example.answer]) for item, example in zip(encoded, choice, strict=True)]
+    return _aggregate(_choice_records(choice, scores, answer_lengths) + records)
+
+
+@contextlib.contextmanager
+def _evaluating(model, autocast_dtype: torch.dtype | None) -> Iterator[None]:
+    """Eval mode (restored afterwards) and, to match mixed-precision training, autocast."""
     was_training = model.training
     model.eval()
     device_type = next(model.parameters()).device.type
     autocast = (
         torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
     )
-    encoded = [_encode(tokenizer, *example.scoring_pairs(), max_length) for example in examples]
     try:
         with autocast:
-            scores = _score_encoded(model, tokenizer, encoded, batch_size=batch_size)
+            yield
     finally:
         model.train(was_training)
-    answer_lengths = [len(item.continuations[example.answer]) for item, example in zip(encoded, examples, strict=True)]
-    return _accuracies(examples, scores, answer_lengths)
+
+
+@torch.no_grad()
+def _text_records(model, tokenizer, examples: Sequence[Example], *, batch_size: int, max_length: int) -> list[dict]:
+    """Each completion or conversation's mean NLL per answer token, its loss as trained (``answer_logprobs``)."""
+    device = next(model.parameters()).device
+    records = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        batch = collate([encode_example(tokenizer, e, max_length) for e in chunk], tokenizer.pad_token_id)
+        logprobs, _ = answer_logprobs(model, batch.to(device))
+        per_row = logprobs.float().split((batch.labels[:, 1:] != IGNORE_INDEX).sum(dim=1).tolist())
+        records += [
+            {"task": example.task, "id": example.id, "acc": None, "acc_norm": None,
+             "answer_nll": -float(row.sum()) / max(1, row.numel())}
+            for example, row in zip(chunk, per_row, strict=True)
+        ]
+    return records
 
 
 METRICS = ("acc", "acc_norm", "answer_nll")
@@ -160,10 +190,20 @@ METRICS = ("acc", "acc_norm", "answer_nll")
 
 
 def _accuracies(examples: Sequence[MCExample], scores: list[list[float]], answer_lengths: Sequence[int]) -> dict:
-    records = [
+    return _aggregate(_choice_records(examples, scores, answer_lengths))
+
+
+def _choice_records(
+    examples: Sequence[MCExample], scores: list[list[float]], answer_lengths: Sequence[int]
+) -> list[dict]:
+    return [
         _example_record(example, choice_scores, length)
         for example, choice_scores, length in zip(examples, scores, answer_lengths, strict=True)
     ]
+
+
+def _aggregate(records: list[dict]) -> dict:
+    """Per-task means of each metric (a metric that no example of the task has is None), and their macro means."""
     by_task: dict[str, list[dict]] = defaultdict(list)
     for record in records:
         by_task[record["task"]].append(record)
@@ -174,7 +214,7 @@ def _accuracies(examples: Sequence[MCExample], scores: list[list[float]], answer
     return {
         "per_task": per_task,
         **{f"macro_{metric}": mean(r[metric] for r in per_task.values()) for metric in METRICS},
-        "n": len(examples),
+        "n": len(records),
         "examples": records,
     }
 
@@ -243,16 +283,30 @@ def evaluate_run(
     gsm8k: int = 0,
 ) -> tuple[str, dict]:
     """``radargate eval``: a trained run (``run_dir``) or a config's untrained base model on one split of
-    BIG-bench tasks (default: the run's own), and optionally the first ``gsm8k`` GSM8K test problems.
+    its data (``tasks``: other BIG-bench tasks, or some of its sources by name), and optionally the first
+    ``gsm8k`` GSM8K test problems.
 
     Returns the method's name and the results.
     """
     model, tokenizer, config = model_to_evaluate(run_dir, config_path, overrides)
-    examples = load_suite(tasks or config.data.tasks, seed=config.data.split_seed, max_per_split=config.data.caps,
-                         min_test_per_task=config.data.min_test_per_task)
-    result = evaluate_multiple_choice(
-        model, tokenizer, examples[split], batch_size=config.eval.batch_size, max_length=config.data.max_length
+    examples = _examples_to_evaluate(config, tasks)[split]
+    check_lengths(tokenizer, examples, config.data.max_length)
+    result = evaluate_examples(
+        model, tokenizer, examples, batch_size=config.eval.batch_size, max_length=config.data.max_length
     )
     if gsm8k:
         result["gsm8k"] = evaluate_gsm8k(model, tokenizer, load_gsm8k_test()[:gsm8k])
     return config.method, result
+
+
+def _examples_to_evaluate(config: ExperimentConfig, tasks: Sequence[str] | None) -> dict[str, list[Example]]:
+    """The splits of ``tasks``: BIG-bench tasks by default, the config's own sources when it has them."""
+    data = config.data
+    if not data.sources:
+        return load_suite(tasks or data.tasks, seed=data.split_seed, max_per_split=data.caps,
+                          min_test_per_task=data.min_test_per_task)
+    unknown = sorted(set(tasks or ()) - set(data.task_names))
+    if unknown:
+        raise ValueError(f"--tasks {unknown} are not sources of this config; its sources: {data.task_names}")
+    splits = load_splits(config)
+    return {split: [e for e in examples if not tasks or e.task in tasks] for split, examples in splits.items()}

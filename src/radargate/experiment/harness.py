@@ -32,6 +32,16 @@ def task_name(task: str) -> str:
     return TASK_PREFIX + task.replace("/", "__")
 
 
+def multiple_choice_only(examples: Sequence[object]) -> list[MCExample]:
+    """The multiple-choice examples (BIG-bench tasks or a user's multiple-choice sources); completion and
+    chat sources have no choices to score, so lm-eval's ``multiple_choice`` tasks cannot hold them."""
+    chosen = [example for example in examples if isinstance(example, MCExample)]
+    if examples and not chosen:
+        raise ValueError("the split has no multiple-choice examples: only multiple-choice data (BIG-bench tasks or "
+                         "sources with format multiple_choice) can be exported as lm-eval tasks")
+    return chosen
+
+
 def export_tasks(examples: Sequence[MCExample], out_dir: str | Path, split: str) -> list[str]:
     """Write ``OUT/<name>/<split>.jsonl`` and ``OUT/<name>/<name>.yaml`` for each task among ``examples``;
     returns the lm-eval task names. ``OUT`` must not exist yet (nothing is overwritten)."""
@@ -72,7 +82,7 @@ def _task_config(task: str, data: Path, split: str) -> dict[str, Any]:
         "target_delimiter": "",
         "metric_list": [{"metric": metric, "aggregation": "mean", "higher_is_better": True}
                         for metric in ("acc", "acc_norm", "acc_bytes")],
-        "metadata": {"version": 1.0, "source": f"radargate BIG-bench task {task}, {split} split"},
+        "metadata": {"version": 1.0, "source": f"radargate task {task}, {split} split"},
     }
 
 

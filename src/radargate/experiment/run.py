@@ -20,8 +20,8 @@ import torch
 
 from radargate.errors import TrainingDiverged
 from radargate.experiment.config import ExperimentConfig
-from radargate.experiment.data.bigbench import MCExample, load_splits
-from radargate.experiment.evaluate import evaluate_multiple_choice
+from radargate.experiment.data.custom import Example, check_lengths, load_splits
+from radargate.experiment.evaluate import evaluate_examples
 from radargate.experiment.methods import build_model, describe_adapter, trainable_parameters, trains_anything
 from radargate.experiment.model_card import write_model_card
 from radargate.experiment.report.analysis import summarize_routing
@@ -38,7 +38,7 @@ def train(
     resume: bool = False,
     run_dir: Path | None = None,
     show_progress: bool = True,
-    splits: dict[str, list[MCExample]] | None = None,
+    splits: dict[str, list[Example]] | None = None,
 ):
     """Train ``config.method`` in its run folder and return ``(model, tokenizer, state)``.
 
@@ -50,6 +50,7 @@ def train(
     random.seed(config.train.seed)
     model, tokenizer = build_model(config)
     splits = splits or load_splits(config)
+    check_lengths(tokenizer, (example for split in splits.values() for example in split), config.data.max_length)
     if not trains_anything(config):
         return model, tokenizer, TrainState()
     model, state = fit(config, model, tokenizer, splits, run_dir, resume=resume, show_progress=show_progress)
@@ -130,16 +131,16 @@ def evaluate_with_routing(model, tokenizer, config: ExperimentConfig, splits: di
         "autocast_dtype": autocast_dtype(config.train.precision),
     }
     fit_examples = first_per_task(splits["train"], config.eval.fit_per_task)
-    fit = evaluate_multiple_choice(model, tokenizer, fit_examples, **kwargs) if fit_examples else None
+    fit = evaluate_examples(model, tokenizer, fit_examples, **kwargs) if fit_examples else None
     if not isinstance(model, MoLoRAModel):
-        test = evaluate_multiple_choice(model, tokenizer, splits["test"], **kwargs)
+        test = evaluate_examples(model, tokenizer, splits["test"], **kwargs)
         return {"test": test, "routing": None, "fit": fit}
     with model.record_routing() as stats:
-        test = evaluate_multiple_choice(model, tokenizer, splits["test"], **kwargs)
+        test = evaluate_examples(model, tokenizer, splits["test"], **kwargs)
     return {"test": test, "routing": summarize_routing(stats), "fit": fit}
 
 
-def first_per_task(examples: list[MCExample], count: int) -> list[MCExample]:
+def first_per_task(examples: list[Example], count: int) -> list[Example]:
     """The first ``count`` examples of each task, in split order: the same subset for every method."""
     taken: dict[str, int] = {}
     chosen = []

@@ -37,9 +37,9 @@ from transformers import get_cosine_schedule_with_warmup
 
 from radargate.errors import TrainingDiverged
 from radargate.experiment.config import ExperimentConfig
-from radargate.experiment.data.batching import EncodedPair, answer_logprobs, collate, encode_pair
-from radargate.experiment.data.bigbench import MCExample
-from radargate.experiment.evaluate import evaluate_multiple_choice
+from radargate.experiment.data.batching import EncodedSequence, answer_logprobs, collate
+from radargate.experiment.data.custom import Example, encode_example, sampling_weights
+from radargate.experiment.evaluate import evaluate_examples
 from radargate.experiment.methods import save_adapter, trainable_parameters
 from radargate.experiment.tracking import start_trackers, step_metrics
 from radargate.files import atomic_write_bytes, atomic_write_directory, atomic_write_text, latest_directory, strict_json
@@ -53,7 +53,9 @@ class BatchSchedule:
     """Which training examples form each micro-batch, as a function of the step alone.
 
     The examples are read in epochs, each a fresh permutation seeded by ``(seed, epoch)``; so
-    batches never depend on what ran before, which makes resuming exact.
+    batches never depend on what ran before, which makes resuming exact. With ``weights`` (a mixture
+    whose sources weigh differently), an epoch is instead ``num_examples`` draws with replacement,
+    each example in proportion to its weight, seeded the same way.
     """
 
     num_examples: int
@@ -61,6 +63,7 @@ class BatchSchedule:
     grad_accum: int
     seed: int
     num_processes: int = 1
+    weights: tuple[float, ...] | None = None
 
     def micro_batch(self, step: int, micro: int, process: int = 0) -> list[int]:
         per_step = self.batch_size * self.grad_accum * self.num_processes
@@ -69,6 +72,8 @@ class BatchSchedule:
 
     def _example_at(self, position: int) -> int:
         epoch, offset = divmod(position, self.num_examples)
+        if self.weights is not None:
+            return _weighted_draws(self.weights, self.seed, epoch)[offset]
         return _permutation(self.num_examples, self.seed, epoch)[offset]
 
 
@@ -78,13 +83,16 @@ def _permutation(size: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(size, generator=generator).tolist()
 
 
-def encode_training_examples(tokenizer, examples: list[MCExample], max_length: int) -> list[EncodedPair]:
-    """Each example's prompt followed by its correct answer."""
-    encoded = []
-    for example in examples:
-        context, continuations = example.scoring_pairs()
-        encoded.append(encode_pair(tokenizer, context, continuations[example.answer], max_length))
-    return encoded
+@functools.lru_cache(maxsize=4)
+def _weighted_draws(weights: tuple[float, ...], seed: int, epoch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    probabilities = torch.tensor(weights, dtype=torch.float64)
+    return torch.multinomial(probabilities, len(weights), replacement=True, generator=generator).tolist()
+
+
+def encode_training_examples(tokenizer, examples: list[Example], max_length: int) -> list[EncodedSequence]:
+    """Each example as trained on: a prompt with its correct answer, a completion, a conversation."""
+    return [encode_example(tokenizer, example, max_length) for example in examples]
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -108,7 +116,7 @@ def fit(
     config: ExperimentConfig,
     model: torch.nn.Module,
     tokenizer,
-    splits: dict[str, list[MCExample]],
+    splits: dict[str, list[Example]],
     run_dir: Path,
     *,
     resume: bool,
@@ -134,13 +142,13 @@ def autocast_dtype(setting: str) -> torch.dtype | None:
 
 
 class _Trainer:
-    def __init__(self, config: ExperimentConfig, model, tokenizer, splits: dict[str, list[MCExample]], run_dir: Path):
+    def __init__(self, config: ExperimentConfig, model, tokenizer, splits: dict[str, list[Example]], run_dir: Path):
         settings = config.train
         self.config, self.tokenizer, self.run_dir = config, tokenizer, run_dir
         self.validation_examples = splits["validation"]
         self.train_pairs = encode_training_examples(tokenizer, splits["train"], config.data.max_length)
         if not self.train_pairs:
-            raise ValueError(f"no training examples for tasks {config.data.tasks}")
+            raise ValueError(f"no training examples for tasks {config.data.task_names}")
         self.accelerator = Accelerator(
             mixed_precision=mixed_precision(settings.precision),
             log_with=settings.report_to or None, project_dir=run_dir / "tracking",
@@ -155,7 +163,7 @@ class _Trainer:
         self.unwrapped = self.accelerator.unwrap_model(self.model)
         self.schedule = BatchSchedule(
             len(self.train_pairs), settings.batch_size, settings.grad_accum, settings.seed,
-            self.accelerator.num_processes,
+            self.accelerator.num_processes, sampling_weights(config.data, splits["train"]),
         )
         if self.tracking:
             start_trackers(self.accelerator, config)
@@ -274,7 +282,7 @@ class _Trainer:
         return lm_loss, aux, output["aux_losses"]
 
     def validate(self, step: int) -> dict[str, Any]:
-        result = evaluate_multiple_choice(
+        result = evaluate_examples(
             self.unwrapped, self.tokenizer, self.validation_examples,
             batch_size=self.config.eval.batch_size, max_length=self.config.data.max_length,
             autocast_dtype=autocast_dtype(self.config.train.precision),

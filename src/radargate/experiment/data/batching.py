@@ -1,8 +1,10 @@
-"""Turning (prompt, answer) text pairs into padded token batches for training and scoring.
+"""Turning token sequences with marked answer tokens into padded batches for training and scoring.
 
-The prompt is tokenised with the tokenizer's special tokens (a BOS where the model uses one), the
-answer without, and the two are joined, so the answer's tokens are exactly those that are
-trained on or scored. A pair longer than ``max_length`` loses the beginning of its prompt.
+A sequence's ``answer_mask`` marks the tokens that are trained on or scored: one answer after a prompt
+(``encode_pair``), or several spans, such as the assistant turns of a conversation
+(``radargate.experiment.data.custom``). For a (prompt, answer) pair the prompt is tokenised with the
+tokenizer's special tokens (a BOS where the model uses one), the answer without, and the two are
+joined. A pair longer than ``max_length`` loses the beginning of its prompt.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
-class EncodedPair:
+class EncodedSequence:
     input_ids: tuple[int, ...]
-    context_length: int
-    """Tokens before the answer; the answer is ``input_ids[context_length:]``."""
+    answer_mask: tuple[bool, ...]
+    """True where the token is an answer token (trained on, scored); one flag per ``input_ids`` entry."""
 
 
 @dataclass
@@ -27,33 +29,40 @@ class Batch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
-    """``input_ids`` with prompt and padding positions set to ``IGNORE_INDEX``."""
+    """``input_ids`` with every position outside the answers (prompts, padding) set to ``IGNORE_INDEX``."""
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
 
 
-def encode_pair(tokenizer, context: str, continuation: str, max_length: int) -> EncodedPair:
+def pair_ids(tokenizer, context: str, continuation: str, max_length: int) -> tuple[list[int], list[int]]:
+    """The context's and the answer's token ids, the context cut from the left to fit ``max_length``."""
     context_ids = tokenizer(context, add_special_tokens=True)["input_ids"]
     answer_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
     if not answer_ids:
         raise ValueError(f"answer {continuation!r} tokenises to nothing; every choice needs at least one token")
     answer_ids = answer_ids[: max_length - 1]
     context_ids = context_ids[max(0, len(context_ids) + len(answer_ids) - max_length) :]
-    return EncodedPair(tuple(context_ids) + tuple(answer_ids), len(context_ids))
+    return context_ids, answer_ids
 
 
-def collate(pairs: Sequence[EncodedPair], pad_token_id: int) -> Batch:
-    """Right-pad to the longest pair; labels cover the answers only."""
-    length = max(len(pair.input_ids) for pair in pairs)
-    input_ids = torch.full((len(pairs), length), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(pairs), length), dtype=torch.long)
-    labels = torch.full((len(pairs), length), IGNORE_INDEX, dtype=torch.long)
-    for row, pair in enumerate(pairs):
-        ids = torch.tensor(pair.input_ids)
+def encode_pair(tokenizer, context: str, continuation: str, max_length: int) -> EncodedSequence:
+    """The context followed by one answer, the answer marked."""
+    context_ids, answer_ids = pair_ids(tokenizer, context, continuation, max_length)
+    return EncodedSequence(tuple(context_ids + answer_ids), (False,) * len(context_ids) + (True,) * len(answer_ids))
+
+
+def collate(sequences: Sequence[EncodedSequence], pad_token_id: int) -> Batch:
+    """Right-pad to the longest sequence; labels cover the answer tokens only."""
+    length = max(len(sequence.input_ids) for sequence in sequences)
+    input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    labels = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids = torch.tensor(sequence.input_ids, dtype=torch.long)
         input_ids[row, : len(ids)] = ids
         attention_mask[row, : len(ids)] = 1
-        labels[row, pair.context_length : len(ids)] = ids[pair.context_length :]
+        labels[row, : len(ids)] = torch.where(torch.tensor(sequence.answer_mask), ids, IGNORE_INDEX)
     return Batch(input_ids, attention_mask, labels)
 
 

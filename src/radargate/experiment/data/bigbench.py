@@ -68,6 +68,7 @@ __all__ = [
     "MCExample",
     "PromptFormat",
     "fetch_bigbench",
+    "hash_position",
     "list_tasks",
     "load_splits",
     "load_suite",
@@ -115,6 +116,8 @@ class MCExample:
     choices: tuple[str, ...]
     target_scores: tuple[float, ...]
     answer: int
+    origin: str = ""
+    """Where a row of your own data came from (``file row 3``), for error messages; empty for BIG-bench."""
 
     @property
     def family(self) -> str:
@@ -373,7 +376,7 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _unit(example: MCExample, seed: int) -> float:
+def hash_position(example: MCExample, seed: int) -> float:
     """The example's position in [0, 1), from sha256 of seed, task and input (64 bits)."""
     return int(_sha(f"{seed}\0{example.task}\0{example.input}")[:16], 16) / 2**64
 
@@ -388,7 +391,7 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
 def split_of(example: MCExample, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> str:
     """The split (``train``, ``validation`` or ``test``) of one example; see the module docstring."""
     train, validation, _ = _check_fractions(fractions)
-    u = _unit(example, seed)
+    u = hash_position(example, seed)
     return "train" if u < train else "validation" if u < train + validation else "test"
 
 
@@ -422,7 +425,7 @@ def split_examples(
     groups: dict[str, dict[str, list[tuple[float, str, MCExample]]]] = {}
     for example in examples:
         splits = groups.setdefault(example.task, {split: [] for split in SPLITS})
-        splits[split_of(example, fractions, seed)].append((_unit(example, seed), example.id, example))
+        splits[split_of(example, fractions, seed)].append((hash_position(example, seed), example.id, example))
     result: dict[str, list[MCExample]] = {split: [] for split in SPLITS}
     for task in sorted(groups):
         splits = groups[task]

@@ -76,7 +76,7 @@ def differences_section(results: Mapping) -> str:
         for name in (n for n in methods if n != reference):
             for split, metric in COMPARED:
                 a, b = methods[name].get(split), methods[reference].get(split)
-                if a and b and "examples" in a and "examples" in b:
+                if a and b and "examples" in a and "examples" in b and a.get(f"macro_{metric}") is not None:
                     rows.append(_difference_row(name, reference, split, paired_difference([a], [b], metric)))
     if not rows:
         return ""

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import stats
 
 HIGHER_IS_BETTER = {"acc": True, "acc_norm": True, "answer_nll": False}
-"""Per-example metrics of ``evaluate.evaluate_multiple_choice`` and their direction."""
+"""Per-example metrics of ``evaluate.evaluate_examples`` and their direction."""
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
 
@@ -41,11 +41,13 @@ class Difference:
 
 
 def per_example(evaluations: Sequence[dict], metric: str) -> dict[tuple[str, str], float]:
-    """``(task, id)`` -> the metric averaged over the evaluations (one per seed) that scored the example."""
+    """``(task, id)`` -> the metric averaged over the evaluations (one per seed) that scored the example;
+    examples without the metric (``acc`` of a completion or chat example is None) are left out."""
     values: dict[tuple[str, str], list[float]] = defaultdict(list)
     for evaluation in evaluations:
         for record in evaluation["examples"]:
-            values[(record["task"], record["id"])].append(record[metric])
+            if record[metric] is not None:
+                values[(record["task"], record["id"])].append(record[metric])
     return {key: float(np.mean(found)) for key, found in values.items()}
 
 
