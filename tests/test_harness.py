@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -62,3 +63,22 @@ def test_eval_harness_cli_scores_a_trained_run_offline(config_file, tmp_path, ca
     assert main(["eval", "--run", str(tmp_path / "runs" / "tiny"), "--harness", "radargate_nonexistent",
                  "--harness-include", str(out)]) == 2
     assert "unknown lm-eval tasks ['radargate_nonexistent']" in capsys.readouterr().err
+
+
+def test_a_users_multiple_choice_source_exports_and_scores_the_same_in_lm_eval(tmp_path, tiny_model_dir):
+    root = Path(__file__).parents[1]
+    values = yaml.safe_load((root / "configs" / "custom_data.yaml").read_text())
+    for source in values["data"]["sources"]:
+        source["path"] = str(root / source["path"])
+    values["model"]["name"] = str(tiny_model_dir)
+    config_path = tmp_path / "custom.yaml"
+    config_path.write_text(yaml.safe_dump(values))
+    out = tmp_path / "tasks"
+    assert main(["export-tasks", "--config", str(config_path), "--out", str(out)]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["radargate_quiz"]  # completion and chat have no choices
+    model, tokenizer, config = model_to_evaluate(None, config_path)
+    quiz = [example for example in load_splits(config)["test"] if example.task == "quiz"]
+    ours = evaluate_examples(model, tokenizer, quiz, batch_size=4, max_length=config.data.max_length)
+    theirs = evaluate_with_harness(model, tokenizer, ["radargate_quiz"], include_path=out, batch_size=4)
+    assert theirs["radargate_quiz"]["acc"] == pytest.approx(ours["per_task"]["quiz"]["acc"], abs=1e-12)
+    assert theirs["radargate_quiz"]["acc_bytes"] == pytest.approx(ours["per_task"]["quiz"]["acc_norm"], abs=1e-12)
