@@ -19,7 +19,6 @@ on the same batches in one process:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -32,11 +31,10 @@ from radargate.experiment.data.batching import IGNORE_INDEX, Batch, answer_logpr
 from radargate.experiment.data.bigbench import load_splits
 from radargate.experiment.methods import attach_method, load_base, trainable_parameters
 from radargate.experiment.train import BatchSchedule, autocast_dtype, encode_training_examples
-from radargate.files import atomic_write_json, atomic_write_text
 from radargate.hardware import cpu_description
+from results_table import write_results
 
 CONFIG = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
-RESULTS = Path(__file__).parent / "results"
 VARIANTS = ("all_positions", "from_first_answer", "answer_positions")
 
 
@@ -135,13 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     lines = ["| method | logits at | median s per round | tokens/s | x all positions |", "|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['variant']} | {r['median_s_per_round']:.2f} | {r['tokens_per_s']:.0f} | "
               f"{r['x_all_positions']:.2f} |" for r in rows]
-    name = f"answer_logits_{args.label}"
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write_json(RESULTS / f"{name}.json", {"environment": environment, "rows": rows})
-    summary = f"# Training tokens/s by where logits are computed ({name})\n\n{json.dumps(environment)}\n\n"
-    summary += "\n".join(lines) + "\n"
-    atomic_write_text(RESULTS / f"{name}.md", summary)
-    print(summary)
+    write_results(f"answer_logits_{args.label}", "Training tokens/s by where logits are computed", environment, rows,
+                  lines)
 
 
 if __name__ == "__main__":

@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
 
 from radargate import MoLoRAConfig, get_molora_model
 from radargate.experiment.loading import DEFAULT_MODEL, load_model_and_tokenizer
-from radargate.files import atomic_write_json, atomic_write_text
 from radargate.hardware import cpu_description
+from results_table import write_results
 
 METHODS = ("base", "peft_lora", "softmax", "topk", "radar")
-RESULTS = Path(__file__).parent / "results"
 PROMPTS = [
     "Question: Is the following sentence plausible? Joao Moutinho caught the screen pass in the NFC "
     "championship.\nAnswer:",
@@ -105,12 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = ["| method | median s | tokens/s | speed x softmax | speed x peft_lora |", "|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['median_s']:.2f} | {r['tokens_per_s']:.1f} | {r['vs_softmax']:.2f} | "
               f"{r['vs_peft_lora']:.2f} |" for r in rows]
-    name = f"generation_{args.label}"
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write_json(RESULTS / f"{name}.json", {"environment": environment, "rows": rows})
-    summary = f"# Generation benchmark ({name})\n\n{json.dumps(environment)}\n\n" + "\n".join(lines) + "\n"
-    atomic_write_text(RESULTS / f"{name}.md", summary)
-    print(summary)
+    write_results(f"generation_{args.label}", "Generation benchmark", environment, rows, lines)
 
 
 if __name__ == "__main__":

@@ -23,25 +23,22 @@ backward (distinct storages), the part of training memory that grows with the ad
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from radargate import MoLoRAConfig
-from radargate.files import atomic_write_json, atomic_write_text
 from radargate.hardware import cpu_description
 from radargate.layer import MoLoRALinear
+from results_table import write_results
 
 SHAPES = {"smollm_attn": (576, 576), "smollm_mlp": (576, 1536), "7b_attn": (4096, 4096), "7b_mlp": (4096, 11008)}
 METHODS = ("peft_lora", "softmax", "topk", "topk_dispatch", "radar_span", "radar_span_stored", "radar_materialized",
            "loop")
-RESULTS = Path(__file__).parent / "results"
 
 
 class LoopMixture(nn.Module):
@@ -237,12 +234,8 @@ def main(argv: list[str] | None = None) -> None:
             rows += run_case(shape, n, args)
             print(f"done {shape} n={n}", flush=True)
     add_ratios(rows)
-    name = f"layer_{args.label}{'_quick' if args.quick else ''}"
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write_json(RESULTS / f"{name}.json", {"environment": environment(args), "rows": rows})
-    summary = f"# Layer benchmark ({name})\n\n{json.dumps(environment(args))}\n\n{table(rows)}\n"
-    atomic_write_text(RESULTS / f"{name}.md", summary)
-    print(summary)
+    write_results(f"layer_{args.label}{'_quick' if args.quick else ''}", "Layer benchmark", environment(args), rows,
+                  [table(rows)])
 
 
 if __name__ == "__main__":

@@ -13,18 +13,16 @@ same trainable width as the mixture. Methods run interleaved, round by round, in
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from radargate import MoLoRAConfig, get_molora_model
-from radargate.files import atomic_write_json, atomic_write_text
 from radargate.hardware import cpu_description
+from results_table import write_results
 
 MODELS = {
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -34,7 +32,6 @@ MODELS = {
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 METHODS = ("peft_lora", "softmax", "topk", "radar")
-RESULTS = Path(__file__).parent / "results"
 
 
 def build(method: str, args: argparse.Namespace) -> torch.nn.Module:
@@ -107,11 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = ["| method | median step s | x peft_lora | trainable params |", "|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['median_s']:.3f} | {r['vs_peft_lora']:.2f} | {r['trainable']:,} |" for r in rows]
     name = f"model_{args.model}_{label}{'_quick' if args.quick else ''}"
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write_json(RESULTS / f"{name}.json", {"environment": environment, "rows": rows})
-    summary = f"# Training-step benchmark ({name})\n\n{json.dumps(environment)}\n\n" + "\n".join(lines) + "\n"
-    atomic_write_text(RESULTS / f"{name}.md", summary)
-    print(summary)
+    write_results(name, "Training-step benchmark", environment, rows, lines)
 
 
 if __name__ == "__main__":

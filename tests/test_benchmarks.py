@@ -4,17 +4,19 @@ against (float64), so the speed comparison is like for like."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "layer_speed.py"
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def layer_speed():
-    spec = importlib.util.spec_from_file_location("layer_speed", SCRIPT)
+    sys.path.insert(0, str(BENCHMARKS))  # as `python benchmarks/layer_speed.py` has it: its helper modules
+    spec = importlib.util.spec_from_file_location("layer_speed", BENCHMARKS / "layer_speed.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
