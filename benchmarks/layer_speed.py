@@ -149,7 +149,8 @@ def run_case(shape: str, n: int, args: argparse.Namespace) -> list[dict]:
     d_in, d_out = SHAPES[shape]
     dtype = getattr(torch, args.dtype)
     generator = torch.Generator(device=args.device).manual_seed(0)
-    x = torch.randn(args.tokens, d_in, device=args.device, dtype=dtype, generator=generator).requires_grad_(True)
+    x = torch.randn(args.tokens, d_in, device=args.device, dtype=dtype, generator=generator)
+    x.requires_grad_(not args.frozen_input)
     grad = torch.randn(args.tokens, d_out, device=args.device, dtype=dtype, generator=generator)
     methods = [m for m in args.methods if not (m == "radar_materialized" and n > args.max_materialized_n)]
     layers = {m: build(m, d_in, d_out, n, args.r, args.device, dtype) for m in methods}
@@ -192,17 +193,21 @@ def table(rows: list[dict]) -> str:
     for row in rows:
         lines.append(
             f"| {row['shape']} | {row['n']} | {row['method']} | {row['median_ms']:.2f} | "
-            f"{row.get('time_vs_softmax', float('nan')):.2f} | {row.get('time_vs_peft_lora', float('nan')):.2f} | "
-            f"{row['saved_mib']:.1f} | {row.get('saved_vs_softmax', float('nan')):.2f} | "
-            f"{row.get('speedup_vs_loop', float('nan')):.2f}x |"
+            f"{_ratio(row, 'time_vs_softmax')} | {_ratio(row, 'time_vs_peft_lora')} | "
+            f"{row['saved_mib']:.1f} | {_ratio(row, 'saved_vs_softmax')} | {_ratio(row, 'speedup_vs_loop', 'x')} |"
         )
     return "\n".join(lines)
+
+
+def _ratio(row: dict, key: str, unit: str = "") -> str:
+    """A ratio to a method that ran in this table, or ``-`` when that method was left out (``--methods``)."""
+    return f"{row[key]:.2f}{unit}" if key in row else "-"
 
 
 def environment(args: argparse.Namespace) -> dict:
     device = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU: {cpu_description()}"
     return {"device": device, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "dtype": args.dtype, "label": args.label}
+            "dtype": args.dtype, "label": args.label, "input_requires_grad": not args.frozen_input}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -218,6 +223,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--max-materialized-n", type=int, default=64)
+    parser.add_argument("--frozen-input", action="store_true", help="the layer input does not require grad (the "
+                        "first adapted layer after frozen embeddings): no input gradient is computed")
     parser.add_argument("--label", default=None, help="name of the results files (default: device)")
     args = parser.parse_args(argv)
     if args.quick:
