@@ -314,3 +314,5 @@ def test_train_and_eval_on_the_example_data_through_the_cli(tmp_path, tiny_model
     assert "| assistant | " in out.getvalue() and "| - | - |" in out.getvalue()
     trained = json.loads((tmp_path / "runs" / "mine" / "result.json").read_text())
     assert trained["steps"] == 2 and trained["routing"] and set(trained["test"]["per_task"]) == set(result["per_task"])
+    card = (tmp_path / "runs" / "mine" / "README.md").read_text()  # the model card: no accuracy without choices
+    assert "| word_forms | " in card and "| - | - | " in card

@@ -85,13 +85,13 @@ def _results(result: dict[str, Any]) -> list[str]:
     test = result.get("test")
     if test:
         lines += [
-            f"Test split, {test['n']} examples: macro accuracy {100 * test['macro_acc']:.1f}%, "
-            f"length-normalised {100 * test['macro_acc_norm']:.1f}%"
-            + (f", answer NLL {test['macro_answer_nll']:.3f} nats/token" if "macro_answer_nll" in test else "")
-            + ".", "",
-            "| task | n | acc (%) | acc_norm (%) |", "| --- | --- | --- | --- |",
-            *[f"| {task} | {row['n']} | {100 * row['acc']:.1f} | {100 * row['acc_norm']:.1f} |"
-              for task, row in test.get("per_task", {}).items()],
+            f"Test split, {test['n']} examples: macro accuracy {_percent(test.get('macro_acc'))}%, "
+            f"length-normalised {_percent(test.get('macro_acc_norm'))}%, "
+            f"answer NLL {_nats(test.get('macro_answer_nll'))} nats/token (accuracy only where a task has choices).",
+            "",
+            "| task | n | acc (%) | acc_norm (%) | answer NLL |", "| --- | --- | --- | --- | --- |",
+            *[f"| {task} | {row['n']} | {_percent(row.get('acc'))} | {_percent(row.get('acc_norm'))} | "
+              f"{_nats(row.get('answer_nll'))} |" for task, row in test.get("per_task", {}).items()],
             "",
         ]
     if result.get("final_train_loss") is not None:
@@ -115,3 +115,12 @@ def _usage(config: ExperimentConfig, mixture: bool) -> list[str]:
         "Each expert as an ordinary PEFT LoRA adapter: `radargate export-experts <this folder> <out>`.",
         "",
     ]
+
+
+def _percent(value: float | None) -> str:
+    """Completion and chat data have no choices, so no accuracy: ``-``."""
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _nats(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
