@@ -12,6 +12,10 @@ other micro-batches train without them.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,9 @@ from safetensors.torch import load_file
 from radargate.cli import main
 from tests.conftest import write_tiny_config
 
+ROOT = Path(__file__).resolve().parents[1]
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+CPU_2PROC = ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"
 ADAPTER = Path("adapter") / "molora_model.safetensors"
 EXACT_ENOUGH = {"rel": 1e-5, "abs": 1e-7}
 """Float32 sums taken in another order (batch 8 against 2 x 4) differ in the last digits."""
@@ -37,6 +44,40 @@ def settings(method: str, *, batch_size: int, grad_accum: int = 1, aux: bool = F
 def train_in_process(config_file: Path, name: str, overrides: list[str]) -> Path:
     assert main(["train", "--config", str(config_file), "--set", f"name={name}", *overrides]) == 0
     return config_file.parent / "runs" / name
+
+
+KILL_AFTER_FIRST_CHECKPOINT = r"""
+import os, signal, sys
+import radargate.experiment.train as train
+
+real_save = train._Trainer.save_checkpoint
+
+def save_checkpoint(self, state):
+    real_save(self, state)
+    self.accelerator.wait_for_everyone()  # the main process has written it
+    os.kill(os.getpid(), signal.SIGKILL)
+
+train._Trainer.save_checkpoint = save_checkpoint
+from radargate.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def launch_two_processes(config_file: Path, name: str, overrides: list[str], *, script: Path | None = None,
+                         check: bool = True) -> subprocess.CompletedProcess:
+    """``radargate train`` in two CPU processes through ``accelerate launch`` (this checkout's code)."""
+    with socket.socket() as probe:  # a free port: other test runs may launch at the same time
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    program = [str(script)] if script else ["-m", "radargate.cli"]
+    command = [str(ACCELERATE), "launch", "--config_file", str(CPU_2PROC), "--main_process_port", str(port),
+               *program, "train", "--config", str(config_file), "--set", f"name={name}", *overrides]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 def log_rows(run_dir: Path) -> list[dict]:
@@ -68,3 +109,29 @@ def test_grad_accum_trains_as_one_big_batch(tmp_path, tiny_model_dir, method):
     whole = train_in_process(config_file, "whole", settings(method, batch_size=8))
     accumulated = train_in_process(config_file, "accumulated", settings(method, batch_size=4, grad_accum=2))
     assert_same_training(accumulated, whole)
+
+
+@pytest.mark.parametrize("method", ["softmax", "radar"])
+def test_two_processes_train_as_one(tmp_path, tiny_model_dir, method):
+    config_file = write_tiny_config(tmp_path, tiny_model_dir)
+    whole = train_in_process(config_file, "whole", settings(method, batch_size=8))
+    launch_two_processes(config_file, "two", settings(method, batch_size=4))
+    assert_same_training(tmp_path / "runs" / "two", whole)
+    assert (tmp_path / "runs" / "two" / "result.json").is_file()
+
+
+def test_killed_two_process_run_resumes_exactly(tmp_path, tiny_model_dir):
+    """Killed (SIGKILL, both processes) after the checkpoint of step 2 of 4, then resumed: the same losses,
+    auxiliary losses included, and adapter as the uninterrupted run of the same micro-batches in one
+    process (batch 4, two accumulation steps; the test above shows two processes equal to one)."""
+    config_file = write_tiny_config(tmp_path, tiny_model_dir)
+    overrides = settings("radar", batch_size=4, aux=True)
+    killer = tmp_path / "kill_after_first_checkpoint.py"
+    killer.write_text(KILL_AFTER_FIRST_CHECKPOINT)
+    killed = launch_two_processes(config_file, "split", overrides, script=killer, check=False)
+    assert killed.returncode != 0, killed.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "split"
+    assert [row["step"] for row in log_rows(run_dir)] == [1, 2] and not (run_dir / "result.json").exists()
+    launch_two_processes(config_file, "split", [*overrides, "--resume"])
+    whole = train_in_process(config_file, "whole", settings("radar", batch_size=4, grad_accum=2, aux=True))
+    assert_same_training(run_dir, whole, aux=True)
