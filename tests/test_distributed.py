@@ -22,6 +22,7 @@ import pytest
 from safetensors.torch import load_file
 
 from radargate.cli import main
+from radargate.experiment.train import processes
 from tests.conftest import write_tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,19 +60,20 @@ def save_checkpoint(self, state):
 
 train._Trainer.save_checkpoint = save_checkpoint
 from radargate.cli import main
+from radargate.experiment.train import processes
 sys.exit(main(sys.argv[1:]))
 """
 
 
 def launch_two_processes(config_file: Path, name: str, overrides: list[str], *, script: Path | None = None,
-                         check: bool = True) -> subprocess.CompletedProcess:
+                         launch_flags: tuple[str, ...] = (), check: bool = True) -> subprocess.CompletedProcess:
     """``radargate train`` in two CPU processes through ``accelerate launch`` (this checkout's code)."""
     with socket.socket() as probe:  # a free port: other test runs may launch at the same time
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     program = [str(script)] if script else ["-m", "radargate.cli"]
     command = [str(ACCELERATE), "launch", "--config_file", str(CPU_2PROC), "--main_process_port", str(port),
-               *program, "train", "--config", str(config_file), "--set", f"name={name}", *overrides]
+               *launch_flags, *program, "train", "--config", str(config_file), "--set", f"name={name}", *overrides]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
@@ -135,3 +137,23 @@ def test_killed_two_process_run_resumes_exactly(tmp_path, tiny_model_dir):
     launch_two_processes(config_file, "split", [*overrides, "--resume"])
     whole = train_in_process(config_file, "whole", settings("radar", batch_size=4, grad_accum=2, aux=True))
     assert_same_training(run_dir, whole, aux=True)
+
+
+def test_processes_that_accelerate_left_apart_are_refused(monkeypatch):
+    """Launched on a machine without a GPU and without ACCELERATE_USE_CPU=1, accelerate makes each process
+    a run of its own (process 0 of 1): they would all write the same folder."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"started 2 processes, but accelerate found no GPU and set up 1 .*"
+                                         r"ACCELERATE_USE_CPU=1"):
+        processes()
+
+
+def test_fsdp_on_cpus_is_refused(tmp_path, tiny_model_dir):
+    """accelerate (1.15) shards with FSDP only on GPUs; on CPUs it would wrap the model in DDP instead."""
+    config_file = write_tiny_config(tmp_path, tiny_model_dir)
+    fsdp = ("--use_fsdp", "--fsdp_version", "2")
+    refused = launch_two_processes(config_file, "fsdp", settings("radar", batch_size=4), launch_flags=fsdp,
+                                   check=False)
+    assert refused.returncode != 0
+    assert "FSDP was asked for on CPUs, where accelerate uses DDP instead" in refused.stderr
+    assert not (tmp_path / "runs" / "fsdp").exists()

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import io
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import parse_flag_from_env
+from accelerate.utils import DistributedType, parse_flag_from_env
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
@@ -134,8 +135,26 @@ def fit(
 def processes() -> PartialState:
     """This run's processes: one, or those started by ``accelerate launch``. Set up as ``Accelerator()``
     sets them up, honouring ``ACCELERATE_USE_CPU`` (gloo between CPU processes), so that asking
-    before the trainer exists changes nothing."""
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    before the trainer exists changes nothing.
+
+    Two launches that accelerate (1.15) would run silently wrong are refused: processes started
+    without a GPU and without ``ACCELERATE_USE_CPU=1`` (each would train alone, as process 0 of 1, in
+    the same folder), and FSDP on CPUs (accelerate wraps the model in DDP instead).
+    """
+    group = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != group.num_processes:
+        raise ValueError(
+            f"accelerate launch started {launched} processes, but accelerate found no GPU and set up "
+            f"{group.num_processes} (each would train alone in the same run folder); on CPUs launch with "
+            "ACCELERATE_USE_CPU=1 (docs/distributed.md)"
+        )
+    if parse_flag_from_env("ACCELERATE_USE_FSDP") and group.distributed_type == DistributedType.MULTI_CPU:
+        raise ValueError(
+            "FSDP was asked for on CPUs, where accelerate uses DDP instead (it shards with FSDP only on GPUs "
+            "and similar devices); launch without --use_fsdp, or on GPUs (docs/distributed.md)"
+        )
+    return group
 
 
 SGD_MOMENTUM = 0.9
@@ -165,6 +184,7 @@ def autocast_dtype(setting: str) -> torch.dtype | None:
 class _Trainer:
     def __init__(self, config: ExperimentConfig, model, tokenizer, splits: dict[str, list[Example]], run_dir: Path):
         settings = config.train
+        processes()  # refuses launches that would train silently wrong
         self.config, self.tokenizer, self.run_dir = config, tokenizer, run_dir
         self.validation_examples = splits["validation"]
         self.train_pairs = encode_training_examples(tokenizer, splits["train"], config.data.max_length)
