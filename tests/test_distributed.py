@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from radargate.cli import main
@@ -157,3 +158,17 @@ def test_fsdp_on_cpus_is_refused(tmp_path, tiny_model_dir):
     assert refused.returncode != 0
     assert "FSDP was asked for on CPUs, where accelerate uses DDP instead" in refused.stderr
     assert not (tmp_path / "runs" / "fsdp").exists()
+
+
+def test_resume_with_another_number_of_processes_is_refused(tmp_path, tiny_model_dir, capsys):
+    config_file = write_tiny_config(tmp_path, tiny_model_dir)
+    overrides = [*settings("softmax", batch_size=4), "--set", "train.steps=2"]
+    run_dir = train_in_process(config_file, "run", overrides)
+    (run_dir / "result.json").unlink()  # unfinished, as if killed after its last checkpoint
+    state_file = run_dir / "checkpoint" / "trainer_state.pt"
+    saved = torch.load(state_file, weights_only=True)
+    assert saved["num_processes"] == 1
+    torch.save({**saved, "num_processes": 2}, state_file)
+    capsys.readouterr()
+    assert main(["train", "--config", str(config_file), "--set", "name=run", *overrides, "--resume"]) == 2
+    assert "was written by 2 processes, this run has 1" in capsys.readouterr().err

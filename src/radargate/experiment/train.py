@@ -412,6 +412,7 @@ class _Trainer:
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "python_rng": random.getstate(),
+                "num_processes": self.accelerator.num_processes,
             },
             trainer_state,
         )
@@ -430,6 +431,13 @@ class _Trainer:
             saved = torch.load(directory / "trainer_state.pt", weights_only=True)
         except Exception as error:
             raise ValueError(f"checkpoint {directory} is missing files or corrupt ({error}); cannot resume") from None
+        saved_processes = saved.get("num_processes", 1)
+        if saved_processes != self.accelerator.num_processes:
+            raise ValueError(
+                f"checkpoint {directory} was written by {saved_processes} processes, this run has "
+                f"{self.accelerator.num_processes}: each step's batch would change (train.batch_size is per "
+                "process); resume with the same launch"
+            )
         parameters = trainable_parameters(self.unwrapped)
         if weights.keys() != parameters.keys():
             raise ValueError(f"checkpoint {directory} does not match this model's trainable parameters")
