@@ -271,7 +271,8 @@ class _Trainer:
         settings = self.config.train
         accelerator = self.accelerator
         self.model.train()
-        lm_scale = accelerator.num_processes / max(self._answer_tokens(step), 1)
+        answer_tokens = self._answer_tokens(step)
+        lm_scale = accelerator.num_processes / max(answer_tokens, 1)
         nll_sum = weighted_aux_sum = 0.0
         tokens = 0
         aux_sums: dict[str, float] = {}
@@ -287,7 +288,7 @@ class _Trainer:
             tokens += int(batch.attention_mask.sum())
             for name, value in parts.items():
                 aux_sums[name] = aux_sums.get(name, 0.0) + float(value)
-        totals = self._global_totals(step, nll_sum, weighted_aux_sum, tokens, aux_sums)
+        totals = self._global_totals(answer_tokens, nll_sum, weighted_aux_sum, tokens, aux_sums)
         grad_norm = float(accelerator.clip_grad_norm_(self.model.parameters(), settings.max_grad_norm))
         nonfinite = {name: str(value) for name, value in (("loss", totals["loss"]), ("grad_norm", grad_norm))
                      if not math.isfinite(value)}
@@ -313,17 +314,18 @@ class _Trainer:
         )
 
     def _global_totals(
-        self, step: int, nll_sum: float, weighted_aux_sum: float, tokens: int, aux_sums: dict[str, float]
+        self, answer_tokens: int, nll_sum: float, weighted_aux_sum: float, tokens: int, aux_sums: dict[str, float]
     ) -> dict[str, Any]:
         """The step's loss, LM loss, auxiliary losses and tokens over all processes: one all-reduce (a
         sum), after which every process holds the same values, so all agree on skipping a step."""
         names = sorted(aux_sums)
         local = [nll_sum, weighted_aux_sum, float(tokens), *(aux_sums[name] for name in names)]
-        summed = self.accelerator.reduce(
-            torch.tensor(local, dtype=torch.float64, device=self.accelerator.device), reduction="sum"
-        ).tolist()
+        summed = local
+        if self.accelerator.num_processes > 1:  # float64: NCCL and gloo have it (MPS, single-process, has not)
+            device = self.accelerator.device
+            summed = self.accelerator.reduce(torch.tensor(local, dtype=torch.float64, device=device), "sum").tolist()
         micro_batches = self.schedule.grad_accum * self.schedule.num_processes
-        lm_loss = summed[0] / max(self._answer_tokens(step), 1)
+        lm_loss = summed[0] / max(answer_tokens, 1)
         totals = {"loss": lm_loss + summed[1] / micro_batches, "lm_loss": lm_loss, "tokens": round(summed[2])}
         if names:
             totals["aux_losses"] = {name: value / micro_batches for name, value in zip(names, summed[3:], strict=True)}
