@@ -63,6 +63,12 @@ def test_an_integer_field_refuses_a_fraction():
         ExperimentConfig.load(None, ["train.steps=2.5"])
 
 
+def test_unknown_optimizer_names_the_choices():
+    assert ExperimentConfig.load(None, ["train.optimizer=sgd"]).train.optimizer == "sgd"
+    with pytest.raises(ValueError, match=r"train.optimizer='adam' is unknown; choose one of adamw, sgd"):
+        ExperimentConfig.load(None, ["train.optimizer=adam"])
+
+
 def test_precision_no_is_the_string_no(tmp_path):
     assert ExperimentConfig.load(yaml_file(tmp_path, "train.precision", "no")).train.precision == "no"
     assert ExperimentConfig.load(None, ["train.precision=no"]).train.precision == "no"

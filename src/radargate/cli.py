@@ -134,9 +134,12 @@ def _fail(command: str, message: str, *, status: int) -> int:
 def _train(args: argparse.Namespace) -> int:
     from radargate.experiment.config import ExperimentConfig
     from radargate.experiment.run import run_method
+    from radargate.experiment.train import processes
 
     config = ExperimentConfig.load(args.config, args.overrides)
     result = run_method(config, config.run_dir, resume=args.resume)
+    if not processes().is_main_process:  # under accelerate launch, one process prints
+        return 0
     print(_accuracy_table(config.method, result["test"]))
     print(f"\nrun folder: {config.run_dir}")
     return 0

@@ -35,6 +35,7 @@ from radargate.validation import require_choice, require_int, require_number
 BASELINES = ("base", "lora")
 """Methods besides the gates: the untrained model, and PEFT's LoRA at rank ``num_experts * r``."""
 PRECISIONS = ("auto", "no", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 def method_names() -> tuple[str, ...]:
@@ -176,6 +177,9 @@ class TrainSettings:
     grad_accum: int = 1
     lr: float = 2e-4
     weight_decay: float = 0.0
+    optimizer: str = "adamw"
+    """``adamw`` or ``sgd`` (momentum 0.9; its update is linear in the gradient, which makes runs comparable
+    to float rounding: AdamW's first steps divide near-zero gradients by their own size)."""
     warmup_steps: int = 10
     max_grad_norm: float = 1.0
     precision: str = "auto"
@@ -207,6 +211,7 @@ class TrainSettings:
         require_number("train.weight_decay", self.weight_decay, low=0.0)
         require_number("train.max_grad_norm", self.max_grad_norm, low=0.0, low_inclusive=False)
         require_choice("train.precision", self.precision, PRECISIONS)
+        require_choice("train.optimizer", self.optimizer, OPTIMIZERS)
 
 
 @dataclass

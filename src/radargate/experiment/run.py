@@ -6,6 +6,9 @@ writes (``log.jsonl``, ``checkpoint/``, ``adapter/``; see ``radargate.experiment
 run is read back, never trained again; an unfinished one resumes from its checkpoint with the same
 settings only. A run whose training diverges is recorded as failed
 (``{"method": ..., "failed": message}``).
+
+Under ``accelerate launch`` (docs/distributed.md) every process trains and evaluates, and the main
+process alone writes the folder's files (the run folder must be on a filesystem all nodes share).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from radargate.experiment.evaluate import evaluate_examples
 from radargate.experiment.methods import build_model, describe_adapter, trainable_parameters, trains_anything
 from radargate.experiment.model_card import write_model_card
 from radargate.experiment.report.analysis import summarize_routing
-from radargate.experiment.train import TrainState, autocast_dtype, fit
+from radargate.experiment.train import TrainState, autocast_dtype, fit, processes
 from radargate.files import atomic_write_json, atomic_write_text
 from radargate.model import MoLoRAModel
 
@@ -54,13 +57,14 @@ def train(
     if not trains_anything(config):
         return model, tokenizer, TrainState()
     model, state = fit(config, model, tokenizer, splits, run_dir, resume=resume, show_progress=show_progress)
-    write_model_card(run_dir, config)
+    if processes().is_main_process:
+        write_model_card(run_dir, config)
     return model, tokenizer, state
 
 
 def prepare_run_dir(run_dir: Path, config: ExperimentConfig, resume: bool) -> None:
     """Make the run folder with its ``config.yaml``; an existing run is an error unless resumed with the
-    same settings."""
+    same settings. Every process checks before the main process writes, so all refuse or none does."""
     saved = run_dir / "config.yaml"
     if saved.is_file():
         if not resume:
@@ -68,8 +72,12 @@ def prepare_run_dir(run_dir: Path, config: ExperimentConfig, resume: bool) -> No
                 f"{run_dir} already holds a run; pass --resume to continue it, or choose another name"
             )
         check_same_run(run_dir, config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved, config.to_yaml())
+    group = processes()
+    group.wait_for_everyone()
+    if group.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(saved, config.to_yaml())
+    group.wait_for_everyone()
 
 
 IRRELEVANT_TO_A_RUN = ("output_dir", "name", "compare", "study")
@@ -180,13 +188,15 @@ def run_method(
             config, resume=resume, run_dir=run_dir, show_progress=show_progress, splits=splits
         )
     except TrainingDiverged as error:
-        atomic_write_json(result_path, failed_result(config, error))
+        if processes().is_main_process:
+            atomic_write_json(result_path, failed_result(config, error))
         raise
     result = summarize(config, model, state)
     result.update(evaluate_with_routing(model, tokenizer, config, splits))
     result["wall_time_s"] = time.perf_counter() - started
-    atomic_write_json(result_path, result)
-    write_model_card(run_dir, config, result)
+    if processes().is_main_process:
+        atomic_write_json(result_path, result)
+        write_model_card(run_dir, config, result)
     return result
 
 

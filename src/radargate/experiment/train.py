@@ -1,7 +1,7 @@
 """The training loop: fine-tuning a mixture of LoRA experts (or PEFT's LoRA) on multiple-choice tasks.
 
 The model learns to produce each training example's correct answer after its prompt (loss on the
-answer tokens only). AdamW with linear warm-up and cosine decay, gradient accumulation and
+answer tokens only). AdamW (or SGD) with linear warm-up and cosine decay, gradient accumulation and
 clipping, mixed precision and multi-GPU through accelerate (``accelerate launch``). Batches are a
 pure function of the step (``BatchSchedule``), and checkpoints hold the trainable weights, the
 optimizer, the schedule, the random states and the log, so a resumed run continues exactly.
@@ -22,6 +22,7 @@ import contextlib
 import functools
 import io
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, parse_flag_from_env
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
@@ -130,6 +132,44 @@ def fit(
     return trainer.unwrapped, state
 
 
+def processes() -> PartialState:
+    """This run's processes: one, or those started by ``accelerate launch``. Set up as ``Accelerator()``
+    sets them up, honouring ``ACCELERATE_USE_CPU`` (gloo between CPU processes), so that asking
+    before the trainer exists changes nothing.
+
+    Two launches that accelerate (1.15) would run silently wrong are refused: processes started
+    without a GPU and without ``ACCELERATE_USE_CPU=1`` (each would train alone, as process 0 of 1, in
+    the same folder), and FSDP on CPUs (accelerate wraps the model in DDP instead).
+    """
+    group = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != group.num_processes:
+        raise ValueError(
+            f"accelerate launch started {launched} processes, but accelerate found no GPU and set up "
+            f"{group.num_processes} (each would train alone in the same run folder); on CPUs launch with "
+            "ACCELERATE_USE_CPU=1 (docs/distributed.md)"
+        )
+    if parse_flag_from_env("ACCELERATE_USE_FSDP") and group.distributed_type == DistributedType.MULTI_CPU:
+        raise ValueError(
+            "FSDP was asked for on CPUs, where accelerate uses DDP instead (it shards with FSDP only on GPUs "
+            "and similar devices); launch without --use_fsdp, or on GPUs (docs/distributed.md)"
+        )
+    return group
+
+
+SGD_MOMENTUM = 0.9
+
+
+def make_optimizer(name: str, parameters: list[torch.nn.Parameter], *, lr: float, weight_decay: float):
+    """``train.optimizer``: AdamW, or SGD with momentum ``SGD_MOMENTUM`` (an update linear in the
+    gradients, so runs that cut the same batch differently stay equal to float rounding)."""
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=SGD_MOMENTUM, weight_decay=weight_decay)
+    raise ValueError(f"train.optimizer={name!r} is unknown; choose one of adamw, sgd")
+
+
 def mixed_precision(setting: str) -> str:
     if setting != "auto":
         return setting
@@ -144,20 +184,25 @@ def autocast_dtype(setting: str) -> torch.dtype | None:
 class _Trainer:
     def __init__(self, config: ExperimentConfig, model, tokenizer, splits: dict[str, list[Example]], run_dir: Path):
         settings = config.train
+        processes()  # refuses launches that would train silently wrong
         self.config, self.tokenizer, self.run_dir = config, tokenizer, run_dir
         self.validation_examples = splits["validation"]
         self.train_pairs = encode_training_examples(tokenizer, splits["train"], config.data.max_length)
+        # the answer tokens of each example that the loss scores (a sequence's first token is never predicted)
+        self.answer_counts = [sum(pair.answer_mask[1:]) for pair in self.train_pairs]
         if not self.train_pairs:
             raise ValueError(f"no training examples for tasks {config.data.task_names}")
+        # step_scheduler_with_optimizer=False: the schedule moves once per step. Accelerate's default steps
+        # it once per process, for data loaders that it shards; here the schedule shards the batch.
         self.accelerator = Accelerator(
-            mixed_precision=mixed_precision(settings.precision),
+            mixed_precision=mixed_precision(settings.precision), step_scheduler_with_optimizer=False,
             log_with=settings.report_to or None, project_dir=run_dir / "tracking",
         )
         self.tracking = bool(settings.report_to)
         if settings.compile and isinstance(model, MoLoRAModel):
             model.compile_layers()
         parameters = list(trainable_parameters(model).values())
-        optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+        optimizer = make_optimizer(settings.optimizer, parameters, lr=settings.lr, weight_decay=settings.weight_decay)
         scheduler = get_cosine_schedule_with_warmup(optimizer, settings.warmup_steps, settings.steps)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.unwrapped = self.accelerator.unwrap_model(self.model)
@@ -213,24 +258,38 @@ class _Trainer:
         return contextlib.nullcontext({})
 
     def _step(self, step: int) -> dict[str, Any]:
+        """One optimizer step over the step's global batch: every micro-batch of every process.
+
+        The LM loss is the mean negative log-likelihood over the step's answer tokens, all processes
+        and micro-batches together: each micro-batch contributes ``sum(NLL) / N_step`` (``N_step`` from
+        the schedule, ``_answer_tokens``), times the number of processes because DDP averages
+        gradients over them. So the gradient is the same however the step's batch is cut. The
+        auxiliary losses are the mean over the step's micro-batches (of all processes) of each
+        micro-batch's auxiliary losses. Gradients are synchronised once, on the last micro-batch.
+        The logged values (``loss``, ``lm_loss``, ``aux_losses``, ``tokens``) are the step's global ones.
+        """
         settings = self.config.train
+        accelerator = self.accelerator
         self.model.train()
-        totals = {"loss": 0.0, "lm_loss": 0.0, "tokens": 0}
-        aux_parts: dict[str, float] = {}
+        answer_tokens = self._answer_tokens(step)
+        lm_scale = accelerator.num_processes / max(answer_tokens, 1)
+        nll_sum = weighted_aux_sum = 0.0
+        tokens = 0
+        aux_sums: dict[str, float] = {}
         for micro in range(settings.grad_accum):
-            indices = self.schedule.micro_batch(step, micro, self.accelerator.process_index)
+            indices = self.schedule.micro_batch(step, micro, accelerator.process_index)
             batch = collate([self.train_pairs[i] for i in indices], self.tokenizer.pad_token_id)
-            lm_loss, aux, parts = self._losses(batch.to(self.accelerator.device))
-            loss = (lm_loss + aux) / settings.grad_accum
-            self.accelerator.backward(loss)
-            totals["loss"] += float(loss.detach())
-            totals["lm_loss"] += float(lm_loss.detach()) / settings.grad_accum
-            totals["tokens"] += int(batch.attention_mask.sum())
+            last = micro == settings.grad_accum - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(self.model):
+                nll, aux, parts = self._losses(batch.to(accelerator.device))
+                accelerator.backward(nll * lm_scale + aux / settings.grad_accum)
+            nll_sum += float(nll.detach())
+            weighted_aux_sum += float(aux.detach())
+            tokens += int(batch.attention_mask.sum())
             for name, value in parts.items():
-                aux_parts[name] = aux_parts.get(name, 0.0) + float(value) / settings.grad_accum
-        if aux_parts:
-            totals["aux_losses"] = aux_parts
-        grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), settings.max_grad_norm))
+                aux_sums[name] = aux_sums.get(name, 0.0) + float(value)
+        totals = self._global_totals(answer_tokens, nll_sum, weighted_aux_sum, tokens, aux_sums)
+        grad_norm = float(accelerator.clip_grad_norm_(self.model.parameters(), settings.max_grad_norm))
         nonfinite = {name: str(value) for name, value in (("loss", totals["loss"]), ("grad_norm", grad_norm))
                      if not math.isfinite(value)}
         if not nonfinite or self._scaler_handles(nonfinite):
@@ -239,6 +298,38 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         row = {"step": step + 1, **totals, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm}
         return {**row, "skipped": True, "nonfinite": nonfinite} if nonfinite else row
+
+    def _answer_tokens(self, step: int) -> int:
+        """The answer tokens that the step's loss averages over, on all processes and micro-batches.
+
+        The schedule makes every micro-batch a function of the step, so each process counts them all
+        itself: no communication, and the count is known before the first backward pass.
+        """
+        schedule = self.schedule
+        return sum(
+            self.answer_counts[i]
+            for micro in range(schedule.grad_accum)
+            for process in range(schedule.num_processes)
+            for i in schedule.micro_batch(step, micro, process)
+        )
+
+    def _global_totals(
+        self, answer_tokens: int, nll_sum: float, weighted_aux_sum: float, tokens: int, aux_sums: dict[str, float]
+    ) -> dict[str, Any]:
+        """The step's loss, LM loss, auxiliary losses and tokens over all processes: one all-reduce (a
+        sum), after which every process holds the same values, so all agree on skipping a step."""
+        names = sorted(aux_sums)
+        local = [nll_sum, weighted_aux_sum, float(tokens), *(aux_sums[name] for name in names)]
+        summed = local
+        if self.accelerator.num_processes > 1:  # float64: NCCL and gloo have it (MPS, single-process, has not)
+            device = self.accelerator.device
+            summed = self.accelerator.reduce(torch.tensor(local, dtype=torch.float64, device=device), "sum").tolist()
+        micro_batches = self.schedule.grad_accum * self.schedule.num_processes
+        lm_loss = summed[0] / max(answer_tokens, 1)
+        totals = {"loss": lm_loss + summed[1] / micro_batches, "lm_loss": lm_loss, "tokens": round(summed[2])}
+        if names:
+            totals["aux_losses"] = {name: value / micro_batches for name, value in zip(names, summed[3:], strict=True)}
+        return totals
 
     def _scaler_handles(self, nonfinite: dict[str, str]) -> bool:
         """fp16: a finite loss with overflowed gradients is the grad scaler's business; its step skips
@@ -271,15 +362,17 @@ class _Trainer:
         return causes + "."
 
     def _losses(self, batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Mean negative log-likelihood of the answer tokens, the weighted sum of the auxiliary losses, and
-        each auxiliary loss unweighted (detached, for the log)."""
+        """The micro-batch's summed negative log-likelihood of its answer tokens (``_step`` divides by the
+        step's count), the weighted sum of its auxiliary losses, and each auxiliary loss unweighted
+        (detached, for the log). The auxiliary losses average over every token position of the
+        micro-batch, padding included (``radargate.losses``)."""
         kwargs = {"with_aux": True} if isinstance(self.unwrapped, MoLoRAModel) else {}
         logprobs, output = answer_logprobs(self.model, batch, **kwargs)
-        lm_loss = -logprobs.sum() / max(logprobs.numel(), 1)
+        nll_sum = -logprobs.sum()
         aux = output.get("aux_loss") if isinstance(output, dict) else None
         if aux is None:
-            return lm_loss, torch.zeros((), device=lm_loss.device), {}
-        return lm_loss, aux, output["aux_losses"]
+            return nll_sum, torch.zeros((), device=nll_sum.device), {}
+        return nll_sum, aux, output["aux_losses"]
 
     def validate(self, step: int) -> dict[str, Any]:
         result = evaluate_examples(
@@ -321,6 +414,7 @@ class _Trainer:
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "python_rng": random.getstate(),
+                "num_processes": self.accelerator.num_processes,
             },
             trainer_state,
         )
@@ -331,13 +425,21 @@ class _Trainer:
         cut the log back to it; with no checkpoint yet, the run starts over with an empty log."""
         directory = latest_directory(self.run_dir / "checkpoint")
         if directory is None:
-            atomic_write_text(self.run_dir / "log.jsonl", "")
+            if self.accelerator.is_main_process:
+                atomic_write_text(self.run_dir / "log.jsonl", "")
             return TrainState()
         try:
             weights = load_file(str(directory / "trainable.safetensors"))
             saved = torch.load(directory / "trainer_state.pt", weights_only=True)
         except Exception as error:
             raise ValueError(f"checkpoint {directory} is missing files or corrupt ({error}); cannot resume") from None
+        saved_processes = saved.get("num_processes", 1)
+        if saved_processes != self.accelerator.num_processes:
+            raise ValueError(
+                f"checkpoint {directory} was written by {saved_processes} processes, this run has "
+                f"{self.accelerator.num_processes}: each step's batch would change (train.batch_size is per "
+                "process); resume with the same launch"
+            )
         parameters = trainable_parameters(self.unwrapped)
         if weights.keys() != parameters.keys():
             raise ValueError(f"checkpoint {directory} does not match this model's trainable parameters")
@@ -351,8 +453,9 @@ class _Trainer:
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
         random.setstate(saved["python_rng"])
         state = TrainState(**saved["state"])
-        log_rows = "".join(strict_json(row) + "\n" for row in state.history)
-        atomic_write_text(self.run_dir / "log.jsonl", log_rows)
+        if self.accelerator.is_main_process:
+            log_rows = "".join(strict_json(row) + "\n" for row in state.history)
+            atomic_write_text(self.run_dir / "log.jsonl", log_rows)
         return state
 
 

@@ -1,0 +1,174 @@
+"""Cutting a step's batch differently trains the same model: one process with batch 8, one with batch 4
+and two accumulation steps, two processes (``accelerate launch``, gloo on the CPU) with batch 4 each.
+
+The tiny model trains for a few steps through the CLI; per-step losses and the final adapters must agree
+to float rounding. The runs use SGD (``train.optimizer=sgd``): AdamW's first steps divide each gradient
+by its own size, so float noise in a near-zero gradient becomes a full-size update and no tolerance
+separates "equal" from "different". Dropout is 0 (each process draws its own masks) and the precision
+float32. Auxiliary losses are per micro-batch (``_Trainer._step``), so the runs that cut the batch into
+other micro-batches train without them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from radargate.cli import main
+from radargate.experiment.train import processes
+from tests.conftest import write_tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+CPU_2PROC = ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"
+ADAPTER = Path("adapter") / "molora_model.safetensors"
+EXACT_ENOUGH = {"rel": 1e-5, "abs": 1e-7}
+"""Float32 sums taken in another order (batch 8 against 2 x 4) differ in the last digits."""
+
+
+def settings(method: str, *, batch_size: int, grad_accum: int = 1, aux: bool = False) -> list[str]:
+    values = {
+        "method": method, "train.steps": 4, "train.batch_size": batch_size, "train.grad_accum": grad_accum,
+        "train.optimizer": "sgd", "train.lr": 0.5, "train.save_every": 2, "adapter.dropout": 0.0,
+        "adapter.load_balance_weight": 0.01 if aux else 0.0, "eval.fit_per_task": 0,
+    }
+    return [argument for key, value in values.items() for argument in ("--set", f"{key}={value}")]
+
+
+def train_in_process(config_file: Path, name: str, overrides: list[str]) -> Path:
+    assert main(["train", "--config", str(config_file), "--set", f"name={name}", *overrides]) == 0
+    return config_file.parent / "runs" / name
+
+
+KILL_AFTER_FIRST_CHECKPOINT = r"""
+import os, signal, sys
+import radargate.experiment.train as train
+
+real_save = train._Trainer.save_checkpoint
+
+def save_checkpoint(self, state):
+    real_save(self, state)
+    self.accelerator.wait_for_everyone()  # the main process has written it
+    os.kill(os.getpid(), signal.SIGKILL)
+
+train._Trainer.save_checkpoint = save_checkpoint
+from radargate.cli import main
+from radargate.experiment.train import processes
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def launch_two_processes(config_file: Path, name: str, overrides: list[str], *, script: Path | None = None,
+                         launch_flags: tuple[str, ...] = (), check: bool = True) -> subprocess.CompletedProcess:
+    """``radargate train`` in two CPU processes through ``accelerate launch`` (this checkout's code)."""
+    with socket.socket() as probe:  # a free port: other test runs may launch at the same time
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    program = [str(script)] if script else ["-m", "radargate.cli"]
+    command = [str(ACCELERATE), "launch", "--config_file", str(CPU_2PROC), "--main_process_port", str(port),
+               *launch_flags, *program, "train", "--config", str(config_file), "--set", f"name={name}", *overrides]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def log_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def assert_same_training(run: Path, reference: Path, *, aux: bool = False) -> None:
+    """Same per-step losses and token counts, and the same trained adapter, to float rounding."""
+    rows, expected = log_rows(run), log_rows(reference)
+    assert [row["step"] for row in rows] == [row["step"] for row in expected] == [1, 2, 3, 4]
+    for row, want in zip(rows, expected, strict=True):
+        assert row["tokens"] == want["tokens"]
+        assert row["loss"] == pytest.approx(want["loss"], **EXACT_ENOUGH)
+        assert row["lm_loss"] == pytest.approx(want["lm_loss"], **EXACT_ENOUGH)
+        assert row["grad_norm"] == pytest.approx(want["grad_norm"], **EXACT_ENOUGH)
+        if aux:
+            assert row["aux_losses"] == pytest.approx(want["aux_losses"], **EXACT_ENOUGH)
+    trained, wanted = load_file(str(run / ADAPTER)), load_file(str(reference / ADAPTER))
+    assert trained.keys() == wanted.keys()
+    for name, tensor in wanted.items():
+        scale = float(tensor.abs().max())
+        assert scale > 0, f"{name} is all zeros"
+        assert (trained[name] - tensor).abs().max() <= 1e-4 * scale, name  # a router's tiny gradients: 2e-5
+
+
+@pytest.mark.parametrize("method", ["softmax", "radar"])
+def test_grad_accum_trains_as_one_big_batch(tmp_path, tiny_model_dir, method):
+    config_file = write_tiny_config(tmp_path, tiny_model_dir)
+    whole = train_in_process(config_file, "whole", settings(method, batch_size=8))
+    accumulated = train_in_process(config_file, "accumulated", settings(method, batch_size=4, grad_accum=2))
+    assert_same_training(accumulated, whole)
+
+
+@pytest.mark.parametrize("method", ["softmax", "radar"])
+def test_two_processes_train_as_one(tmp_path, tiny_model_dir, method):
+    config_file = write_tiny_config(tmp_path, tiny_model_dir)
+    whole = train_in_process(config_file, "whole", settings(method, batch_size=8))
+    launch_two_processes(config_file, "two", settings(method, batch_size=4))
+    assert_same_training(tmp_path / "runs" / "two", whole)
+    assert (tmp_path / "runs" / "two" / "result.json").is_file()
+
+
+def test_killed_two_process_run_resumes_exactly(tmp_path, tiny_model_dir):
+    """Killed (SIGKILL, both processes) after the checkpoint of step 2 of 4, then resumed: the same losses,
+    auxiliary losses included, and adapter as the uninterrupted run of the same micro-batches in one
+    process (batch 4, two accumulation steps; the test above shows two processes equal to one)."""
+    config_file = write_tiny_config(tmp_path, tiny_model_dir)
+    overrides = settings("radar", batch_size=4, aux=True)
+    killer = tmp_path / "kill_after_first_checkpoint.py"
+    killer.write_text(KILL_AFTER_FIRST_CHECKPOINT)
+    killed = launch_two_processes(config_file, "split", overrides, script=killer, check=False)
+    assert killed.returncode != 0, killed.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "split"
+    assert [row["step"] for row in log_rows(run_dir)] == [1, 2] and not (run_dir / "result.json").exists()
+    launch_two_processes(config_file, "split", [*overrides, "--resume"])
+    whole = train_in_process(config_file, "whole", settings("radar", batch_size=4, grad_accum=2, aux=True))
+    assert_same_training(run_dir, whole, aux=True)
+
+
+def test_processes_that_accelerate_left_apart_are_refused(monkeypatch):
+    """Launched on a machine without a GPU and without ACCELERATE_USE_CPU=1, accelerate makes each process
+    a run of its own (process 0 of 1): they would all write the same folder."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"started 2 processes, but accelerate found no GPU and set up 1 .*"
+                                         r"ACCELERATE_USE_CPU=1"):
+        processes()
+
+
+def test_fsdp_on_cpus_is_refused(tmp_path, tiny_model_dir):
+    """accelerate (1.15) shards with FSDP only on GPUs; on CPUs it would wrap the model in DDP instead."""
+    config_file = write_tiny_config(tmp_path, tiny_model_dir)
+    fsdp = ("--use_fsdp", "--fsdp_version", "2")
+    refused = launch_two_processes(config_file, "fsdp", settings("radar", batch_size=4), launch_flags=fsdp,
+                                   check=False)
+    assert refused.returncode != 0
+    assert "FSDP was asked for on CPUs, where accelerate uses DDP instead" in refused.stderr
+    assert not (tmp_path / "runs" / "fsdp").exists()
+
+
+def test_resume_with_another_number_of_processes_is_refused(tmp_path, tiny_model_dir, capsys):
+    config_file = write_tiny_config(tmp_path, tiny_model_dir)
+    overrides = [*settings("softmax", batch_size=4), "--set", "train.steps=2"]
+    run_dir = train_in_process(config_file, "run", overrides)
+    (run_dir / "result.json").unlink()  # unfinished, as if killed after its last checkpoint
+    state_file = run_dir / "checkpoint" / "trainer_state.pt"
+    saved = torch.load(state_file, weights_only=True)
+    assert saved["num_processes"] == 1
+    torch.save({**saved, "num_processes": 2}, state_file)
+    capsys.readouterr()
+    assert main(["train", "--config", str(config_file), "--set", "name=run", *overrides, "--resume"]) == 2
+    assert "was written by 2 processes, this run has 1" in capsys.readouterr().err
