@@ -52,8 +52,8 @@ def disable_cpu_repacking(model: torch.nn.Module) -> None:
     """Keep every 4-bit layer in bitsandbytes' ordinary layout, also in evaluation.
 
     On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a ``Linear4bit`` for inference on its first
-    forward in eval mode without gradients; the repacking fails on layers whose output size is not a
-    multiple of its block ("AssertionError: N must be divisible by block_n", e.g. a 16-wide ``k_proj``),
+    forward in eval mode without gradients; the repacking fails on small layers ("AssertionError: N
+    must be divisible by block_n" for a 16-wide ``k_proj``, "shape '[32, 0]' is invalid" for 32 inputs),
     and a repacked layer can no longer train. Evaluation then uses the kernel that training uses.
     """
     for module in model.modules():
