@@ -207,3 +207,25 @@ def test_a_layer_repacked_for_cpu_inference_is_refused_with_the_reason(generator
     assert layer.weight.quant_state.packing_format_for_cpu
     with pytest.raises(ValueError, match=r"repacked by bitsandbytes for CPU inference.*attach experts before"):
         MoLoRALinear(layer, MoLoRAConfig(num_experts=2, r=2))
+
+
+@needs_bitsandbytes
+def test_gradients_through_a_4_bit_layer_are_the_same_after_an_evaluation(generator):
+    """bitsandbytes' CPU inference repacking would leave the input without gradient after an evaluation."""
+    import bitsandbytes as bnb
+
+    base = bnb.nn.Linear4bit(128, 128, bias=False, compute_dtype=torch.float32)
+    base.weight = bnb.nn.Params4bit(torch.randn(128, 128, generator=generator), requires_grad=False)
+    layer = MoLoRALinear(base.to("cpu"), MoLoRAConfig(num_experts=2, r=2))
+    x = torch.randn(4, 128, generator=generator)
+
+    def input_gradient() -> torch.Tensor:
+        inputs = x.clone().requires_grad_(True)
+        layer(inputs).square().sum().backward()
+        return inputs.grad
+
+    before = input_gradient()
+    with torch.no_grad():
+        layer.eval()(x)
+    layer.train()
+    torch.testing.assert_close(input_gradient(), before, rtol=0, atol=0)

@@ -54,10 +54,12 @@ def _no_inference_repacking(base_layer: nn.Module) -> None:
     """Stop bitsandbytes from repacking a 4-bit base for CPU inference, which later training cannot undo.
 
     On CPUs with AVX512-BF16, ``Linear4bit`` rewrites its weight into an inference-only layout on
-    the first forward in eval mode without gradients (an evaluation); every later forward with
-    gradients then fails ("a view of a leaf Variable that requires grad is being used in an
-    in-place operation", bitsandbytes 0.50). Training alternates with evaluation, so the repacking
-    is switched off for the layers that carry experts; evaluation then runs the ordinary kernel.
+    the first forward in eval mode without gradients (an evaluation). Its inference kernel has no
+    backward (bitsandbytes 0.50.2): after that, training through a layer without bias gives its input
+    no gradient at all, silently (the experts of earlier layers learn from a wrong gradient), and
+    through one with bias fails ("a view of a leaf Variable that requires grad is being used in an
+    in-place operation"). Training alternates with evaluation, so the repacking is switched off for
+    the layers that carry experts; evaluation then runs the ordinary kernel.
     """
     if getattr(base_layer, "support_avx512bf16_for_cpu", False):
         if getattr(getattr(base_layer.weight, "quant_state", None), "packing_format_for_cpu", False):

@@ -54,7 +54,8 @@ def disable_cpu_repacking(model: torch.nn.Module) -> None:
     On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a ``Linear4bit`` for inference on its first
     forward in eval mode without gradients; the repacking fails on small layers ("AssertionError: N
     must be divisible by block_n" for a 16-wide ``k_proj``, "shape '[32, 0]' is invalid" for 32 inputs),
-    and a repacked layer can no longer train. Evaluation then uses the kernel that training uses.
+    and a repacked layer passes no gradient to its input (``radargate.layer._no_inference_repacking``).
+    Evaluation then uses the kernel that training uses.
     """
     for module in model.modules():
         if getattr(module, "support_avx512bf16_for_cpu", False):
