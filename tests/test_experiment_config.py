@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import types
 import typing
 
 import pytest
@@ -25,6 +26,10 @@ def leaf_fields(cls: type = ExperimentConfig, prefix: str = "") -> dict[str, typ
     leaves = {}
     for field in dataclasses.fields(cls):
         kind = hints[field.name]
+        optional = typing.get_origin(kind) in (typing.Union, types.UnionType)
+        options = [option for option in typing.get_args(kind) if option is not type(None)] if optional else []
+        if len(options) == 1 and dataclasses.is_dataclass(options[0]):  # an optional section: model.quantization
+            kind = options[0]
         if dataclasses.is_dataclass(kind):
             leaves.update(leaf_fields(kind, f"{prefix}{field.name}."))
         else:

@@ -11,7 +11,8 @@
     radargate bundle pack   --config configs/study_full.yaml --out bundle/   # everything a run needs offline
     radargate bundle unpack --dir bundle/ --to /tmp/radargate                # verify every part, then extract
 
-Exit status: 0 done; 1 the work failed (training diverged, a file could not be written or read);
+Exit status: 0 done; 1 the work failed (training diverged, a file could not be written or read, a quantized
+base without bitsandbytes);
 2 bad input (an unknown setting or name, a value of the wrong type, a missing or corrupt file).
 """
 
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from radargate import __version__
-from radargate.errors import TrainingDiverged
+from radargate.errors import QuantizationUnavailable, TrainingDiverged
 from radargate.gates import GATES
 
 
@@ -118,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         return _fail(args.command, str(error), status=2)
-    except TrainingDiverged as error:
+    except (TrainingDiverged, QuantizationUnavailable) as error:
         return _fail(args.command, str(error), status=1)
     except OSError as error:
         where = f" {error.filename}" if error.filename else ""

@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class TrainingDiverged(RuntimeError):
     """Training produced non-finite losses, gradients or weights; nothing non-finite was saved."""
+
+
+class QuantizationUnavailable(RuntimeError):
+    """``model.quantization`` is set, but bitsandbytes is missing or cannot run on this device."""

@@ -34,8 +34,8 @@ def find_targets(model: nn.Module, targets: list[str] | str) -> list[str]:
             if any(isinstance(child, SUPPORTED_LAYERS) for child in module.children()):
                 continue  # a container whose name matches, e.g. a regex hitting "mlp"
             raise ValueError(
-                f"target_modules matched {name!r}, a {type(module).__name__}; only nn.Linear and "
-                "transformers' Conv1D layers can carry experts"
+                f"target_modules matched {name!r}, a {type(module).__name__}; only nn.Linear (bitsandbytes' "
+                "quantized linears included) and transformers' Conv1D layers can carry experts"
             )
         names.append(name)
     if not names:

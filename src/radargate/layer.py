@@ -1,7 +1,10 @@
 """`MoLoRALinear`: a frozen base linear layer plus a gated mixture of LoRA experts.
 
 Nothing here is model-specific: the base layer is any ``nn.Linear`` or transformers' GPT-2
-``Conv1D`` (input ``[..., d_in]`` to output ``[..., d_out]``), and it is called as it was.
+``Conv1D`` (input ``[..., d_in]`` to output ``[..., d_out]``), and it is called as it was. That
+includes bitsandbytes' quantized ``Linear4bit`` and ``Linear8bitLt`` (subclasses of ``nn.Linear``
+whose ``weight`` holds packed integers): the experts then train in float32 beside a frozen 4- or
+8-bit base, as in QLoRA.
 """
 
 from __future__ import annotations
@@ -37,8 +40,34 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
 
 
 def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
-    """Adapters train in float32 under a half-precision base (as PEFT does), else the base dtype."""
+    """Adapters train in float32 under a half-precision or quantized base (as PEFT does), else the base dtype.
+
+    A quantized base stores integers (bitsandbytes: ``uint8`` for 4-bit, ``int8`` for 8-bit), which
+    say nothing about the precision it computes in.
+    """
+    if not weight.dtype.is_floating_point:
+        return torch.float32
     return float32_if_half(weight.dtype)
+
+
+def _no_inference_repacking(base_layer: nn.Module) -> None:
+    """Stop bitsandbytes from repacking a 4-bit base for CPU inference, which later training cannot undo.
+
+    On CPUs with AVX512-BF16, ``Linear4bit`` rewrites its weight into an inference-only layout on
+    the first forward in eval mode without gradients (an evaluation). Its inference kernel has no
+    backward (bitsandbytes 0.50.2): after that, training through a layer without bias gives its input
+    no gradient at all, silently (the experts of earlier layers learn from a wrong gradient), and
+    through one with bias fails ("a view of a leaf Variable that requires grad is being used in an
+    in-place operation"). Training alternates with evaluation, so the repacking is switched off for
+    the layers that carry experts; evaluation then runs the ordinary kernel.
+    """
+    if getattr(base_layer, "support_avx512bf16_for_cpu", False):
+        if getattr(getattr(base_layer.weight, "quant_state", None), "packing_format_for_cpu", False):
+            raise ValueError(
+                f"this {type(base_layer).__name__} was already repacked by bitsandbytes for CPU inference, "
+                "a layout that cannot train; attach experts before running the quantized model in eval mode"
+            )
+        base_layer.support_avx512bf16_for_cpu = False
 
 
 class MoLoRALinear(nn.Module):
@@ -47,6 +76,7 @@ class MoLoRALinear(nn.Module):
     def __init__(self, base_layer: nn.Module, config: MoLoRAConfig) -> None:
         super().__init__()
         in_features, out_features = linear_shape(base_layer)
+        _no_inference_repacking(base_layer)
         weight = base_layer.weight
         dtype, device = adapter_dtype(weight), weight.device
         self.base_layer = base_layer

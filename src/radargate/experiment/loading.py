@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -225,6 +226,7 @@ def load_model_and_tokenizer(
     *,
     dtype: torch.dtype = torch.float32,
     cache_dir: str | os.PathLike[str] | None = None,
+    **from_pretrained: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, in eval mode, with a pad token set.
 
@@ -235,6 +237,8 @@ def load_model_and_tokenizer(
     ``AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)`` and
     ``AutoTokenizer.from_pretrained(name_or_path)`` as is; only a path that is plainly local and
     does not exist is refused up front, so the error names the path instead of a hub lookup.
+    ``from_pretrained`` goes to the model's ``from_pretrained`` (``quantization_config`` and
+    ``device_map`` for a quantized base: ``radargate.experiment.quantization``).
     """
     start = time.perf_counter()
     if name_or_path.strip().lower() == DEFAULT_MODEL:
@@ -251,7 +255,7 @@ def load_model_and_tokenizer(
         source = Path(name_or_path).expanduser() if _looks_like_local_path(name_or_path) else None
         how = name_or_path
     load_from: str | Path = source if source is not None else name_or_path
-    model = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype, **from_pretrained)
     tokenizer = AutoTokenizer.from_pretrained(load_from)
     _finish_tokenizer_and_model(model, tokenizer)
     model.eval()

@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.loading import DEFAULT_MODEL, load_model_and_tokenizer
+from radargate.experiment.quantization import disable_cpu_repacking, quantized_loading
 from radargate.gates import GATES
 from radargate.model import MoLoRAModel, get_molora_model
 from radargate.peft_interop import ADAPTER_WEIGHTS
@@ -56,10 +57,13 @@ def build_model(config: ExperimentConfig):
 
 
 def load_base(config: ExperimentConfig):
-    """The base model and tokenizer of ``config.model``; a name that cannot be loaded is a ``ValueError``
-    naming it (transformers' own ``OSError`` would read as a disk problem)."""
+    """The base model and tokenizer of ``config.model``, quantized if it says so; a name that cannot be loaded
+    is a ``ValueError`` naming it (transformers' own ``OSError`` would read as a disk problem)."""
+    dtype = DTYPES[config.model.dtype]
+    quantization = config.model.quantization
+    extra = quantized_loading(quantization, dtype) if quantization is not None else {}
     try:
-        return load_model_and_tokenizer(config.model.name, dtype=DTYPES[config.model.dtype])
+        base, tokenizer = load_model_and_tokenizer(config.model.name, dtype=dtype, **extra)
     except FileNotFoundError:
         raise
     except OSError as error:
@@ -69,6 +73,9 @@ def load_base(config: ExperimentConfig):
             f"save_pretrained, a Hugging Face model id (needs the network or the local Hugging Face cache), "
             f"or {DEFAULT_MODEL!r}, the built-in default that works offline"
         ) from None
+    if quantization is not None:
+        disable_cpu_repacking(base)
+    return base, tokenizer
 
 
 TRAINED_SETTINGS = ("method", "model", "adapter", "train")
