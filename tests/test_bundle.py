@@ -24,11 +24,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from radargate.cli import main
 from radargate.experiment import bundle
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data import bigbench as bb
+from radargate.experiment.data.custom import load_splits
 from radargate.experiment.loading import (
     DEFAULT_MODEL,
     GGUF_FILE,
@@ -330,3 +332,31 @@ def test_cli_refuses_a_missing_part_with_exit_status_2(bundle_copy, tmp_path, ca
     (bundle_copy / "bundle.part001").unlink()
     assert main(["bundle", "unpack", "--dir", str(bundle_copy), "--to", str(tmp_path / "target")]) == 2
     assert "bundle part bundle.part001 is missing" in capsys.readouterr().err
+
+
+def test_own_data_travels_in_the_bundle_and_loads_the_same_examples_from_it(tmp_path, tiny_model_dir, wheels,
+                                                                             monkeypatch) -> None:
+    root = Path(__file__).resolve().parents[1]
+    values = yaml.safe_load((root / "configs" / "custom_data.yaml").read_text())
+    for source in values["data"]["sources"]:
+        source["path"] = str(root / source["path"])
+    values["model"]["name"] = str(tiny_model_dir)
+    config = ExperimentConfig.from_dict(values)
+    bundle.pack(config, tmp_path / "bundle", part_size=PART_SIZE, wheels=wheels)
+    unpacked = bundle.unpack(tmp_path / "bundle", tmp_path / "target")
+    assert "run from" in unpacked.describe()
+    monkeypatch.chdir(unpacked.target)
+    carried = ExperimentConfig.load(unpacked.target / "config.yaml")
+    assert all(source.path.startswith(f"data/{source.name}/") for source in carried.data.sources)
+    def content(splits):  # every example's fields but origin, which names the file and row it came from
+        return {split: [dataclasses.replace(example, origin="") for example in examples]
+                for split, examples in splits.items()}
+
+    assert content(load_splits(carried)) == content(load_splits(config))
+
+
+def test_a_hub_dataset_source_is_refused_by_pack(tmp_path, tiny_model_dir) -> None:
+    values = {"model": {"name": str(tiny_model_dir)},
+              "data": {"sources": [{"name": "web", "format": "completion", "hub": "someone/some-data"}]}}
+    with pytest.raises(ValueError, match=r"data.sources\[web\] reads the Hub dataset 'someone/some-data'"):
+        bundle.pack(ExperimentConfig.from_dict(values), tmp_path / "bundle", wheels=tmp_path)

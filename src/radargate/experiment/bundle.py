@@ -33,6 +33,7 @@ extracts into a fresh folder (swapped in whole), checking every file's sha256 on
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import io
@@ -91,11 +92,14 @@ _CHUNK = 1 << 20
 
 
 def bundle_files(config: ExperimentConfig, cache_dir: str | Path | None = None) -> dict[str, Path | bytes]:
-    """The model and task files ``config`` needs, keyed by their path in the bundle (wheels apart).
+    """The model, task and data files ``config`` needs, keyed by their path in the bundle (wheels apart).
 
-    The default model has none here: it travels as the wheel :data:`DEFAULT_MODEL_WHEEL`.
+    The default model has none here: it travels as the wheel :data:`DEFAULT_MODEL_WHEEL`. Your own data
+    (``data.sources``) travels under ``data/<source>/``, and the bundled ``config.yaml`` names it there
+    (relative paths: a run of the unpacked bundle starts in its folder).
     """
-    files: dict[str, Path | bytes] = {"config.yaml": config.to_yaml().encode("utf-8")}
+    data_files, config = _bundled_sources(config)
+    files: dict[str, Path | bytes] = {"config.yaml": config.to_yaml().encode("utf-8"), **data_files}
     name = config.model.name
     if _is_default_model(config):
         pass  # travels as the wheel DEFAULT_MODEL_WHEEL, added by pack
@@ -111,6 +115,37 @@ def bundle_files(config: ExperimentConfig, cache_dir: str | Path | None = None) 
     tasks = list(dict.fromkeys([*config.data.tasks, *config.study.unseen_tasks, *config.study.headline_tasks]))
     files.update({f"cache/{path}": source for path, source in offline_files(tasks, cache_dir).items()})
     return files
+
+
+SOURCE_PATH_FIELDS = ("path", "train_path", "validation_path", "test_path")
+
+
+def _bundled_sources(config: ExperimentConfig) -> tuple[dict[str, Path], ExperimentConfig]:
+    """The files of ``data.sources`` keyed by their place in the bundle, and the config pointing there."""
+    files: dict[str, Path] = {}
+    sources = []
+    for source in config.data.sources:
+        if source.hub:
+            raise ValueError(f"data.sources[{source.name}] reads the Hub dataset {source.hub!r}; a bundle carries "
+                             "local files only (save it with datasets' save_to_disk and give that folder as path)")
+        moved = {}
+        for field_name in SOURCE_PATH_FIELDS:
+            local = getattr(source, field_name)
+            if not local:
+                continue
+            origin = Path(local).expanduser()
+            if not origin.exists():
+                raise FileNotFoundError(f"data.sources[{source.name}].{field_name}={local!r} does not exist")
+            inside = f"data/{source.name}/{field_name}/{origin.name}"
+            if origin.is_dir():  # a folder written by save_to_disk
+                files.update({f"{inside}/{member.relative_to(origin).as_posix()}": member
+                              for member in sorted(origin.rglob("*")) if member.is_file()})
+            else:
+                files[inside] = origin
+            moved[field_name] = inside
+        sources.append(dataclasses.replace(source, **moved))
+    data = dataclasses.replace(config.data, sources=sources)
+    return files, dataclasses.replace(config, data=data)
 
 
 def pack(
@@ -316,6 +351,8 @@ class Unpacked:
     environment: dict[str, str]
     wheels: list[Path] = field(default_factory=list)
     model_name: str = DEFAULT_MODEL
+    has_data: bool = False
+    """Whether the bundle carries ``data.sources`` files (under ``data/``)."""
 
     @property
     def site(self) -> Path:
@@ -329,7 +366,8 @@ class Unpacked:
             f"verified and extracted {self.files} files ({self.size / 2**20:.1f} MiB) into {self.target}",
             f"install: python3 -m pip install --no-index --no-deps --target {self.site} {wheels}",
             "set:     export " + " ".join(f"{key}={value}" for key, value in self.environment.items()),
-            f"config:  {self.target / 'config.yaml'}",
+            f"config:  {self.target / 'config.yaml'}"
+            + (f" (run from {self.target}: its data.sources paths are relative to it)" if self.has_data else ""),
         ]
         if self.model_name != DEFAULT_MODEL:
             lines.append(f"model:   --set model.name={self.model_name}")
@@ -403,6 +441,7 @@ def unpack(folder: str | Path, target: str | Path) -> Unpacked:
                      "HF_HUB_OFFLINE": "1", "RADARGATE_NO_AUTO_INSTALL": "1"},
         wheels=[target / path for path in manifest.get("wheels", [])],
         model_name=str(target / model) if model.startswith("model/") else DEFAULT_MODEL,
+        has_data=any(path.startswith("data/") for path in expected),
     )
 
 
