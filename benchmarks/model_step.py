@@ -47,6 +47,11 @@ def build(method: str, args: argparse.Namespace) -> torch.nn.Module:
 
 
 def step_seconds(model, optimizer, ids: torch.Tensor, device: str) -> float:
+    return timed_step(model, optimizer, ids, device)[0]
+
+
+def timed_step(model, optimizer, ids: torch.Tensor, device: str) -> tuple[float, float]:
+    """One forward, backward and optimizer step: its seconds (the GPU synchronised) and its loss."""
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -56,7 +61,7 @@ def step_seconds(model, optimizer, ids: torch.Tensor, device: str) -> float:
     optimizer.zero_grad(set_to_none=True)
     if device == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, float(loss.detach())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from model_step import timed_step  # the same step as model_step.py (run as a script from benchmarks/)
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.methods import attach_method, load_base
 from radargate.files import atomic_write_json, atomic_write_text
@@ -58,19 +58,6 @@ def state_dict_bytes(base: torch.nn.Module) -> dict[str, int]:
     return {"base_bytes": total, "linear_bytes": linear}
 
 
-def step_seconds(model, optimizer, ids: torch.Tensor) -> tuple[float, float]:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    loss = model(input_ids=ids, labels=ids).loss
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, float(loss.detach())
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="batch 2 x 128 tokens, 1 warm-up, 3 repeats")
@@ -99,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     first_loss: dict[str, float] = {}
     for round_ in range(args.warmup + args.repeats):
         for precision in models:
-            seconds, loss = step_seconds(models[precision], optimizers[precision], ids)
+            seconds, loss = timed_step(models[precision], optimizers[precision], ids, device.type)
             first_loss.setdefault(precision, loss)
             if round_ >= args.warmup:
                 times[precision].append(seconds)
