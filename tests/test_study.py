@@ -170,7 +170,7 @@ def test_base_cell_is_the_untrained_model():
     assert BASE.name == "base" and BASE.method == "base"
 
 
-def test_cells_run_in_worker_processes_match_cells_run_inline(config_file, tmp_path):
+def test_cells_run_in_worker_processes_match_cells_run_inline(config_file, tmp_path, capfd):
     small = ["--set=study.seeds=[0]", "--set=study.axes=[fixed_r]", "--set=study.experts=[2]"]
     inline, parallel = tmp_path / "inline", tmp_path / "parallel"
     for folder, workers in ((inline, "1"), (parallel, "2")):
@@ -181,6 +181,7 @@ def test_cells_run_in_worker_processes_match_cells_run_inline(config_file, tmp_p
     for name in names:
         a, b = (json.loads((folder / "reports" / "tiny_cells" / name).read_text()) for folder in (inline, parallel))
         assert a["examples"] == b["examples"] and a["training"] == b["training"]
+    assert "kernels-community" not in capfd.readouterr().err  # the CLI's log filter holds in the workers too
 
 
 def test_the_headline_replay_trains_each_task_alone_and_counts_verdicts(config_file, tmp_path):

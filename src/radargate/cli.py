@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 from radargate import __version__
 from radargate.errors import QuantizationUnavailable, TrainingDiverged
 from radargate.gates import GATES
+from radargate.logs import quiet_bitsandbytes_kernel_hint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,7 +116,7 @@ def _add_overrides(parser: argparse.ArgumentParser, note: str = "") -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one verb; errors are one line on stderr and an exit status (see the module docstring)."""
     args = build_parser().parse_args(argv)
-    _quiet_bitsandbytes_kernel_hint()
+    quiet_bitsandbytes_kernel_hint()
     try:
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
@@ -127,15 +127,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" {error.filename}" if error.filename else ""
         return _fail(args.command, f"could not write or read{where}: {error.strerror or error}; is the disk full "
                      "or the folder read-only? Files written before this error are intact.", status=1)
-
-
-def _quiet_bitsandbytes_kernel_hint() -> None:
-    """bitsandbytes, imported by PEFT whenever it is installed, warns on AVX512-BF16 CPUs that an optional
-    kernel from the Hub is missing and suggests `pip install kernels` (which would fetch code from the Hub at
-    run time); its own kernels serve radargate, so every command would print a misleading line. Only that
-    message is dropped, and only for the command line."""
-    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
-        lambda record: "gemm_4bit_forward from kernels-community" not in record.getMessage())
 
 
 def _fail(command: str, message: str, *, status: int) -> int:

@@ -35,6 +35,7 @@ from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.custom import load_splits
 from radargate.experiment.plan import BASE, headline_cells, learning_rate_cells, learning_rates, sweep_cells
 from radargate.experiment.report.study import write_study_report
+from radargate.logs import quiet_bitsandbytes_kernel_hint
 
 
 def study(config: ExperimentConfig, *, workers: int = 1, time_limit_s: float | None = None, commit: bool = False,
@@ -89,7 +90,8 @@ class CellRunner:
     def _run_in_processes(self, cells: list[Cell]) -> None:
         queue = list(cells)
         context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-        with ProcessPoolExecutor(max_workers=self.workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=self.workers, mp_context=context,
+                                 initializer=quiet_bitsandbytes_kernel_hint) as pool:
             running: set[Future] = set()
             while queue or running:
                 while queue and len(running) < self.workers and not self._out_of_time():
