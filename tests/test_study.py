@@ -66,7 +66,38 @@ def test_learning_rates_come_from_the_search_cell_files(config_file, tmp_path):
                   ("radar", 3e-4): 1.9, ("radar", 1e-3): 1.8, ("radar", 3e-3): 1.2}
     for cell in search:
         cells_module.write_record(store, _record(cell, config, validation[(cell.method, cell.lr)]))
-    assert learning_rates(config, store) == {"softmax": 1e-3, "radar": 3e-3}
+    grid_only = ExperimentConfig.load(config_file, [*STUDY, "study.lr_grid=[3e-4,1e-3,3e-3]", "study.lr_experts=2",
+                                                    f"study.report_dir={tmp_path}", "study.lr_extend=0"])
+    assert learning_rates(grid_only, store) == {"softmax": 1e-3, "radar": 3e-3}
+
+
+def test_a_best_rate_at_the_grid_edge_is_searched_beyond_it(config_file, tmp_path):
+    def load(extend: int) -> ExperimentConfig:
+        return ExperimentConfig.load(config_file, [*STUDY, "study.lr_grid=[1e-3,3e-3,1e-2]", "study.lr_experts=2",
+                                                   f"study.report_dir={tmp_path}", f"study.lr_extend={extend}"])
+
+    store = CellStore(cells_directory(load(1)))
+
+    def rates_with(extend: int):
+        config = load(extend)
+        return config, learning_rate_cells(config, store), learning_rates(config, store)
+
+    config = load(1)
+    validation = {("softmax", 1e-3): 2.0, ("softmax", 3e-3): 1.4, ("softmax", 1e-2): 1.2,  # best at the top edge
+                  ("radar", 1e-3): 1.1, ("radar", 3e-3): 1.8, ("radar", 1e-2): 1.9}  # best at the bottom edge
+    for cell in learning_rate_cells(config):
+        cells_module.write_record(store, _record(cell, config, validation[(cell.method, cell.lr)]))
+    config, search, rates = rates_with(1)
+    assert {(c.method, c.lr) for c in search} - {(m, lr) for m, lr in validation} == {("softmax", 3e-2),
+                                                                                     ("radar", 3e-4)}
+    assert rates is None  # the rates beyond the edges have not run yet
+    assert learning_rates(config, store, provisional=True) == {"softmax": 1e-2, "radar": 1e-3}  # for a report
+    for cell, nll in ((Cell("softmax", 2, 2, 0, 3e-2), 1.0), (Cell("radar", 2, 2, 0, 3e-4), 1.5)):
+        cells_module.write_record(store, _record(cell, config, nll))
+    assert rates_with(1)[2] == {"softmax": 3e-2, "radar": 1e-3}  # one step out: softmax better again, radar not
+    config, search, rates = rates_with(2)
+    assert ("softmax", 0.09) in {(c.method, c.lr) for c in search} and rates is None  # a second step for softmax
+    assert ("radar", 1e-4) not in {(c.method, c.lr) for c in search}  # radar's best is inside now
 
 
 def _record(cell: Cell, config: ExperimentConfig, validation_nll: float) -> dict:

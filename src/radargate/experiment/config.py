@@ -305,6 +305,9 @@ class StudySettings:
     """Learning rates each method tries at ``lr_experts`` experts (first seed); every cell of the method then
     trains at the rate with the lowest validation answer NLL. Empty: ``train.lr`` for every method."""
     lr_experts: int = 8
+    lr_extend: int = 1
+    """Rates a method may try beyond the grid's end when its best rate lies there, one grid step at a time
+    (``radargate.experiment.plan.searched_rates``); 0: the grid alone."""
     headline_tasks: list[str] = field(default_factory=list)
     """The paper's per-task fitting experiment: each task trained alone at ``headline_experts`` experts by
     each of ``headline_methods`` (first seed, ``headline_steps`` steps). Empty: skipped."""
@@ -333,6 +336,7 @@ class StudySettings:
         for method in self.headline_methods:
             require_choice("study.headline_methods", method, [m for m in method_names() if m != "base"])
         require_int("study.lr_experts", self.lr_experts, minimum=1)
+        require_int("study.lr_extend", self.lr_extend, minimum=0)
         require_int("study.headline_experts", self.headline_experts, minimum=1)
         if self.headline_steps is not None:
             require_int("study.headline_steps", self.headline_steps, minimum=1)

@@ -12,10 +12,62 @@ from radargate.experiment.config import ExperimentConfig
 BASE = Cell("base")
 
 
-def learning_rate_cells(config: ExperimentConfig) -> list[Cell]:
+def learning_rate_cells(config: ExperimentConfig, store: CellStore | None = None) -> list[Cell]:
+    """The learning-rate search: each method at ``study.lr_experts`` experts, first seed, at every rate of
+    ``study.lr_grid`` and, given the ``store`` of finished cells, at the rates beyond the grid's edge that
+    those cells call for (:func:`searched_rates`)."""
     study = config.study
     return [Cell(method, study.lr_experts, config.adapter.r, study.seeds[0], lr)
-            for method in _trained_methods(config) for lr in study.lr_grid]
+            for method, rates in searched_rates(config, store).items() for lr in rates]
+
+
+def searched_rates(config: ExperimentConfig, store: CellStore | None = None) -> dict[str, list[float]]:
+    """Per method, the grid plus up to ``study.lr_extend`` rates beyond whichever end of the grid holds its best
+    validation answer NLL so far, one grid step at a time, until the best rate is inside the searched range.
+    A best rate at the edge says only that the optimum may lie further out; a baseline tuned there and
+    not beyond would lose for want of a wider grid."""
+    grid = sorted(config.study.lr_grid)
+    searched = {}
+    for method in _trained_methods(config):
+        rates = list(grid)
+        while store is not None and len(rates) > 1 and len(rates) < len(grid) + config.study.lr_extend:
+            scores = _validation_scores(config, store, method, rates)
+            if scores is None:
+                break
+            beyond = _rate_beyond_edge(rates, pick_learning_rate(scores))
+            if beyond is None:
+                break
+            rates = sorted([*rates, beyond])
+        searched[method] = rates
+    return searched
+
+
+def _validation_scores(config: ExperimentConfig, store: CellStore, method: str, rates: list[float], *,
+                       finished_only: bool = False) -> dict[float, float | None] | None:
+    """Validation answer NLL per rate of one method's search; ``None`` while some of its cells have not run,
+    unless ``finished_only`` (then the rates whose cells have)."""
+    scores = {}
+    for lr in rates:
+        record = store.load(Cell(method, config.study.lr_experts, config.adapter.r, config.study.seeds[0], lr), config)
+        if record is not None:
+            scores[lr] = validation_answer_nll(record)
+        elif not finished_only:
+            return None
+    return scores
+
+
+def _rate_beyond_edge(rates: list[float], best: float | None) -> float | None:
+    """The next rate past the end of sorted ``rates`` that holds ``best``: a step as wide as the last one there,
+    rounded to one significant digit where that stays past the end (3e-2 after 3e-3 and 1e-2); ``None`` when
+    ``best`` is inside, or every rate failed."""
+    if best == rates[-1]:
+        beyond = best * rates[-1] / rates[-2]
+    elif best == rates[0]:
+        beyond = best * rates[0] / rates[1]
+    else:
+        return None
+    rounded = float(f"{beyond:.0e}")
+    return rounded if not rates[0] <= rounded <= rates[-1] else beyond
 
 
 def _trained_methods(config: ExperimentConfig) -> list[str]:
@@ -31,18 +83,21 @@ def pick_learning_rate(validation_nll: Mapping[float, float | None]) -> float | 
     return min(scored)[1] if scored else None
 
 
-def learning_rates(config: ExperimentConfig, store: CellStore) -> dict[str, float | None] | None:
-    """Each method's rate: ``train.lr`` without a grid, else chosen from the search's cell files
-    (``None`` while some of those have not run; a method whose every rate diverged gets ``None``)."""
+def learning_rates(config: ExperimentConfig, store: CellStore, *, provisional: bool = False
+                   ) -> dict[str, float | None] | None:
+    """Each method's rate: ``train.lr`` without a grid, else chosen from the search's cell files (``None``
+    while some of those have not run; a method whose every rate diverged gets ``None``). ``provisional``:
+    once the grid has run, the best rate among the search's finished cells, for a report to show while the
+    rates beyond the grid's edge are still to run (a study does not start its sweep on these)."""
     if not config.study.lr_grid:
         return dict.fromkeys(_trained_methods(config), config.train.lr)
-    scores: dict[str, dict[float, float | None]] = {}
-    for cell in learning_rate_cells(config):
-        record = store.load(cell, config)
-        if record is None:
+    rates = {}
+    for method, searched in searched_rates(config, store).items():
+        scores = _validation_scores(config, store, method, searched, finished_only=provisional)
+        if scores is None or not set(config.study.lr_grid) <= set(scores):
             return None
-        scores.setdefault(cell.method, {})[cell.lr] = validation_answer_nll(record)
-    return {method: pick_learning_rate(by_rate) for method, by_rate in scores.items()}
+        rates[method] = pick_learning_rate(scores)
+    return rates
 
 
 def validation_answer_nll(record: dict[str, Any]) -> float | None:

@@ -4,8 +4,9 @@
 that do not have a result file yet:
 
 1. the untrained base model, and the learning-rate search: each method at ``study.lr_experts`` experts,
-   first seed, at every rate of ``study.lr_grid``; each method's rate is the one with the lowest
-   validation answer NLL (:func:`pick_learning_rate`);
+   first seed, at every rate of ``study.lr_grid``, and beyond the grid's end where a method's best rate
+   lies there (``study.lr_extend``); each method's rate is the one with the lowest validation answer NLL
+   (:func:`pick_learning_rate`);
 2. the sweep at those rates, seed by seed: every method x experts, on each axis (``fixed_r`` keeps each
    expert's rank; ``fixed_total_rank`` sets ``r = total_rank / n``, skipping ``n`` that do not divide
    it; ``lora`` is PEFT's LoRA at rank ``n * r``, the same trainable width), the first two seeds first;
@@ -45,6 +46,8 @@ def study(config: ExperimentConfig, *, workers: int = 1, time_limit_s: float | N
     if not report_only:
         runner = CellRunner(config, store, workers=workers, time_limit_s=time_limit_s, commit=commit)
         runner.run([BASE, *learning_rate_cells(config)])
+        for _ in range(config.study.lr_extend):  # rates beyond the grid's edge, where the best one lies there
+            runner.run(learning_rate_cells(config, store))
         rates = learning_rates(config, store)
         if rates is not None:
             sweep = _unique(cell for cells in sweep_cells(config, rates).values() for cell in cells)

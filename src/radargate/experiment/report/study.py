@@ -53,6 +53,8 @@ class Gathered:
     base: dict | None
     rates: dict[str, float | None] | None
     lr_search: dict[Cell, dict | None]
+    provisional: bool = False
+    """The rates are the best among finished search cells; rates beyond the grid's edge are still to run."""
     sweep: dict[str, dict[Cell, dict | None]] = field(default_factory=dict)
     headline: dict[Cell, dict | None] = field(default_factory=dict)
 
@@ -70,8 +72,11 @@ class Gathered:
 
 def gather(config: ExperimentConfig, store: CellStore) -> Gathered:
     rates = learning_rates(config, store)
+    provisional = rates is None
+    if provisional:
+        rates = learning_rates(config, store, provisional=True)
     found = Gathered(config, store.load(BASE, config), rates,
-                     {cell: store.load(cell, config) for cell in learning_rate_cells(config)})
+                     {cell: store.load(cell, config) for cell in learning_rate_cells(config, store)}, provisional)
     if rates is not None:
         found.sweep = {axis: {cell: store.load(cell, config) for cell in cells}
                        for axis, cells in sweep_cells(config, rates).items()}
@@ -254,6 +259,9 @@ def _completeness(found: Gathered, axis: str) -> str:
     if missing:
         text += (f" Cells at n = {', '.join(map(str, missing))} are still to run, so the scaling claim is open; "
                  "rerun the study command to add them.")
+    if found.provisional:
+        text += (" The learning rates are provisional (rates beyond the grid's edge are still to run; see "
+                 "Learning rates).")
     return text
 
 
@@ -345,22 +353,35 @@ def _learning_rate_section(found: Gathered) -> str:
         return (f"## Learning rates\n\nOne rate for every method: {found.config.train.lr:g} (no `study.lr_grid`). "
                 "A convex gate (softmax, top-k) hands each expert about 1/n of the update, so one shared rate "
                 "may favour some n; this study does not correct for it.")
-    header = ["method", *(f"lr {lr:g}: val NLL / acc %" for lr in study.lr_grid), "chosen"]
+    rates = sorted({cell.lr for cell in found.lr_search})
+    header = ["method", *(f"lr {lr:g}: val NLL / acc %" for lr in rates), "chosen"]
     searched = {(cell.method, cell.lr): record for cell, record in found.lr_search.items()}
-    rows = []
+    rows, edges = [], []
     for method in dict.fromkeys(cell.method for cell in found.lr_search):
-        texts = [_validation_text(searched.get((method, lr))) for lr in study.lr_grid]
+        texts = [_validation_text(searched[method, lr]) if (method, lr) in searched else "not tried" for lr in rates]
         chosen = (found.rates or {}).get(method)
-        rows.append([method, *texts, f"{chosen:g}" if chosen else ("pending" if found.rates is None else "none")])
-    edges = [m for m, lr in (found.rates or {}).items() if lr in (min(study.lr_grid), max(study.lr_grid))]
-    edge_note = (f" The rate chosen for {', '.join(edges)} lies at the edge of the grid, so a wider grid might find "
-                 "a better one for them." if edges and len(study.lr_grid) > 1 else "")
+        so_far = " so far" if any(searched[method, lr] is None for lr in rates if (method, lr) in searched) else ""
+        rows.append([method, *texts,
+                     f"{chosen:g}{so_far}" if chosen else ("pending" if found.rates is None else "none")])
+        own = [lr for m, lr in searched if m == method]
+        if chosen in (min(own), max(own)) and len(own) > 1:
+            edges.append(method)
+    beyond = sorted(set(rates) - set(study.lr_grid))
+    extended = (f" Where a method's best rate lies at an end of the grid it also tries the next rate out "
+                f"({', '.join(f'{lr:g}' for lr in beyond)}; up to {study.lr_extend} beyond each end)."
+                if beyond else "")
+    edge_note = (f" The rate chosen for {', '.join(edges)} still lies at the edge of the rates searched, so a "
+                 "wider search might find a better one for them." if edges else "")
+    if found.provisional and found.rates:
+        edge_note += (" **Provisional:** some rates beyond the grid's edge have not run yet; every comparison in "
+                      "this report uses each method's best rate *so far*, and may change when they have.")
     return "\n".join([
         "## Learning rates", "",
         f"Each method tried every rate at n={study.lr_experts} (seed {study.seeds[0]}); the rate with the lowest "
         "validation answer NLL trains all of that method's cells. A convex gate (softmax, top-k) hands each expert "
         "about 1/n of the update, so its best rate may grow with n; choosing at one n fixes the rate there, and "
-        "the margins at other n carry that confound (per-(method, n) rates were not searched)." + edge_note, "",
+        "the margins at other n carry that confound (per-(method, n) rates were not searched)." + extended
+        + edge_note, "",
         markdown_table(header, rows),
     ])
 
