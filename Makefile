@@ -19,10 +19,14 @@ demo: $(STAMP)
 	$(VENV)/bin/radargate compare --config configs/quickstart.yaml
 
 # Quick speed and memory benchmarks (about 7 min on 2 CPU cores); see benchmarks/README.md.
+# one thread: on a shared machine the ratios of benchmarks/README.md's table are steadier than with every core
 bench: $(STAMP)
-	$(PY) benchmarks/layer_speed.py --quick
-	$(PY) benchmarks/model_step.py --quick
-	$(PY) benchmarks/generation.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/layer_speed.py --quick --label cpu_quick_1thread
+	OMP_NUM_THREADS=1 $(PY) benchmarks/layer_speed.py --quick --frozen-input --label cpu_frozen_1thread
+	OMP_NUM_THREADS=1 $(PY) benchmarks/model_step.py --quick --label cpu_quick_1thread
+	OMP_NUM_THREADS=1 $(PY) benchmarks/generation.py --label cpu_1thread
+	OMP_NUM_THREADS=1 $(PY) benchmarks/layer_profile.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/layer_profile.py --tokens 512 --r 4
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
