@@ -367,7 +367,7 @@ def _learning_rate_section(found: Gathered) -> str:
         if chosen in (min(own), max(own)) and len(own) > 1:
             edges.append(method)
     beyond = sorted(set(rates) - set(study.lr_grid))
-    extended = (f" Where a method's best rate lies at an end of the grid it also tries the next rate out "
+    extended = (f" A method whose best rate lies at an end of the grid is also tried at the next rate out "
                 f"({', '.join(f'{lr:g}' for lr in beyond)}; up to {study.lr_extend} beyond each end)."
                 if beyond else "")
     edge_note = (f" The rate chosen for {', '.join(edges)} still lies at the edge of the rates searched, so a "
