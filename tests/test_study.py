@@ -164,6 +164,11 @@ def test_the_report_opens_with_the_answer_and_backs_it_with_intervals(config_fil
     assert "Does RadarGate's margin grow with n?" in report and "n=4 vs n=2" in report
     raw = json.loads((tmp_path / "reports" / "tiny.json").read_text())
     assert len(raw["cells"]) == 13 and all(row["wall_s"] > 0 for row in raw["cells"])
+    for row in (row for row in raw["cells"] if row["part"] == "sweep"):  # the "why" section's routing numbers
+        assert 1 / row["n"] - 1e-9 <= row["busiest_expert_share"] <= 1
+        rho = row["contrast_rho"]  # undefined (None) where every cosine is equal, as after 2 steps at n = 2
+        assert (rho is None or -1 <= rho <= 1) if row["method"] == "radar" else rho is None
+    assert "contrastive rho" in report.split("## Why")[1]
 
 
 def test_a_time_limit_stops_before_the_next_cell_and_a_rerun_goes_on(config_file, tmp_path, capsys):

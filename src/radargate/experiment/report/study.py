@@ -41,7 +41,8 @@ CLAIMS = (  # (label, split, metric): the paper's three claims, each measured on
     ("unseen acc", "unseen", "acc"),
 )
 ROW_METRICS = ("final_train_loss", "validation_answer_nll", "fit_answer_nll", "test_acc", "test_answer_nll",
-               "unseen_acc", "unseen_answer_nll", "routing_entropy", "mean_abs_angle", "mean_grad_norm", "wall_s")
+               "unseen_acc", "unseen_answer_nll", "routing_entropy", "busiest_expert_share", "mean_abs_angle",
+               "contrast_rho", "mean_grad_norm", "wall_s")
 VERDICT_SHORT = {"better": "better", "worse": "worse", "no detectable difference": "no diff."}
 
 
@@ -127,7 +128,11 @@ def cell_row(record: dict[str, Any]) -> dict[str, Any]:
         **{f"{split}_{metric}": (metrics.get(split) or {}).get(f"macro_{metric}")
            for split in ("fit", "test", "unseen") for metric in ("acc", "answer_nll")},
         "routing_entropy": mean(layer.get("mean_entropy") for layer in routing.values()),
+        "busiest_expert_share": mean(max(layer["top_choice_share"]) for layer in routing.values()
+                                     if layer.get("top_choice_share")),
         "mean_abs_angle": mean(layer.get("theta_abs_mean") for layer in routing.values()),
+        "contrast_rho": mean((layer.get("contrast") or {}).get("spearman_cos_before_vs_change")
+                             for layer in routing.values()),
         "mean_grad_norm": mean(grad_norms),
         "trainable_params": metrics.get("trainable_params"),
         "wall_s": _sum_present(record["timings"].get(key) for key in ("train_and_test_s", "unseen_s")),
@@ -482,15 +487,21 @@ def _headline_section(found: Gathered) -> str:
 
 
 def _diagnostics_section(summary: list[dict]) -> str:
-    header = ["axis", "method", "n", "mean grad norm", "routing entropy (nats)", "mean |angle| (rad)"]
+    header = ["axis", "method", "n", "mean grad norm", "routing entropy (nats)", "busiest expert's share",
+              "mean |angle| (rad)", "contrastive rho"]
     rows = [[e["axis"], e["method"], str(e["n"]), _pm(e, "mean_grad_norm", 1, ".3f"),
-             _pm(e, "routing_entropy", 1, ".3f"), _pm(e, "mean_abs_angle", 1, ".3f")]
+             _pm(e, "routing_entropy", 1, ".3f"), _pm(e, "busiest_expert_share", 1, ".2f"),
+             _pm(e, "mean_abs_angle", 1, ".3f"), _pm(e, "contrast_rho", 1, ".2f")]
             for e in summary if e["method"] != "lora"]
     return "\n\n".join([
         "## Why: gradients, routing and angles",
-        "Mean gradient norm over training steps (before clipping), the mean entropy of the gate's weights per "
-        "token (uniform over n experts = ln n; top-k's is over its k chosen experts), and RadarGate's mean absolute "
-        "rotation angle on the test inputs, per gate and n.",
+        "Mean gradient norm over training steps (before clipping); the mean entropy of the gate's weights per "
+        "token (uniform over n experts = ln n; top-k's is over its k chosen experts); the share of tokens whose "
+        "highest weight goes to the layer's busiest expert (1/n: even use, 1: one expert takes all), averaged "
+        "over layers; RadarGate's mean absolute rotation angle on the test inputs; and the contrastive analysis "
+        "of the spec, the rank correlation between an expert's cosine with its partner before rotation and the "
+        "change the rotation makes to it, averaged over layers (positive: the paper's finding that similar "
+        "representations are pulled closer and distant ones pushed apart; near 0: no such pattern).",
         markdown_table(header, rows),
     ])
 
