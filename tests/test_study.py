@@ -169,6 +169,8 @@ def test_the_report_opens_with_the_answer_and_backs_it_with_intervals(config_fil
         rho = row["contrast_rho"]  # undefined (None) where every cosine is equal, as after 2 steps at n = 2
         assert (rho is None or -1 <= rho <= 1) if row["method"] == "radar" else rho is None
     assert "contrastive rho" in report.split("## Why")[1]
+    measured = any(row["contrast_rho"] is not None for row in raw["cells"] if row["method"] == "radar")
+    assert ("How RadarGate rotates" in answer) == measured
 
 
 def test_a_time_limit_stops_before_the_next_cell_and_a_rerun_goes_on(config_file, tmp_path, capsys):

@@ -233,6 +233,9 @@ def _answer_section(found: Gathered) -> str:
                       f"{tally['worse']}, and not detectably different in {tally['no detectable difference']}: "
                       f"{_plainly(tally)}"]
     lines += ["", _completeness(found, axis)]
+    rotations = _rotation_line(found, axis)
+    if rotations:
+        lines += ["", rotations]
     growth = _growth_lines(found, axis, ("fit", "answer_nll"), ("test", "answer_nll"), ("unseen", "answer_nll"))
     if growth:
         lines += ["", "Does its margin over each gate grow with n (margin at the largest n minus margin at the "
@@ -241,6 +244,22 @@ def _answer_section(found: Gathered) -> str:
     if headline:
         lines += ["", headline]
     return "\n".join(lines)
+
+
+def _rotation_line(found: Gathered, axis: str) -> str:
+    """How RadarGate's learned rotations behave, beside the paper's finding that they are contrastive."""
+    parts = []
+    for n in sorted({cell.n for cell in found.sweep.get(axis, {})}):
+        rows = [cell_row(record) for record in found.seeds_of(axis, "radar", n)]
+        rho = mean(row["contrast_rho"] for row in rows)
+        if rho is not None:
+            angle = mean(row["mean_abs_angle"] for row in rows)
+            parts.append(f"n={n}: mean |angle| {angle:.2f} rad, rho {rho:+.2f}")
+    if not parts:
+        return ""
+    return ("How RadarGate rotates (the paper finds its rotations contrastive: an expert already close to its "
+            "partner is turned closer, a distant one away, which is rho > 0 for the rank correlation between the "
+            "cosine before rotation and the change; see Why): " + "; ".join(parts) + ".")
 
 
 def _plainly(tally: dict[str, int]) -> str:
