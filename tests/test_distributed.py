@@ -160,6 +160,86 @@ def test_fsdp_on_cpus_is_refused(tmp_path, tiny_model_dir):
     assert not (tmp_path / "runs" / "fsdp").exists()
 
 
+FSDP2_WORKER = r"""
+import json, sys
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from transformers import AutoModelForCausalLM
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+from radargate import MoLoRAConfig, get_molora_model
+
+model_dir, out_file = sys.argv[1], sys.argv[2]
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+
+def build():
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = MoLoRAConfig(num_experts=4, r=2, alpha=4, gate="radar", target_modules=["q_proj", "v_proj"])
+    model = get_molora_model(base, config)
+    with torch.no_grad():  # non-zero B and angles, so every path of the gate is exercised
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.normal_(0, 0.1)
+    return model
+
+reference, sharded = build(), build()
+for module in list(sharded.modules()):
+    if isinstance(module, LlamaDecoderLayer):  # the usual wrapping: one all-gather per decoder layer
+        fully_shard(module)
+fully_shard(sharded)
+optimizers = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5) for m in (reference, sharded)]
+ids = torch.randint(0, 50, (2 * world, 12), generator=torch.Generator().manual_seed(1))
+local = ids[2 * rank : 2 * rank + 2]
+found = {"eval": [], "loss": []}
+for step in range(10):
+    for model in (reference, sharded):
+        model.eval()
+    with torch.no_grad():  # evaluation between steps: the weights just changed under FSDP's all-gather
+        found["eval"].append(float((reference(input_ids=ids).logits - sharded(input_ids=ids).logits).abs().max()))
+    for model in (reference, sharded):
+        model.train()
+    loss = reference(input_ids=ids, labels=ids).loss
+    loss.backward()
+    local_loss = sharded(input_ids=local, labels=local).loss
+    local_loss.backward()  # FSDP averages the gradients over processes: each holds half of equal-length rows
+    mean_loss = local_loss.detach().clone()
+    dist.all_reduce(mean_loss)
+    found["loss"].append(abs(float(mean_loss) / world - float(loss)))
+    for optimizer in optimizers:
+        optimizer.step()
+        optimizer.zero_grad()
+trained = dict(sharded.named_parameters())
+found["params"] = max(float((p - trained[name].full_tensor()).abs().max())
+                      for name, p in reference.named_parameters() if p.requires_grad)
+if rank == 0:
+    json.dump(found, open(out_file, "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_layers_sharded_by_fsdp2_train_and_evaluate_as_one_process(tmp_path, tiny_model_dir):
+    """torch's FSDP2 (``fully_shard``) runs on CPUs with gloo, though accelerate offers it on GPUs only: every
+    mixture layer sharded over 2 processes trains like one process on the whole batch, and evaluating between
+    steps sees the new weights (a cache keyed on storage and version counter did not: FSDP2 refills its
+    gathered parameters without bumping the version)."""
+    script, out_file = tmp_path / "fsdp2_worker.py", tmp_path / "found.json"
+    script.write_text(FSDP2_WORKER)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               str(script), str(tiny_model_dir), str(out_file)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(out_file.read_text())
+    assert len(found["eval"]) == len(found["loss"]) == 10
+    assert max(found["eval"]) < 1e-5 and max(found["loss"]) < 1e-5 and found["params"] < 1e-5, found
+
+
 def test_resume_with_another_number_of_processes_is_refused(tmp_path, tiny_model_dir, capsys):
     config_file = write_tiny_config(tmp_path, tiny_model_dir)
     overrides = [*settings("softmax", batch_size=4), "--set", "train.steps=2"]

@@ -29,6 +29,22 @@ def test_frozen_cache_recomputes_exactly_when_its_source_changes():
     assert len(calls) == 3
 
 
+def test_a_write_that_leaves_the_version_counter_alone_is_seen(generator):
+    """``param.data`` writes (and FSDP2's all-gather into reused storage) keep the storage address and the
+    version counter: the cache compares values, so it recomputes."""
+    layer = make_layer(generator, gate="radar")
+    x = random_input(generator, 4, 10)
+    with torch.no_grad():
+        layer(x)  # fills the cache
+        version = layer.experts.B._version, layer.gate.fusion_logits._version
+        layer.experts.B.data.copy_(torch.randn(layer.experts.B.shape, generator=generator, dtype=torch.float64))
+        layer.gate.fusion_logits.data.copy_(torch.randn(layer.gate.fusion_logits.shape, generator=generator,
+                                                        dtype=torch.float64))
+        assert (layer.experts.B._version, layer.gate.fusion_logits._version) == version
+        cached = layer(x)
+    torch.testing.assert_close(cached, layer(x).detach(), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("gate", ["radar", "softmax"])
 def test_layer_without_autograd_equals_layer_with_it_across_weight_updates(generator, gate):
     layer = make_layer(generator, gate=gate)

@@ -3,7 +3,16 @@
 Generation calls every adapted layer once per new token with a handful of tokens, so work that
 depends only on the weights (RadarGate's fusion matrix, the experts' ``B B^T`` blocks) would
 otherwise be redone thousands of times on identical inputs. Only used when no gradient is being
-recorded: with autograd on, the graph must see the computation.
+recorded (with autograd on, the graph must see the computation) and on the CPU, where that per-call
+work is what decoding waits for.
+
+Whether the weights changed is decided by their values, compared with a copy kept beside the cached
+result. A tensor's storage address and version counter are not enough: FSDP2 refills a layer's
+unsharded parameters by all-gather into reused storage without bumping the version, and a write
+through ``param.data`` does not bump it either, so such a key returned stale results after training
+steps (measured under ``fully_shard`` on 2 CPU processes: logits off by up to 1e-3). On an accelerator
+the comparison would cost a device-to-host synchronisation per call, more than the small matmuls it
+saves, so nothing is cached there.
 """
 
 from __future__ import annotations
@@ -13,25 +22,23 @@ from collections.abc import Callable
 import torch
 
 
-def _fingerprint(tensor: torch.Tensor) -> tuple:
-    """Changes whenever the tensor's values can have: an in-place update bumps ``_version``,
-    ``module.to(...)`` or ``load_state_dict(assign=True)`` give new storage."""
-    return tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device, tensor.shape
+def _unchanged(saved: tuple[torch.Tensor, ...], sources: tuple[torch.Tensor, ...]) -> bool:
+    pairs = zip(saved, sources, strict=True)
+    return all(a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b) for a, b in pairs)
 
 
 class FrozenCache:
-    """``get(name, compute, *sources)``: ``compute()``, reused while no gradient is recorded and
-    ``sources`` are unchanged."""
+    """``get(name, compute, *sources)``: ``compute()``, reused while no gradient is recorded, the sources
+    live on the CPU and their values are unchanged."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[tuple, torch.Tensor]] = {}
+        self._entries: dict[str, tuple[tuple[torch.Tensor, ...], torch.Tensor]] = {}
 
     def get(self, name: str, compute: Callable[[], torch.Tensor], *sources: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or any(source.device.type != "cpu" for source in sources):
             return compute()
-        key = tuple(_fingerprint(source) for source in sources)
         entry = self._entries.get(name)
-        if entry is None or entry[0] != key:
-            entry = (key, compute())
+        if entry is None or not _unchanged(entry[0], sources):
+            entry = (tuple(source.detach().clone() for source in sources), compute())
             self._entries[name] = entry
         return entry[1]
