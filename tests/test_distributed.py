@@ -162,6 +162,7 @@ def test_fsdp_on_cpus_is_refused(tmp_path, tiny_model_dir):
 
 FSDP2_WORKER = r"""
 import json, sys
+from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
@@ -169,7 +170,7 @@ from transformers import AutoModelForCausalLM
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 from radargate import MoLoRAConfig, get_molora_model
 
-model_dir, out_file = sys.argv[1], sys.argv[2]
+model_dir, out_file = sys.argv[1], Path(sys.argv[2])
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 
@@ -213,17 +214,35 @@ for step in range(10):
 trained = dict(sharded.named_parameters())
 found["params"] = max(float((p - trained[name].full_tensor()).abs().max())
                       for name, p in reference.named_parameters() if p.requires_grad)
+saved = out_file.parent / "sharded_adapter"
+sharded.save_pretrained(saved)  # every process gathers, process 0 writes
+dist.barrier()
+reloaded = build()
+for module in list(reloaded.modules()):
+    if isinstance(module, LlamaDecoderLayer):
+        fully_shard(module)
+fully_shard(reloaded)
+reloaded.load_pretrained_weights(saved)  # each process takes its shard of the file
+reloaded.eval()
+reference.eval()
+with torch.no_grad():
+    found["reloaded"] = float((reference(input_ids=ids).logits - reloaded(input_ids=ids).logits).abs().max())
 if rank == 0:
+    written = reference.adapter_state_dict()
+    from radargate.checkpoint import load_tensors
+    tensors, _ = load_tensors(saved / "molora_model.safetensors")
+    found["saved"] = max(float((tensors[key] - value).abs().max()) for key, value in written.items())
+    found["saved_keys"] = sorted(tensors) == sorted(written)
     json.dump(found, open(out_file, "w"))
 dist.destroy_process_group()
 """
 
 
-def test_layers_sharded_by_fsdp2_train_and_evaluate_as_one_process(tmp_path, tiny_model_dir):
+def test_layers_sharded_by_fsdp2_train_evaluate_save_and_load_as_one_process(tmp_path, tiny_model_dir):
     """torch's FSDP2 (``fully_shard``) runs on CPUs with gloo, though accelerate offers it on GPUs only: every
-    mixture layer sharded over 2 processes trains like one process on the whole batch, and evaluating between
+    mixture layer sharded over 2 processes trains like one process on the whole batch, evaluating between
     steps sees the new weights (a cache keyed on storage and version counter did not: FSDP2 refills its
-    gathered parameters without bumping the version)."""
+    gathered parameters without bumping the version), and the adapter saves and loads whole."""
     script, out_file = tmp_path / "fsdp2_worker.py", tmp_path / "found.json"
     script.write_text(FSDP2_WORKER)
     with socket.socket() as probe:
@@ -238,6 +257,9 @@ def test_layers_sharded_by_fsdp2_train_and_evaluate_as_one_process(tmp_path, tin
     found = json.loads(out_file.read_text())
     assert len(found["eval"]) == len(found["loss"]) == 10
     assert max(found["eval"]) < 1e-5 and max(found["loss"]) < 1e-5 and found["params"] < 1e-5, found
+    # save_pretrained gathers the shards into one file equal to the unsharded model's; loading it back
+    # into a sharded model gives the same logits
+    assert found["saved_keys"] and found["saved"] < 1e-5 and found["reloaded"] < 1e-5, found
 
 
 def test_resume_with_another_number_of_processes_is_refused(tmp_path, tiny_model_dir, capsys):

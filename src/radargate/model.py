@@ -34,6 +34,8 @@ from radargate.files import atomic_write_json, atomic_write_text
 from radargate.injection import attach_experts
 from radargate.layer import Conv1D, MoLoRALinear
 from radargate.peft_interop import PeftAdapter, read_peft_adapter, write_peft_adapter
+from radargate.sharding import copy_whole_into, whole
+from radargate.sharding import is_main_process as is_main
 from radargate.stats import RoutingStats
 
 
@@ -234,7 +236,12 @@ class MoLoRAModel(nn.Module):
         print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """Every expert and gate tensor, keyed ``<module name>.<parameter>``; no base weights."""
+        """Every expert and gate tensor, keyed ``<module name>.<parameter>``; no base weights. Tensors that FSDP2
+        sharded are gathered whole, so under FSDP2 every process must call this (``radargate.sharding``)."""
+        return {key: whole(value) for key, value in self._adapter_tensors().items()}
+
+    def _adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """``adapter_state_dict``'s tensors as the layers hold them: sharing storage with the parameters."""
         return {
             f"{name}.{key}": value
             for name, layer in self._layers.items()
@@ -244,7 +251,7 @@ class MoLoRAModel(nn.Module):
 
     def load_adapter_state_dict(self, tensors: dict[str, torch.Tensor], source: str = "state dict") -> None:
         """Copy expert and gate tensors in; any missing, extra or misshapen tensor is an error."""
-        own = self.adapter_state_dict()
+        own = self._adapter_tensors()
         problems = [f"missing {key}" for key in own.keys() - tensors.keys()]
         problems += [f"unexpected {key}" for key in tensors.keys() - own.keys()]
         problems += [
@@ -260,15 +267,21 @@ class MoLoRAModel(nn.Module):
             )
         with torch.no_grad():
             for key, value in own.items():
-                value.copy_(tensors[key])
+                copy_whole_into(value, tensors[key])
 
     # -- checkpoints -----------------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``molora_model.safetensors`` and ``molora_config.json``, each atomically."""
+    def save_pretrained(self, directory: str | Path, *, is_main_process: bool | None = None) -> None:
+        """Write ``molora_model.safetensors`` and ``molora_config.json``, each atomically.
+
+        In a ``torch.distributed`` job only ``is_main_process`` writes (default: process 0); under FSDP2 every
+        process must call this, since the sharded tensors are gathered first."""
         directory = Path(directory)
         config_json = self.molora_config.to_json()
-        save_tensors(directory / WEIGHTS_NAME, self.adapter_state_dict(), {CONFIG_METADATA_KEY: config_json})
+        tensors = self.adapter_state_dict()
+        if not (is_main() if is_main_process is None else is_main_process):
+            return
+        save_tensors(directory / WEIGHTS_NAME, tensors, {CONFIG_METADATA_KEY: config_json})
         atomic_write_text(directory / CONFIG_NAME, config_json + "\n")
 
     @classmethod
