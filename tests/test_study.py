@@ -251,3 +251,25 @@ def test_the_study_command_runs_and_rebuilds_its_report_in_a_subprocess(config_f
     again = subprocess.run([*command, "--report-only"], capture_output=True, text=True, check=False)
     assert again.returncode == 0 and "done" not in again.stderr  # nothing trained the second time
     assert again.stdout.strip() == f"report: {tmp_path / 'reports' / 'tiny.md'}"
+
+
+def test_the_answer_checks_the_softmax_gates_rate_where_topk_keeps_every_expert(config_file):
+    """At n <= k top-k is the softmax gate; trained at another rate, their difference is the rate's effect."""
+    from radargate.experiment.report.study import Gathered, _learning_rate_check
+
+    config = ExperimentConfig.load(config_file, [*STUDY, "study.methods=[softmax,topk,radar]", "study.axes=[fixed_r]"])
+    shift = {"softmax": 0.5, "topk": 0.0, "radar": 0.1}
+
+    def record(method: str) -> dict:
+        nll = [1.0 + shift[method] + 0.01 * (i % 5) for i in range(40)]
+        columns = {"task": ["t"] * 40, "id": [str(i) for i in range(40)], "acc": [0.0] * 40, "answer_nll": nll}
+        return {"failed": None, "metrics": {"test": {}}, "examples": {"test": columns}}
+
+    def check(rates: dict[str, float]) -> str:
+        sweep = {"fixed_r": {cell: record(cell.method) for cell in sweep_cells(config, rates)["fixed_r"]}}
+        return _learning_rate_check(Gathered(config, None, rates, {}, sweep=sweep), "fixed_r")
+
+    text = check({"softmax": 0.01, "topk": 0.003, "radar": 0.003})
+    assert "at n=2 top-k keeps all 2 experts" in text and "(0.003) instead of the softmax gate's (0.01)" in text
+    assert "by -0.500 [-0.500, -0.500] better, against -0.400 [-0.400, -0.400] better" in text
+    assert check({"softmax": 0.003, "topk": 0.003, "radar": 0.003}) == ""  # same rate: nothing to separate

@@ -233,9 +233,9 @@ def _answer_section(found: Gathered) -> str:
                       f"{tally['worse']}, and not detectably different in {tally['no detectable difference']}: "
                       f"{_plainly(tally)}"]
     lines += ["", _completeness(found, axis)]
-    rotations = _rotation_line(found, axis)
-    if rotations:
-        lines += ["", rotations]
+    for extra in (_learning_rate_check(found, axis), _rotation_line(found, axis)):
+        if extra:
+            lines += ["", extra]
     growth = _growth_lines(found, axis, ("fit", "answer_nll"), ("test", "answer_nll"), ("unseen", "answer_nll"))
     if growth:
         lines += ["", "Does its margin over each gate grow with n (margin at the largest n minus margin at the "
@@ -244,6 +244,26 @@ def _answer_section(found: Gathered) -> str:
     if headline:
         lines += ["", headline]
     return "\n".join(lines)
+
+
+def _learning_rate_check(found: Gathered, axis: str) -> str:
+    """Where top-k keeps every expert (k >= n) it is the softmax gate itself; if the two were trained at
+    different rates, their difference there is what the learning rate alone does to the softmax gate."""
+    k, rates = found.config.adapter.top_k, found.rates or {}
+    if rates.get("topk") is None or rates.get("softmax") is None or rates["topk"] == rates["softmax"]:
+        return ""
+    for n in sorted({cell.n for cell in found.sweep.get(axis, {}) if cell.n <= k}):
+        softmax = _sides(found, axis, "softmax", n)
+        same_gate = difference(_sides(found, axis, "topk", n), softmax, "test", "answer_nll")
+        radar = difference(_sides(found, axis, "radar", n), softmax, "test", "answer_nll")
+        if same_gate is not None and radar is not None:
+            return (f"A check on the softmax gate's learning rate: at n={n} top-k keeps all {k} experts, so it is "
+                    f"the softmax gate itself, trained at top-k's rate ({rates['topk']:g}) instead of the softmax "
+                    f"gate's ({rates['softmax']:g}). The rate alone moves test answer NLL by {describe(same_gate)}, "
+                    f"against {describe(radar)} for RadarGate minus the softmax gate at the same n. A margin of "
+                    "that size over the softmax gate can come from its learning rate; top-k, at the same rate as "
+                    "RadarGate, is the comparison that holds the rate fixed.")
+    return ""
 
 
 def _rotation_line(found: Gathered, axis: str) -> str:
