@@ -45,3 +45,18 @@ def test_baselines_equal_the_radargate_layers(layer_speed, gate, baseline):
     expected = layer(x)
     assert (expected - layer.base_layer(x)).abs().max() > 1e-3  # the adapters do contribute
     torch.testing.assert_close(naive(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_layer_profile_keeps_each_ops_fastest_round_and_ranks_the_extra_time():
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("layer_profile", BENCHMARKS / "layer_profile.py")
+    profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile)
+    mm, mul, sin = ("aten::mm", "[[4, 4]]"), ("aten::mul", "[[4]]"), ("aten::sin", "[[4]]")
+    reference = profile.fastest([{mm: (2, 5.0), mul: (1, 0.3)}, {mm: (2, 4.0), mul: (1, 0.5)}])
+    assert reference == {mm: (2, 4.0), mul: (1, 0.3)}  # a noisy round does not count against an op
+    other = profile.fastest([{mm: (2, 4.5), mul: (3, 0.9), sin: (1, 0.2)}])
+    rows = profile.compare(reference, other, top=2)
+    assert [(row["op"], round(row["extra_ms"], 6)) for row in rows] == [("mul", 0.6), ("mm", 0.5)]
+    only_in_other = next(row for row in profile.compare(reference, other, top=5) if row["op"] == "sin")
+    assert only_in_other["calls_a"] == 0 and only_in_other["extra_ms"] == 0.2
