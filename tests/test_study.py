@@ -159,6 +159,7 @@ def test_the_report_opens_with_the_answer_and_backs_it_with_intervals(config_fil
     assert sections[0] == "## The answer"
     answer = report.split("## The answer")[1].split("\n## ")[0]
     assert "n=4 vs softmax" in answer and "fit NLL" in answer and "unseen acc" in answer
+    assert "By gate: against softmax better in" in answer and "; against topk better in" not in answer  # no top-k
     assert "## Every method against softmax, top-k and the base model (fixed_r)" in report
     assert "| 4 | radar - softmax |" in report and "| 2 | softmax - base |" in report
     assert "Does RadarGate's margin grow with n?" in report and "n=4 vs n=2" in report

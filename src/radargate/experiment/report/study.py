@@ -218,6 +218,7 @@ def _answer_section(found: Gathered) -> str:
              f"RadarGate against the weighted-sum gates at n >= 8 (axis {axis}, each expert rank "
              f"{found.config.adapter.r}):", ""]
     tally: dict[str, int] = defaultdict(int)
+    by_reference: dict[str, dict[str, int]] = {"softmax": defaultdict(int), "topk": defaultdict(int)}
     for label, split, metric in CLAIMS:
         parts = []
         for n in large:
@@ -225,13 +226,16 @@ def _answer_section(found: Gathered) -> str:
                 result = difference(_sides(found, axis, "radar", n), _sides(found, axis, reference, n), split, metric)
                 if result is not None:
                     tally[result.verdict] += 1
+                    by_reference[reference][result.verdict] += 1
                     parts.append(f"n={n} vs {reference} {describe(result)}")
         lines.append(f"- **{label}**: " + ("; ".join(parts) if parts else "not measured yet") + ".")
     total = sum(tally.values())
     if total:
         lines += ["", f"Of these {total} comparisons RadarGate is better in {tally['better']}, worse in "
                       f"{tally['worse']}, and not detectably different in {tally['no detectable difference']}: "
-                      f"{_plainly(tally)}"]
+                      f"{_plainly(tally)} By gate: "
+                      + "; ".join(f"against {reference} better in {counts['better']}, worse in {counts['worse']}"
+                                  for reference, counts in by_reference.items() if counts) + "."]
     lines += ["", _completeness(found, axis)]
     for extra in (_learning_rate_check(found, axis), _rotation_line(found, axis)):
         if extra:
