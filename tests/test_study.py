@@ -274,3 +274,19 @@ def test_the_answer_checks_the_softmax_gates_rate_where_topk_keeps_every_expert(
     assert "at n=2 top-k keeps all 2 experts" in text and "(0.003) instead of the softmax gate's (0.01)" in text
     assert "by -0.500 [-0.500, -0.500] better, against -0.400 [-0.400, -0.400] better" in text
     assert check({"softmax": 0.003, "topk": 0.003, "radar": 0.003}) == ""  # same rate: nothing to separate
+
+
+def test_the_plain_answer_needs_radargate_ahead_of_each_gate():
+    from radargate.experiment.report.study import _plainly
+
+    def counts(better: int, worse: int, tied: int) -> dict[str, int]:
+        return {"better": better, "worse": worse, "no detectable difference": tied}
+
+    def total(*parts: dict[str, int]) -> dict[str, int]:
+        return {key: sum(part[key] for part in parts) for key in parts[0]}
+
+    ahead, behind = counts(4, 0, 6), counts(1, 2, 7)  # overall 5 better, 2 worse: still a no
+    assert _plainly(total(ahead, behind), {"softmax": ahead, "topk": behind}).startswith("so far, no: against topk")
+    assert _plainly(total(ahead, ahead), {"softmax": ahead, "topk": ahead}).startswith("so far, a mixed answer")
+    clean = counts(5, 0, 0)
+    assert _plainly(total(clean, clean), {"softmax": clean, "topk": clean}).startswith("so far, yes")

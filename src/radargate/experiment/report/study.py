@@ -233,7 +233,7 @@ def _answer_section(found: Gathered) -> str:
     if total:
         lines += ["", f"Of these {total} comparisons RadarGate is better in {tally['better']}, worse in "
                       f"{tally['worse']}, and not detectably different in {tally['no detectable difference']}: "
-                      f"{_plainly(tally)} By gate: "
+                      f"{_plainly(tally, by_reference)} By gate: "
                       + "; ".join(f"against {reference} better in {counts['better']}, worse in {counts['worse']}"
                                   for reference, counts in by_reference.items() if counts) + "."]
     lines += ["", _completeness(found, axis)]
@@ -286,15 +286,19 @@ def _rotation_line(found: Gathered, axis: str) -> str:
             "cosine before rotation and the change; see Why): " + "; ".join(parts) + ".")
 
 
-def _plainly(tally: dict[str, int]) -> str:
+def _plainly(tally: dict[str, int], by_reference: dict[str, dict[str, int]]) -> str:
+    """The plain answer: RadarGate must beat *each* weighted-sum gate, so one gate it does not lead is a no."""
     better, worse = tally["better"], tally["worse"]
     if better and not worse and better == sum(tally.values()):
         return "so far, yes: RadarGate beats both weighted-sum gates on every claim measured."
     if not better and not worse:
         return "so far, no: RadarGate shows no detectable advantage over the weighted-sum gates."
-    if better > worse:
+    not_led = [reference for reference, counts in by_reference.items()
+               if counts and counts["better"] <= counts["worse"]]
+    if not not_led:
         return "so far, a mixed answer leaning to RadarGate."
-    return "so far, no: where the gates differ, RadarGate is as often or more often worse than better."
+    return (f"so far, no: against {' and '.join(not_led)} RadarGate is as often or more often worse than better "
+            "where the gates differ.")
 
 
 def _completeness(found: Gathered, axis: str) -> str:
