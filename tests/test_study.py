@@ -169,7 +169,8 @@ def test_the_report_opens_with_the_answer_and_backs_it_with_intervals(config_fil
         assert 1 / row["n"] - 1e-9 <= row["busiest_expert_share"] <= 1
         rho = row["contrast_rho"]  # undefined (None) where every cosine is equal, as after 2 steps at n = 2
         assert (rho is None or -1 <= rho <= 1) if row["method"] == "radar" else rho is None
-    assert "contrastive rho" in report.split("## Why")[1]
+    why = report.split("## Why")[1]
+    assert "contrastive rho" in why and "- mean gradient norm: softmax (fixed_r) " in why and "(n = 2, 4)" in why
     measured = any(row["contrast_rho"] is not None for row in raw["cells"] if row["method"] == "radar")
     assert ("How RadarGate rotates" in answer) == measured
 

@@ -550,7 +550,28 @@ def _diagnostics_section(summary: list[dict]) -> str:
         "change the rotation makes to it, averaged over layers (positive: the paper's finding that similar "
         "representations are pulled closer and distant ones pushed apart; near 0: no such pattern).",
         markdown_table(header, rows),
+        *_diagnostic_trends(summary),
     ])
+
+
+def _diagnostic_trends(summary: list[dict]) -> list[str]:
+    """Each diagnostic from the smallest to the largest n measured, gate by gate: how training changes with n."""
+    lines = []
+    for metric, label in (("mean_grad_norm", "mean gradient norm"), ("routing_entropy", "routing entropy"),
+                          ("busiest_expert_share", "busiest expert's share"), ("mean_abs_angle", "mean |angle|"),
+                          ("contrast_rho", "contrastive rho")):
+        parts = []
+        axes = list(dict.fromkeys(e["axis"] for e in summary))
+        for axis, method in dict.fromkeys((e["axis"], e["method"]) for e in summary if e["method"] != "lora"):
+            measured = sorted((e["n"], e[metric]) for e in summary
+                              if (e["axis"], e["method"]) == (axis, method) and e[metric] is not None)
+            if len(measured) > 1:
+                name = f"{method} ({axis})" if len(axes) > 1 else method
+                parts.append(f"{name} " + " -> ".join(f"{value:.2f}" for _, value in measured)
+                             + f" (n = {', '.join(str(n) for n, _ in measured)})")
+        if parts:
+            lines.append(f"- {label}: " + "; ".join(parts))
+    return ["Across n, per gate:", "\n".join(lines)] if lines else []
 
 
 def _timing_section(rows: dict[str, dict[str, Any]]) -> str:
