@@ -4,6 +4,7 @@ learning-rate selection and the report rebuilt from cell files alone."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -291,3 +292,29 @@ def test_the_plain_answer_needs_radargate_ahead_of_each_gate():
     assert _plainly(total(ahead, ahead), {"softmax": ahead, "topk": ahead}).startswith("so far, a mixed answer")
     clean = counts(5, 0, 0)
     assert _plainly(total(clean, clean), {"softmax": clean, "topk": clean}).startswith("so far, yes")
+
+
+def test_the_headline_counts_each_gate_and_pools_every_task_into_one_interval(config_file):
+    """Per task a verdict per gate; per gate the tally; and all tasks' fit examples as one paired interval."""
+    from radargate.experiment.report.study import Gathered, _headline_counts
+
+    config = ExperimentConfig.load(config_file, [*STUDY, "study.headline_tasks=[a,b,c]",
+                                                 "study.headline_methods=[softmax,topk,radar]"])
+    shift = {("a", "softmax"): 0.2, ("b", "softmax"): 0.2, ("c", "softmax"): 0.0,
+             ("a", "topk"): -0.1, ("b", "topk"): 0.0, ("c", "topk"): 0.0}
+
+    def record(task: str, method: str) -> dict:
+        nll = [1.0 + shift.get((task, method), 0.0) + 0.01 * (i % 7) for i in range(30)]
+        columns = {"task": [task] * 30, "id": [str(i) for i in range(30)], "acc": [0.0] * 30, "answer_nll": nll}
+        return {"failed": None, "metrics": {"fit": {}}, "examples": {"fit": columns}}
+
+    headline = {Cell(method, 8, 4, 0, 0.003, task, 60): record(task, method)
+                for task in "abc" for method in ("softmax", "topk", "radar")}
+    text = _headline_counts(Gathered(config, None, {}, {}, headline=headline))
+    assert "better than every other gate in 0 of 3 tasks (0%" in text and "worse than at least one in 1" in text
+    assert "against softmax better in 2, no detectable difference in 1, worse in 0" in text
+    assert "against topk better in 0, no detectable difference in 2, worse in 1" in text
+    pooled = re.findall(r"all 3 tasks pooled: ([-+.\d]+) \[([-+.\d]+), ([-+.\d]+)\] (\w+)", text)
+    (softmax_mean, softmax_low, _, softmax_word), (topk_mean, _, topk_high, topk_word) = pooled
+    assert (softmax_mean, softmax_word) == ("-0.133", "better") and float(softmax_low) < -0.133
+    assert (topk_mean, topk_word) == ("+0.033", "worse") and float(topk_high) > 0.033

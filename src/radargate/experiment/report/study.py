@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -495,25 +495,51 @@ def _seeds(entry: dict) -> str:
 
 
 def _headline_counts(found: Gathered) -> str | None:
+    """The paper's form (RadarGate best in 90% of tasks) with the intervals' words: per task, then per gate,
+    then every finished task's examples pooled into one interval per gate."""
     verdicts = [_headline_verdicts(found, task) for task in found.config.study.headline_tasks]
     verdicts = [v for v in verdicts if v]
     if not verdicts:
         return None
     best = sum(all(d.verdict == "better" for d in v.values()) for v in verdicts)
     worse = sum(any(d.verdict == "worse" for d in v.values()) for v in verdicts)
+    per_gate = []
+    for method in [m for m in found.config.study.headline_methods if m != "radar"]:
+        counted = Counter(v[method].verdict for v in verdicts if method in v)
+        pooled = _headline_pooled(found, method)
+        per_gate.append(f"against {method} better in {counted['better']}, no detectable difference in "
+                        f"{counted['no detectable difference']}, worse in {counted['worse']}"
+                        + (f"; all {pooled[1]} tasks pooled: {describe(pooled[0])}" if pooled else ""))
     return (f"The paper's headline replayed (each task trained alone, n={found.config.study.headline_experts}): "
             f"RadarGate fits better than every other gate in {best} of {len(verdicts)} tasks "
             f"({100 * best / len(verdicts):.0f}%; the paper reports 90%), worse than at least one in {worse}, "
-            f"and otherwise not detectably different.")
+            f"and otherwise not detectably different. By gate (fit NLL, RadarGate minus the gate): "
+            + "; ".join(per_gate) + ".")
+
+
+def _headline_records(found: Gathered, task: str) -> dict[str, dict]:
+    return {cell.method: record for cell, record in found.headline.items()
+            if cell.task == task and record and not record["failed"]}
 
 
 def _headline_verdicts(found: Gathered, task: str) -> dict[str, Difference] | None:
-    records = {cell.method: record for cell, record in found.headline.items()
-               if cell.task == task and record and not record["failed"]}
+    records = _headline_records(found, task)
     if "radar" not in records or len(records) < 2:
         return None
     return {method: difference([records["radar"]], [record], "fit", "answer_nll")
             for method, record in records.items() if method != "radar"}
+
+
+def _headline_pooled(found: Gathered, method: str) -> tuple[Difference, int] | None:
+    """RadarGate minus ``method`` over the fit examples of every task both finished (examples are keyed by
+    task, so pooling tasks is one paired comparison), and how many tasks that is."""
+    pairs = [(records["radar"], records[method]) for records in
+             (_headline_records(found, task) for task in found.config.study.headline_tasks)
+             if "radar" in records and method in records]
+    if not pairs:
+        return None
+    result = difference([radar for radar, _ in pairs], [other for _, other in pairs], "fit", "answer_nll")
+    return (result, len(pairs)) if result is not None else None
 
 
 def _headline_section(found: Gathered) -> str:
