@@ -3,6 +3,7 @@ learning-rate selection and the report rebuilt from cell files alone."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -318,3 +319,27 @@ def test_the_headline_counts_each_gate_and_pools_every_task_into_one_interval(co
     (softmax_mean, softmax_low, _, softmax_word), (topk_mean, _, topk_high, topk_word) = pooled
     assert (softmax_mean, softmax_word) == ("-0.133", "better") and float(softmax_low) < -0.133
     assert (topk_mean, topk_word) == ("+0.033", "worse") and float(topk_high) > 0.033
+
+
+def test_the_answer_names_a_verdict_whose_seeds_point_different_ways(config_file):
+    """Bootstrap intervals resample examples; a verdict that one seed reverses is named as resting on the seed."""
+    from radargate.experiment.report.study import Gathered, _answer_section
+
+    config = ExperimentConfig.load(config_file, [*STUDY, "study.methods=[softmax,topk,radar]", "study.axes=[fixed_r]"])
+    rates = {"softmax": 0.003, "topk": 0.003, "radar": 0.003}
+
+    def answer(radar_shift_by_seed: dict[int, float]) -> str:
+        def record(cell: Cell) -> dict:
+            shift = radar_shift_by_seed[cell.seed] if cell.method == "radar" else 0.0
+            nll = [1.0 + shift + 0.01 * (i % 5) for i in range(40)]
+            columns = {"task": ["t"] * 40, "id": [str(i) for i in range(40)], "acc": [0.0] * 40, "answer_nll": nll}
+            return {"failed": None, "metrics": {"test": {}}, "examples": {"test": columns}, "timings": {},
+                    "cell": {**dataclasses.asdict(cell), "name": cell.name}}
+
+        sweep = {"fixed_r": {cell: record(cell) for cell in sweep_cells(config, rates)["fixed_r"]}}
+        return _answer_section(Gathered(config, None, rates, {}, sweep=sweep))
+
+    split = answer({0: -0.05, 1: 0.3})
+    assert "n=4 vs topk +0.125 [+0.125, +0.125] worse" in split
+    assert "not shared by the seeds" in split and "test NLL n=4 vs topk (seed 0 -0.050, seed 1 +0.300)" in split
+    assert "not shared by the seeds" not in answer({0: 0.1, 1: 0.3})

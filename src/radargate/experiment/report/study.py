@@ -185,9 +185,14 @@ def describe(found: Difference | None, *, short: bool = False) -> str:
     """``-0.052 [-0.071, -0.034] better``: accuracy in points, NLL in nats per answer token."""
     if found is None:
         return "-"
-    scale, spec = (100, "+.1f") if found.metric == "acc" else (1, "+.3f")
     verdict = VERDICT_SHORT[found.verdict] if short else found.verdict
-    return f"{scale * found.mean:{spec}} [{scale * found.low:{spec}}, {scale * found.high:{spec}}] {verdict}"
+    return (f"{_signed(found.metric, found.mean)} [{_signed(found.metric, found.low)}, "
+            f"{_signed(found.metric, found.high)}] {verdict}")
+
+
+def _signed(metric: str, value: float) -> str:
+    """A difference as the report writes it: accuracy in points (+1.8), NLL in nats (-0.062)."""
+    return f"{100 * value:+.1f}" if metric == "acc" else f"{value:+.3f}"
 
 
 def _sides(found: Gathered, axis: str, method: str, n: int) -> list[dict]:
@@ -219,6 +224,7 @@ def _answer_section(found: Gathered) -> str:
              f"{found.config.adapter.r}):", ""]
     tally: dict[str, int] = defaultdict(int)
     by_reference: dict[str, dict[str, int]] = {"softmax": defaultdict(int), "topk": defaultdict(int)}
+    split_by_seed = []
     for label, split, metric in CLAIMS:
         parts = []
         for n in large:
@@ -228,6 +234,8 @@ def _answer_section(found: Gathered) -> str:
                     tally[result.verdict] += 1
                     by_reference[reference][result.verdict] += 1
                     parts.append(f"n={n} vs {reference} {describe(result)}")
+                    if result.verdict != "no detectable difference":
+                        split_by_seed += _seed_disagreement(found, axis, reference, n, (label, split, metric))
         lines.append(f"- **{label}**: " + ("; ".join(parts) if parts else "not measured yet") + ".")
     total = sum(tally.values())
     if total:
@@ -236,6 +244,11 @@ def _answer_section(found: Gathered) -> str:
                       f"{_plainly(tally, by_reference)} By gate: "
                       + "; ".join(f"against {reference} better in {counts['better']}, worse in {counts['worse']}"
                                   for reference, counts in by_reference.items() if counts) + "."]
+    if split_by_seed:
+        lines += ["", "The intervals resample examples, not training runs. These verdicts are not shared by the seeds: "
+                      "seed against seed, the difference changes sign, so the verdict rests on the seed as much as "
+                      "on the gate: "
+                      + "; ".join(split_by_seed) + "."]
     lines += ["", _completeness(found, axis)]
     for extra in (_learning_rate_check(found, axis), _rotation_line(found, axis)):
         if extra:
@@ -248,6 +261,21 @@ def _answer_section(found: Gathered) -> str:
     if headline:
         lines += ["", headline]
     return "\n".join(lines)
+
+
+def _seed_disagreement(found: Gathered, axis: str, reference: str, n: int, claim: tuple[str, str, str]) -> list[str]:
+    """``["unseen NLL n=8 vs topk (seed 0 -0.042, seed 1 +0.268)"]`` when RadarGate's mean difference from
+    ``reference``, seed against same seed, has both signs; else nothing."""
+    label, split, metric = claim
+    radar, other = ({cell.seed: record for cell, record in found.sweep[axis].items()
+                     if cell.method == method and cell.n == n and record and not record["failed"]}
+                    for method in ("radar", reference))
+    by_seed = {seed: difference([radar[seed]], [other[seed]], split, metric) for seed in radar.keys() & other.keys()}
+    by_seed = {seed: result for seed, result in by_seed.items() if result is not None}
+    if {d.mean > 0 for d in by_seed.values()} != {True, False}:
+        return []
+    seeds = ", ".join(f"seed {seed} {_signed(metric, d.mean)}" for seed, d in sorted(by_seed.items()))
+    return [f"{label} n={n} vs {reference} ({seeds})"]
 
 
 def _learning_rate_check(found: Gathered, axis: str) -> str:
