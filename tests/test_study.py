@@ -29,6 +29,14 @@ def _study_args(config_file, tmp_path, *extra: str) -> list[str]:
             f"--set=study.report_dir={tmp_path / 'reports'}", *extra]
 
 
+def _scored_record(split: str, nll: list[float], task: str = "t", cell: Cell | None = None) -> dict:
+    """A cell record with per-example answer NLL on one split, as the report reads it (no training behind it)."""
+    columns = {"task": [task] * len(nll), "id": [str(i) for i in range(len(nll))], "acc": [0.0] * len(nll),
+               "answer_nll": nll}
+    record = {"failed": None, "metrics": {split: {}}, "examples": {split: columns}, "timings": {}}
+    return record if cell is None else {**record, "cell": {**dataclasses.asdict(cell), "name": cell.name}}
+
+
 def test_the_sweep_covers_the_grid_and_fixed_total_rank_divides_the_budget(config_file):
     config = ExperimentConfig.load(config_file, [*STUDY, "study.experts=[2,3,4]"])
     sweep = sweep_cells(config, {"softmax": 0.01, "radar": 0.01})
@@ -265,9 +273,7 @@ def test_the_answer_checks_the_softmax_gates_rate_where_topk_keeps_every_expert(
     shift = {"softmax": 0.5, "topk": 0.0, "radar": 0.1}
 
     def record(method: str) -> dict:
-        nll = [1.0 + shift[method] + 0.01 * (i % 5) for i in range(40)]
-        columns = {"task": ["t"] * 40, "id": [str(i) for i in range(40)], "acc": [0.0] * 40, "answer_nll": nll}
-        return {"failed": None, "metrics": {"test": {}}, "examples": {"test": columns}}
+        return _scored_record("test", [1.0 + shift[method] + 0.01 * (i % 5) for i in range(40)])
 
     def check(rates: dict[str, float]) -> str:
         sweep = {"fixed_r": {cell: record(cell.method) for cell in sweep_cells(config, rates)["fixed_r"]}}
@@ -305,9 +311,7 @@ def test_the_headline_counts_each_gate_and_pools_every_task_into_one_interval(co
              ("a", "topk"): -0.1, ("b", "topk"): 0.0, ("c", "topk"): 0.0}
 
     def record(task: str, method: str) -> dict:
-        nll = [1.0 + shift.get((task, method), 0.0) + 0.01 * (i % 7) for i in range(30)]
-        columns = {"task": [task] * 30, "id": [str(i) for i in range(30)], "acc": [0.0] * 30, "answer_nll": nll}
-        return {"failed": None, "metrics": {"fit": {}}, "examples": {"fit": columns}}
+        return _scored_record("fit", [1.0 + shift.get((task, method), 0.0) + 0.01 * (i % 7) for i in range(30)], task)
 
     headline = {Cell(method, 8, 4, 0, 0.003, task, 60): record(task, method)
                 for task in "abc" for method in ("softmax", "topk", "radar")}
@@ -331,10 +335,7 @@ def test_the_answer_names_a_verdict_whose_seeds_point_different_ways(config_file
     def answer(radar_shift_by_seed: dict[int, float]) -> str:
         def record(cell: Cell) -> dict:
             shift = radar_shift_by_seed[cell.seed] if cell.method == "radar" else 0.0
-            nll = [1.0 + shift + 0.01 * (i % 5) for i in range(40)]
-            columns = {"task": ["t"] * 40, "id": [str(i) for i in range(40)], "acc": [0.0] * 40, "answer_nll": nll}
-            return {"failed": None, "metrics": {"test": {}}, "examples": {"test": columns}, "timings": {},
-                    "cell": {**dataclasses.asdict(cell), "name": cell.name}}
+            return _scored_record("test", [1.0 + shift + 0.01 * (i % 5) for i in range(40)], cell=cell)
 
         sweep = {"fixed_r": {cell: record(cell) for cell in sweep_cells(config, rates)["fixed_r"]}}
         return _answer_section(Gathered(config, None, rates, {}, sweep=sweep))
