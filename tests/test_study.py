@@ -295,10 +295,10 @@ def test_the_plain_answer_needs_radargate_ahead_of_each_gate():
         return {key: sum(part[key] for part in parts) for key in parts[0]}
 
     ahead, behind = counts(4, 0, 6), counts(1, 2, 7)  # overall 5 better, 2 worse: still a no
-    assert _plainly(total(ahead, behind), {"softmax": ahead, "topk": behind}).startswith("so far, no: against topk")
-    assert _plainly(total(ahead, ahead), {"softmax": ahead, "topk": ahead}).startswith("so far, a mixed answer")
+    assert _plainly(total(ahead, behind), {"softmax": ahead, "topk": behind}).startswith("No: against topk")
+    assert _plainly(total(ahead, ahead), {"softmax": ahead, "topk": ahead}).startswith("A mixed answer")
     clean = counts(5, 0, 0)
-    assert _plainly(total(clean, clean), {"softmax": clean, "topk": clean}).startswith("so far, yes")
+    assert _plainly(total(clean, clean), {"softmax": clean, "topk": clean}).startswith("Yes")
 
 
 def test_the_headline_counts_each_gate_and_pools_every_task_into_one_interval(config_file):

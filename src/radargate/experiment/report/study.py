@@ -240,7 +240,7 @@ def _answer_section(found: Gathered) -> str:
     total = sum(tally.values())
     if total:
         lines += ["", f"Of these {total} comparisons RadarGate is better in {tally['better']}, worse in "
-                      f"{tally['worse']}, and not detectably different in {tally['no detectable difference']}: "
+                      f"{tally['worse']}, and not detectably different in {tally['no detectable difference']}. "
                       f"{_plainly(tally, by_reference)} By gate: "
                       + "; ".join(f"against {reference} better in {counts['better']}, worse in {counts['worse']}"
                                   for reference, counts in by_reference.items() if counts) + "."]
@@ -318,14 +318,14 @@ def _plainly(tally: dict[str, int], by_reference: dict[str, dict[str, int]]) -> 
     """The plain answer: RadarGate must beat *each* weighted-sum gate, so one gate it does not lead is a no."""
     better, worse = tally["better"], tally["worse"]
     if better and not worse and better == sum(tally.values()):
-        return "so far, yes: RadarGate beats both weighted-sum gates on every claim measured."
+        return "Yes: RadarGate beats both weighted-sum gates on every claim measured."
     if not better and not worse:
-        return "so far, no: RadarGate shows no detectable advantage over the weighted-sum gates."
+        return "No: RadarGate shows no detectable advantage over the weighted-sum gates."
     not_led = [reference for reference, counts in by_reference.items()
                if counts and counts["better"] <= counts["worse"]]
     if not not_led:
-        return "so far, a mixed answer leaning to RadarGate."
-    return (f"so far, no: against {' and '.join(not_led)} RadarGate is as often or more often worse than better "
+        return "A mixed answer, leaning to RadarGate."
+    return (f"No: against {' and '.join(not_led)} RadarGate is as often or more often worse than better "
             "where the gates differ.")
 
 
