@@ -305,7 +305,7 @@ def test_the_headline_counts_each_gate_and_pools_every_task_into_one_interval(co
     """Per task a verdict per gate; per gate the tally; and all tasks' fit examples as one paired interval."""
     from radargate.experiment.report.study import Gathered, _headline_counts
 
-    config = ExperimentConfig.load(config_file, [*STUDY, "study.headline_tasks=[a,b,c]",
+    config = ExperimentConfig.load(config_file, [*STUDY, "study.headline_tasks=[a,b,c,d]",
                                                  "study.headline_methods=[softmax,topk,radar]"])
     shift = {("a", "softmax"): 0.2, ("b", "softmax"): 0.2, ("c", "softmax"): 0.0,
              ("a", "topk"): -0.1, ("b", "topk"): 0.0, ("c", "topk"): 0.0}
@@ -323,6 +323,7 @@ def test_the_headline_counts_each_gate_and_pools_every_task_into_one_interval(co
     (softmax_mean, softmax_low, _, softmax_word), (topk_mean, _, topk_high, topk_word) = pooled
     assert (softmax_mean, softmax_word) == ("-0.133", "better") and float(softmax_low) < -0.133
     assert (topk_mean, topk_word) == ("+0.033", "worse") and float(topk_high) > 0.033
+    assert text.endswith("Only 3 of the 4 tasks have finished; rerun the study command for the rest.")
 
 
 def test_the_answer_names_a_verdict_whose_seeds_point_different_ways(config_file):

@@ -542,7 +542,13 @@ def _headline_counts(found: Gathered) -> str | None:
             f"RadarGate fits better than every other gate in {best} of {len(verdicts)} tasks "
             f"({100 * best / len(verdicts):.0f}%; the paper reports 90%), worse than at least one in {worse}, "
             f"and otherwise not detectably different. By gate (fit NLL, RadarGate minus the gate): "
-            + "; ".join(per_gate) + ".")
+            + "; ".join(per_gate) + "." + _headline_completeness(found, len(verdicts)))
+
+
+def _headline_completeness(found: Gathered, finished: int) -> str:
+    planned = len(found.config.study.headline_tasks)
+    return "" if finished == planned else (f" Only {finished} of the {planned} tasks have finished; rerun the study "
+                                           "command for the rest.")
 
 
 def _headline_records(found: Gathered, task: str) -> dict[str, dict]:
