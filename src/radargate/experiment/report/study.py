@@ -267,8 +267,7 @@ def _seed_disagreement(found: Gathered, axis: str, reference: str, n: int, claim
     """``["unseen NLL n=8 vs topk (seed 0 -0.042, seed 1 +0.268)"]`` when RadarGate's mean difference from
     ``reference``, seed against same seed, has both signs; else nothing."""
     label, split, metric = claim
-    radar, other = ({cell.seed: record for cell, record in found.sweep[axis].items()
-                     if cell.method == method and cell.n == n and record and not record["failed"]}
+    radar, other = ({record["cell"]["seed"]: record for record in found.seeds_of(axis, method, n)}
                     for method in ("radar", reference))
     by_seed = {seed: difference([radar[seed]], [other[seed]], split, metric) for seed in radar.keys() & other.keys()}
     by_seed = {seed: result for seed, result in by_seed.items() if result is not None}
@@ -525,8 +524,8 @@ def _seeds(entry: dict) -> str:
 def _headline_counts(found: Gathered) -> str | None:
     """The paper's form (RadarGate best in 90% of tasks) with the intervals' words: per task, then per gate,
     then every finished task's examples pooled into one interval per gate."""
-    verdicts = [_headline_verdicts(found, task) for task in found.config.study.headline_tasks]
-    verdicts = [v for v in verdicts if v]
+    by_task = [_headline_records(found, task) for task in found.config.study.headline_tasks]
+    verdicts = [v for v in map(_headline_verdicts, by_task) if v]
     if not verdicts:
         return None
     best = sum(all(d.verdict == "better" for d in v.values()) for v in verdicts)
@@ -534,7 +533,7 @@ def _headline_counts(found: Gathered) -> str | None:
     per_gate = []
     for method in [m for m in found.config.study.headline_methods if m != "radar"]:
         counted = Counter(v[method].verdict for v in verdicts if method in v)
-        pooled = _headline_pooled(found, method)
+        pooled = _headline_pooled(by_task, method)
         per_gate.append(f"against {method} better in {counted['better']}, no detectable difference in "
                         f"{counted['no detectable difference']}, worse in {counted['worse']}"
                         + (f"; all {pooled[1]} tasks pooled: {describe(pooled[0])}" if pooled else ""))
@@ -556,20 +555,18 @@ def _headline_records(found: Gathered, task: str) -> dict[str, dict]:
             if cell.task == task and record and not record["failed"]}
 
 
-def _headline_verdicts(found: Gathered, task: str) -> dict[str, Difference] | None:
-    records = _headline_records(found, task)
+def _headline_verdicts(records: dict[str, dict]) -> dict[str, Difference] | None:
+    """RadarGate minus each other gate on one task's fit examples (``records``: that task's cells by method)."""
     if "radar" not in records or len(records) < 2:
         return None
     return {method: difference([records["radar"]], [record], "fit", "answer_nll")
             for method, record in records.items() if method != "radar"}
 
 
-def _headline_pooled(found: Gathered, method: str) -> tuple[Difference, int] | None:
+def _headline_pooled(by_task: list[dict[str, dict]], method: str) -> tuple[Difference, int] | None:
     """RadarGate minus ``method`` over the fit examples of every task both finished (examples are keyed by
     task, so pooling tasks is one paired comparison), and how many tasks that is."""
-    pairs = [(records["radar"], records[method]) for records in
-             (_headline_records(found, task) for task in found.config.study.headline_tasks)
-             if "radar" in records and method in records]
+    pairs = [(records["radar"], records[method]) for records in by_task if "radar" in records and method in records]
     if not pairs:
         return None
     result = difference([radar for radar, _ in pairs], [other for _, other in pairs], "fit", "answer_nll")
@@ -583,7 +580,7 @@ def _headline_section(found: Gathered) -> str:
     others = [m for m in study.headline_methods if m != "radar"]
     rows = []
     for task in study.headline_tasks:
-        verdicts = _headline_verdicts(found, task) or {}
+        verdicts = _headline_verdicts(_headline_records(found, task)) or {}
         rows.append([task, *(describe(verdicts.get(m), short=True) for m in others)])
     note = (f"Each of {len(study.headline_tasks)} BIG-bench tasks trained alone at n={study.headline_experts} "
             f"({study.headline_steps or found.config.train.steps} steps, each method at its chosen rate, seed "
@@ -617,16 +614,16 @@ def _diagnostics_section(summary: list[dict]) -> str:
 def _diagnostic_trends(summary: list[dict]) -> list[str]:
     """Each diagnostic from the smallest to the largest n measured, gate by gate: how training changes with n."""
     lines = []
+    several_axes = len({e["axis"] for e in summary}) > 1
     for metric, label in (("mean_grad_norm", "mean gradient norm"), ("routing_entropy", "routing entropy"),
                           ("busiest_expert_share", "busiest expert's share"), ("mean_abs_angle", "mean |angle|"),
                           ("contrast_rho", "contrastive rho")):
         parts = []
-        axes = list(dict.fromkeys(e["axis"] for e in summary))
         for axis, method in dict.fromkeys((e["axis"], e["method"]) for e in summary if e["method"] != "lora"):
             measured = sorted((e["n"], e[metric]) for e in summary
                               if (e["axis"], e["method"]) == (axis, method) and e[metric] is not None)
             if len(measured) > 1:
-                name = f"{method} ({axis})" if len(axes) > 1 else method
+                name = f"{method} ({axis})" if several_axes else method
                 parts.append(f"{name} " + " -> ".join(f"{value:.2f}" for _, value in measured)
                              + f" (n = {', '.join(str(n) for n, _ in measured)})")
         if parts:
