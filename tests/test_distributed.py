@@ -69,13 +69,20 @@ sys.exit(main(sys.argv[1:]))
 def launch_two_processes(config_file: Path, name: str, overrides: list[str], *, script: Path | None = None,
                          launch_flags: tuple[str, ...] = (), check: bool = True) -> subprocess.CompletedProcess:
     """``radargate train`` in two CPU processes through ``accelerate launch`` (this checkout's code)."""
+    return launch(config_file, name, overrides, script=script, launch_flags=("--config_file", str(CPU_2PROC),
+                  *launch_flags), env={"ACCELERATE_USE_CPU": "1"}, check=check)
+
+
+def launch(config_file: Path, name: str, overrides: list[str], *, launch_flags: tuple[str, ...],
+           env: dict[str, str], script: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """``radargate train`` (or ``script``) through ``accelerate launch``, with this checkout's code."""
     with socket.socket() as probe:  # a free port: other test runs may launch at the same time
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     program = [str(script)] if script else ["-m", "radargate.cli"]
-    command = [str(ACCELERATE), "launch", "--config_file", str(CPU_2PROC), "--main_process_port", str(port),
-               *launch_flags, *program, "train", "--config", str(config_file), "--set", f"name={name}", *overrides]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
+    command = [str(ACCELERATE), "launch", "--main_process_port", str(port), *launch_flags,
+               *program, "train", "--config", str(config_file), "--set", f"name={name}", *overrides]
+    env = {**os.environ, **env, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     if check:
@@ -260,6 +267,77 @@ def test_layers_sharded_by_fsdp2_train_evaluate_save_and_load_as_one_process(tmp
     # save_pretrained gathers the shards into one file equal to the unsharded model's; loading it back
     # into a sharded model gives the same logits
     assert found["saved_keys"] and found["saved"] < 1e-5 and found["reloaded"] < 1e-5, found
+
+
+FSDP_CONFIG = ROOT / "configs" / "accelerate" / "fsdp.yaml"
+on_gpus = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="accelerate shards with FSDP only on GPUs (on CPUs it refuses, test_fsdp_on_cpus_is_refused); "
+    "run on a GPU machine (docs/distributed.md)",
+)
+
+RECORD_SHARDING = r"""
+import json, sys
+import radargate.experiment.train as train
+from torch.distributed.tensor import DTensor
+
+real_save = train._Trainer.save_checkpoint
+
+def save_checkpoint(self, state):  # records, at each checkpoint, that FSDP really holds the weights as shards
+    kinds = sorted({type(p).__name__ for p in train.trainable_parameters(self.unwrapped).values()})
+    if self.accelerator.is_main_process:
+        with open(self.run_dir / "sharding.jsonl", "a") as stream:
+            stream.write(json.dumps({"distributed": self.accelerator.distributed_type.value, "kinds": kinds}) + "\n")
+    real_save(self, state)
+
+train._Trainer.save_checkpoint = save_checkpoint
+from radargate.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def launch_fsdp(tmp_path: Path, config_file: Path, name: str, overrides: list[str], *, kill: bool = False
+                ) -> subprocess.CompletedProcess:
+    """``radargate train`` under accelerate's FSDP2 (``configs/accelerate/fsdp.yaml``), one process per GPU,
+    float32; with ``kill``, SIGKILLed after its first checkpoint."""
+    script = tmp_path / ("kill_after_first_checkpoint.py" if kill else "record_sharding.py")
+    script.write_text(KILL_AFTER_FIRST_CHECKPOINT if kill else RECORD_SHARDING)
+    flags = ("--config_file", str(FSDP_CONFIG), "--num_processes", str(torch.cuda.device_count()),
+             "--mixed_precision", "no")
+    return launch(config_file, name, overrides, script=script, launch_flags=flags, env={}, check=not kill)
+
+
+@on_gpus
+@pytest.mark.parametrize("method", ["softmax", "radar"])
+def test_fsdp_through_accelerate_trains_as_one_process(tmp_path, tiny_model_dir, method):
+    """Every process (one per GPU) holds shards of the adapters, yet the run trains, checkpoints and saves the
+    same model as one unsharded process on the whole batch."""
+    config_file = write_tiny_config(tmp_path, tiny_model_dir)
+    whole = train_in_process(config_file, "whole", settings(method, batch_size=8))
+    launch_fsdp(tmp_path, config_file, "fsdp", settings(method, batch_size=8 // torch.cuda.device_count()))
+    run_dir = tmp_path / "runs" / "fsdp"
+    records = [json.loads(line) for line in (run_dir / "sharding.jsonl").read_text().splitlines()]
+    assert records and all(row == {"distributed": "FSDP", "kinds": ["DTensor"]} for row in records), records
+    assert_same_training(run_dir, whole)
+    assert (run_dir / "result.json").is_file()
+
+
+@on_gpus
+def test_killed_fsdp_run_resumes_exactly(tmp_path, tiny_model_dir):
+    """Killed after the checkpoint of step 2 of 4, then resumed under FSDP: the same losses and adapter as the
+    uninterrupted unsharded run (the checkpoint holds whole weights and optimizer state, cut into shards on
+    loading)."""
+    config_file = write_tiny_config(tmp_path, tiny_model_dir)
+    gpus = torch.cuda.device_count()
+    overrides = settings("radar", batch_size=8 // gpus, aux=True)
+    killed = launch_fsdp(tmp_path, config_file, "split", overrides, kill=True)
+    assert killed.returncode != 0, killed.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "split"
+    assert [row["step"] for row in log_rows(run_dir)] == [1, 2] and not (run_dir / "result.json").exists()
+    launch_fsdp(tmp_path, config_file, "split", [*overrides, "--resume"])
+    # the same micro-batches in one process: the auxiliary losses are per micro-batch
+    whole = train_in_process(config_file, "whole", settings("radar", batch_size=8 // gpus, grad_accum=gpus, aux=True))
+    assert_same_training(run_dir, whole, aux=True)
 
 
 def test_resume_with_another_number_of_processes_is_refused(tmp_path, tiny_model_dir, capsys):

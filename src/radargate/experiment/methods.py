@@ -25,6 +25,7 @@ from radargate.gates import GATES
 from radargate.model import MoLoRAModel, get_molora_model
 from radargate.peft_interop import ADAPTER_WEIGHTS
 from radargate.precision import DTYPES
+from radargate.sharding import is_main_process, whole
 
 
 def trains_anything(config: ExperimentConfig) -> bool:
@@ -162,6 +163,10 @@ def describe_adapter(model: torch.nn.Module) -> dict[str, Any]:
 
 
 def save_adapter(model: torch.nn.Module, directory: Path) -> None:
-    """The final adapter in its library's own format (radargate or PEFT)."""
-    if isinstance(model, (MoLoRAModel, PeftModel)):
+    """The final adapter in its library's own format (radargate or PEFT). Every process calls this (FSDP2's
+    shards are gathered, a collective); the main process alone writes."""
+    if isinstance(model, MoLoRAModel):
         model.save_pretrained(directory)
+    elif isinstance(model, PeftModel):
+        adapter = {name: whole(tensor) for name, tensor in model.state_dict().items() if "lora_" in name}
+        model.save_pretrained(directory, state_dict=adapter, is_main_process=is_main_process())

@@ -34,6 +34,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, parse_flag_from_env
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -46,6 +47,7 @@ from radargate.experiment.methods import save_adapter, trainable_parameters
 from radargate.experiment.tracking import start_trackers, step_metrics
 from radargate.files import atomic_write_bytes, atomic_write_directory, atomic_write_text, latest_directory, strict_json
 from radargate.model import MoLoRAModel
+from radargate.sharding import copy_whole_into, whole
 
 # -- data -----------------------------------------------------------------------------------------
 
@@ -158,6 +160,10 @@ def processes() -> PartialState:
 
 
 SGD_MOMENTUM = 0.9
+WHOLE = StateDictOptions(full_state_dict=True)
+WHOLE_ON_CPU = StateDictOptions(full_state_dict=True, cpu_offload=True)
+"""Optimizer state in checkpoints: keyed by parameter name and whole, however FSDP shards it (``cpu_offload``
+leaves it on the main process alone, the one that writes)."""
 
 
 def make_optimizer(name: str, parameters: list[torch.nn.Parameter], *, lr: float, weight_decay: float):
@@ -246,8 +252,7 @@ class _Trainer:
             state.validation.append(self.validate(state.step))
             self.save_checkpoint(state)
         self.require_finite_weights()
-        if self.accelerator.is_main_process:
-            save_adapter(self.unwrapped, self.run_dir / "adapter")
+        save_adapter(self.unwrapped, self.run_dir / "adapter")  # every process: FSDP gathers the shards first
         if self.tracking:
             self.accelerator.end_training()
 
@@ -289,7 +294,7 @@ class _Trainer:
             for name, value in parts.items():
                 aux_sums[name] = aux_sums.get(name, 0.0) + float(value)
         totals = self._global_totals(answer_tokens, nll_sum, weighted_aux_sum, tokens, aux_sums)
-        grad_norm = float(accelerator.clip_grad_norm_(self.model.parameters(), settings.max_grad_norm))
+        grad_norm = float(whole(accelerator.clip_grad_norm_(self.model.parameters(), settings.max_grad_norm)))
         nonfinite = {name: str(value) for name, value in (("loss", totals["loss"]), ("grad_norm", grad_norm))
                      if not math.isfinite(value)}
         if not nonfinite or self._scaler_handles(nonfinite):
@@ -387,7 +392,7 @@ class _Trainer:
 
     def require_finite_weights(self) -> None:
         """A model with non-finite weights is never saved, evaluated or reported."""
-        bad = [name for name, p in trainable_parameters(self.unwrapped).items() if not torch.isfinite(p).all()]
+        bad = [name for name, p in trainable_parameters(self.unwrapped).items() if not torch.isfinite(whole(p)).all()]
         if bad:
             raise TrainingDiverged(
                 f"training diverged: {len(bad)} trainable tensors hold non-finite values (first: {bad[0]}); "
@@ -395,21 +400,28 @@ class _Trainer:
             )
 
     def save_checkpoint(self, state: TrainState) -> None:
+        """Every process gathers the weights and optimizer state whole (FSDP2 holds them as shards, one per
+        process); the main process writes them, so a checkpoint does not depend on how they were sharded."""
         self.require_finite_weights()
+        parameters = trainable_parameters(self.unwrapped)
+        weights = {name: whole(p).detach().cpu().contiguous() for name, p in parameters.items()}
+        optimizer = get_optimizer_state_dict(self.model, self.optimizer.optimizer, options=WHOLE_ON_CPU)
         if not self.accelerator.is_main_process:
             return
-        atomic_write_directory(self.run_dir / "checkpoint", lambda folder: self._write_checkpoint_files(folder, state))
+        atomic_write_directory(
+            self.run_dir / "checkpoint", lambda folder: self._write_checkpoint_files(folder, state, weights, optimizer)
+        )
 
-    def _write_checkpoint_files(self, directory: Path, state: TrainState) -> None:
+    def _write_checkpoint_files(self, directory: Path, state: TrainState, weights: dict[str, torch.Tensor],
+                                optimizer: dict[str, Any]) -> None:
         """Weights and trainer state, serialised in memory and written by Python (so a failed write is an
         ``OSError`` naming the file) with fsync, as every file the project writes."""
-        weights = {name: p.detach().cpu().contiguous() for name, p in trainable_parameters(self.unwrapped).items()}
         atomic_write_bytes(directory / "trainable.safetensors", save_safetensors(weights))
         trainer_state = io.BytesIO()
         torch.save(
             {
                 "state": state.__dict__,
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer,
                 "scheduler": self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -445,8 +457,8 @@ class _Trainer:
             raise ValueError(f"checkpoint {directory} does not match this model's trainable parameters")
         with torch.no_grad():
             for name, parameter in parameters.items():
-                parameter.copy_(weights[name])
-        self.optimizer.load_state_dict(saved["optimizer"])
+                copy_whole_into(parameter, weights[name])
+        set_optimizer_state_dict(self.model, self.optimizer.optimizer, saved["optimizer"], options=WHOLE)
         self.scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["torch_rng"])
         if saved["cuda_rng"]:
