@@ -345,3 +345,23 @@ def test_the_answer_names_a_verdict_whose_seeds_point_different_ways(config_file
     assert "n=4 vs topk +0.125 [+0.125, +0.125] worse" in split
     assert "not shared by the seeds" in split and "test NLL n=4 vs topk (seed 0 -0.050, seed 1 +0.300)" in split
     assert "not shared by the seeds" not in answer({0: 0.1, 1: 0.3})
+
+
+def test_the_margins_growth_uses_the_largest_n_that_has_finished(config_file):
+    """A study under way (the plan's largest n not run yet) compares the smallest and largest finished n."""
+    from radargate.experiment.report.study import Gathered, _growth_lines
+
+    config = ExperimentConfig.load(config_file, [*STUDY, "study.methods=[softmax,radar]", "study.axes=[fixed_r]",
+                                                 "study.experts=[2,4,8]", "study.seeds=[0]"])
+    rates = {"softmax": 0.003, "radar": 0.003}
+    radar_shift = {2: 0.0, 4: -0.2}
+
+    def record(cell: Cell) -> dict | None:
+        if cell.n == 8:
+            return None  # not run yet
+        shift = radar_shift[cell.n] if cell.method == "radar" else 0.0
+        return _scored_record("test", [1.0 + shift + 0.01 * (i % 5) for i in range(40)], cell=cell)
+
+    sweep = {"fixed_r": {cell: record(cell) for cell in sweep_cells(config, rates)["fixed_r"]}}
+    lines = _growth_lines(Gathered(config, None, rates, {}, sweep=sweep), "fixed_r", ("test", "answer_nll"))
+    assert lines == ["- vs softmax, test answer nll, n=4 vs n=2: -0.200 [-0.200, -0.200] better"]

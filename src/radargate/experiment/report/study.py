@@ -336,8 +336,8 @@ def _completeness(found: Gathered, axis: str) -> str:
     missing = sorted({cell.n for cell, record in cells.items() if record is None})
     text = f"This rests on {done} of the {len(cells)} planned sweep cells (seeds run: {seeds or 'none'})."
     if missing:
-        text += (f" Cells at n = {', '.join(map(str, missing))} are still to run, so the scaling claim is open; "
-                 "rerun the study command to add them.")
+        text += (f" Cells at n = {', '.join(map(str, missing))} are still to run, so the answer and its growth with "
+                 "n rest on the finished cells alone; rerun the study command to add them.")
     if found.provisional:
         text += (" The learning rates are provisional (rates beyond the grid's edge are still to run; see "
                  "Learning rates).")
@@ -345,20 +345,22 @@ def _completeness(found: Gathered, axis: str) -> str:
 
 
 def _growth_lines(found: Gathered, axis: str, *claims: tuple[str, str]) -> list[str]:
+    """RadarGate's margin over each gate at the largest n minus at the smallest, among the n where both have
+    finished cells (a study under way compares the n it has)."""
     experts = sorted({cell.n for cell in found.sweep.get(axis, {})})
-    if len(experts) < 2:
-        return []
-    low, high = experts[0], experts[-1]
     lines = []
     for reference in ("softmax", "topk"):
+        finished = [n for n in experts if _sides(found, axis, "radar", n) and _sides(found, axis, reference, n)]
+        if len(finished) < 2:
+            continue
+        low, high = finished[0], finished[-1]
         for split, metric in claims:
             terms = [(1.0, _sides(found, axis, "radar", high)), (-1.0, _sides(found, axis, reference, high)),
                      (-1.0, _sides(found, axis, "radar", low)), (1.0, _sides(found, axis, reference, low))]
-            if all(records for _, records in terms):
-                result = contrast(terms, split, metric)
-                if result is not None:
-                    lines.append(f"- vs {reference}, {split} {metric.replace('_', ' ')}, n={high} vs n={low}: "
-                                 f"{describe(result)}")
+            result = contrast(terms, split, metric)
+            if result is not None:
+                lines.append(f"- vs {reference}, {split} {metric.replace('_', ' ')}, n={high} vs n={low}: "
+                             f"{describe(result)}")
     return lines
 
 
