@@ -184,7 +184,15 @@ def test_corrupt_or_missing_checkpoint_gives_clear_errors(config_file, tmp_path,
     assert "not a run folder" in capsys.readouterr().err
     config = ExperimentConfig.load(config_file, ["train.steps=2"])
     train(config, show_progress=False)
-    (config.run_dir / "checkpoint" / "trainer_state.pt").write_bytes(b"garbage")
+    state_file = config.run_dir / "checkpoint" / "trainer_state.pt"
+    saved = torch.load(state_file, weights_only=True)
+    names = saved["optimizer"]["param_groups"][0]["params"]  # optimizer state keyed by position, as torch's own
+    saved["optimizer"]["state"] = {names.index(name): value for name, value in saved["optimizer"]["state"].items()}
+    saved["optimizer"]["param_groups"][0]["params"] = list(range(len(names)))
+    torch.save(saved, state_file)
+    with pytest.raises(ValueError, match=r"checkpoint .*: its optimizer state does not fit this model \(KeyError"):
+        train(config, resume=True, show_progress=False)
+    state_file.write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"checkpoint .* is missing files or corrupt"):
         train(config, resume=True, show_progress=False)
 

@@ -458,7 +458,14 @@ class _Trainer:
         with torch.no_grad():
             for name, parameter in parameters.items():
                 copy_whole_into(parameter, weights[name])
-        set_optimizer_state_dict(self.model, self.optimizer.optimizer, saved["optimizer"], options=WHOLE)
+        try:
+            set_optimizer_state_dict(self.model, self.optimizer.optimizer, saved["optimizer"], options=WHOLE)
+        except (KeyError, ValueError, RuntimeError) as error:
+            raise ValueError(
+                f"checkpoint {directory}: its optimizer state does not fit this model ({type(error).__name__}: "
+                f"{error}); checkpoints keep it keyed by parameter name since radargate moved to whole optimizer "
+                "state for FSDP, so one written before cannot resume (train again without --resume)"
+            ) from None
         self.scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["torch_rng"])
         if saved["cuda_rng"]:
