@@ -5,10 +5,12 @@ random Llama saved to disk and loaded through transformers' ordinary path."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 import radargate.experiment.train as train_module
@@ -234,3 +236,22 @@ def test_eval_set_changes_evaluation_not_the_trained_run(config_file, tmp_path, 
     assert "| macro | 4 |" in capsys.readouterr().out
     assert main(["eval", "--run", run_dir, "--set", "adapter.r=4"]) == 2
     assert "cannot change adapter" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["lora", "radar"])
+def test_the_saved_adapter_holds_the_trained_weights(config_file, tmp_path, method):
+    """The final adapter (PEFT's format or radargate's) is the last checkpoint's weights, every tensor equal."""
+    overrides = [f"method={method}", "train.steps=2", "train.lr=0.1", "eval.fit_per_task=0"]
+    assert main(["train", "--config", str(config_file), *(f"--set={value}" for value in overrides)]) == 0
+    run_dir = tmp_path / "runs" / "tiny"
+
+    def weights(path: Path) -> dict[str, torch.Tensor]:  # PEFT drops the adapter's name, radargate its wrapper's
+        return {name.replace(".default", "").removeprefix("base_model."): tensor
+                for name, tensor in load_file(str(path)).items()}
+
+    trained = weights(run_dir / "checkpoint" / "trainable.safetensors")
+    saved = weights(next((run_dir / "adapter").glob("*.safetensors")))
+    assert saved.keys() == trained.keys()
+    assert all(torch.equal(saved[name], tensor) for name, tensor in trained.items())
+    up_projections = [tensor for name, tensor in trained.items() if name.endswith((".B", "lora_B.weight"))]
+    assert up_projections and all(tensor.abs().max() > 0 for tensor in up_projections)  # trained, not B = 0
