@@ -279,7 +279,6 @@ on_gpus = pytest.mark.skipif(
 RECORD_SHARDING = r"""
 import json, sys
 import radargate.experiment.train as train
-from torch.distributed.tensor import DTensor
 
 real_save = train._Trainer.save_checkpoint
 

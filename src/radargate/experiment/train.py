@@ -390,9 +390,14 @@ class _Trainer:
 
     # -- checkpoints: a folder written beside the old one, then swapped in (radargate.files) --------
 
-    def require_finite_weights(self) -> None:
-        """A model with non-finite weights is never saved, evaluated or reported."""
-        bad = [name for name, p in trainable_parameters(self.unwrapped).items() if not torch.isfinite(whole(p)).all()]
+    def _whole_weights(self) -> dict[str, torch.Tensor]:
+        """The trainable weights, gathered whole where FSDP2 shards them (a collective: every process calls it)."""
+        return {name: whole(p).detach() for name, p in trainable_parameters(self.unwrapped).items()}
+
+    def require_finite_weights(self, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """A model with non-finite weights is never saved, evaluated or reported (``weights``: already gathered)."""
+        weights = self._whole_weights() if weights is None else weights
+        bad = [name for name, tensor in weights.items() if not torch.isfinite(tensor).all()]
         if bad:
             raise TrainingDiverged(
                 f"training diverged: {len(bad)} trainable tensors hold non-finite values (first: {bad[0]}); "
@@ -402,9 +407,9 @@ class _Trainer:
     def save_checkpoint(self, state: TrainState) -> None:
         """Every process gathers the weights and optimizer state whole (FSDP2 holds them as shards, one per
         process); the main process writes them, so a checkpoint does not depend on how they were sharded."""
-        self.require_finite_weights()
-        parameters = trainable_parameters(self.unwrapped)
-        weights = {name: whole(p).detach().cpu().contiguous() for name, p in parameters.items()}
+        weights = self._whole_weights()  # gathered once, for the check and the file
+        self.require_finite_weights(weights)
+        weights = {name: tensor.cpu().contiguous() for name, tensor in weights.items()}
         optimizer = get_optimizer_state_dict(self.model, self.optimizer.optimizer, options=WHOLE_ON_CPU)
         if not self.accelerator.is_main_process:
             return
