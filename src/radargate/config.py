@@ -18,7 +18,8 @@ from typing import Any
 from radargate.gates import GATES
 from radargate.validation import require_choice, require_int, require_number
 
-STRETCH_NAMES = ("softmax", "softplus")
+STRETCH_NAMES = ("softmax", "softplus", "topk")
+FUSION_NAMES = ("static", "input")
 RADAR_IMPLS = ("span", "materialized")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -43,16 +44,21 @@ class MoLoRAConfig:
     """A list of module names (a module matches if its full name equals an entry or ends with
     ``"." + entry``), or one regular expression that must match the full module name."""
     gate: str = "softmax"
-    """Which gate mixes the experts: ``softmax``, ``topk``, ``uniform`` or ``radar``."""
+    """Which gate mixes the experts: ``softmax``, ``topk``, ``uniform``, ``signed`` or ``radar``."""
     top_k: int = 2
-    """Experts kept per token by the ``topk`` gate."""
+    """Experts kept per token by the ``topk`` gate (and by RadarGate's ``stretch="topk"``)."""
     topk_renormalize: bool = True
     """``topk``: renormalise the kept weights to sum to 1 (Mixtral/MixLoRA); ``False`` keeps the
     raw softmax probabilities (Switch with ``top_k=1``)."""
     theta_max: float = math.pi / 2
     """RadarGate: rotation angles lie in ``(-theta_max, theta_max)``."""
     stretch: str = "softmax"
-    """RadarGate StretchGate: ``softmax`` magnitudes (sum to 1) or unnormalised ``softplus``."""
+    """RadarGate StretchGate: ``softmax`` magnitudes (sum to 1), unnormalised ``softplus``, or ``topk``: the
+    top-k gate's weights (the ``top_k`` largest softmax probabilities, renormalised per ``topk_renormalize``)."""
+    fusion: str = "static"
+    """RadarGate fusion ("Map"): ``static``, one learnable ``Phi = masked_softmax(P)`` shared by all tokens, or
+    ``input``, ``Phi(x) = masked_softmax(P + f(z))`` per token with ``f`` linear in the experts' codes and
+    started at zero (so training starts where ``static`` does)."""
     radar_impl: str = "span"
     """RadarGate implementation: ``span`` (fast, default) or ``materialized`` (reference)."""
     radar_recompute: bool = True
@@ -85,7 +91,7 @@ class MoLoRAConfig:
         require_int("num_experts", self.num_experts, minimum=1)
         require_int("r", self.r, minimum=1)
         require_int("top_k", self.top_k, minimum=1)
-        if self.gate == "topk" and self.top_k > self.num_experts:
+        if self.keeps_top_k and self.top_k > self.num_experts:
             raise ValueError(
                 f"top_k={self.top_k} is larger than num_experts={self.num_experts}; "
                 f"choose 1 <= top_k <= num_experts"
@@ -97,6 +103,7 @@ class MoLoRAConfig:
     def _check_choices(self) -> None:
         require_choice("gate", self.gate, tuple(GATES))
         require_choice("stretch", self.stretch, STRETCH_NAMES)
+        require_choice("fusion", self.fusion, FUSION_NAMES)
         require_choice("radar_impl", self.radar_impl, RADAR_IMPLS)
         for name in ("topk_renormalize", "train_experts", "radar_recompute"):
             if not isinstance(getattr(self, name), bool):
@@ -122,6 +129,11 @@ class MoLoRAConfig:
     def _check_weights(self) -> None:
         for name in ("load_balance_weight", "z_loss_weight", "orthogonality_weight", "variance_weight"):
             require_number(name, getattr(self, name), low=0.0)
+
+    @property
+    def keeps_top_k(self) -> bool:
+        """Whether the gate keeps only ``top_k`` experts per token (the top-k gate, RadarGate's top-k stretch)."""
+        return self.gate == "topk" or (self.gate == "radar" and self.stretch == "topk")
 
     def aux_loss_weights(self) -> dict[str, float]:
         """Auxiliary loss name -> weight, for the losses that are switched on."""

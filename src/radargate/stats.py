@@ -37,8 +37,9 @@ class RoutingStats:
             self.top_choice_count = torch.zeros(self.num_experts, dtype=torch.float64)
         self.tokens += weights.shape[0]
         self.weight_sum += weights.sum(0)
-        self.top_choice_count += torch.bincount(weights.argmax(-1), minlength=self.num_experts).double()
-        share = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
+        magnitudes = weights.abs()  # the signed gate's coefficients may be negative
+        self.top_choice_count += torch.bincount(magnitudes.argmax(-1), minlength=self.num_experts).double()
+        share = magnitudes / magnitudes.sum(-1, keepdim=True).clamp_min(1e-12)
         self.entropy_sum += float(-(share * share.clamp_min(1e-12).log()).sum())
         self._keep_samples(output.extras)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from radargate.gates.base import Gate, GateOutput
 from radargate.gates.radar import RadarGate
+from radargate.gates.signed import SignedGate
 from radargate.gates.softmax import SoftmaxGate
 from radargate.gates.topk import TopKGate
 from radargate.gates.uniform import UniformGate
@@ -12,6 +13,7 @@ GATES: dict[str, type[Gate]] = {
     "softmax": SoftmaxGate,
     "topk": TopKGate,
     "uniform": UniformGate,
+    "signed": SignedGate,
     "radar": RadarGate,
 }
 
@@ -24,4 +26,6 @@ def get_gate(name: str) -> type[Gate]:
         raise ValueError(f"gate={name!r} is unknown; choose one of {', '.join(GATES)}") from None
 
 
-__all__ = ["GATES", "Gate", "GateOutput", "RadarGate", "SoftmaxGate", "TopKGate", "UniformGate", "get_gate"]
+__all__ = [
+    "GATES", "Gate", "GateOutput", "RadarGate", "SignedGate", "SoftmaxGate", "TopKGate", "UniformGate", "get_gate",
+]

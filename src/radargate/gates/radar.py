@@ -11,6 +11,11 @@ The project's definition (``docs/radargate.md``; the paper's equations were not 
    positive angles turn ``v_i`` towards its partner.
 5. ``delta = sum_i g_i v'_i``.
 
+Other readings of the abstract (``docs/radargate.md``): ``stretch="topk"`` takes the magnitudes from the
+top-k gate (sparse), ``stretch="softplus"`` leaves them unnormalised, and ``fusion="input"`` makes the
+fusion per token, ``Phi(x) = masked_softmax(P + z W_f)`` (``W_f`` started at zero). Every formula below
+holds per token with a ``[T, n, n]`` ``Phi``.
+
 Degenerate planes. With ``q = |v|^2``, ``a = <v, c>``, ``m = |c|^2``, ``kappa = a / (q + tau)``,
 the orthogonal part of the partner is ``p = c - kappa v`` with ``pp = |p|^2``. We use
 
@@ -45,6 +50,7 @@ from torch import nn
 from radargate.experts import LoRAExperts
 from radargate.frozen import FrozenCache
 from radargate.gates.base import Gate, GateOutput, make_router, upcast
+from radargate.gates.topk import top_k_weights
 
 TAU = 1e-12
 """Absolute floor on squared norms: an expert output with ``|v|^2 << TAU`` counts as zero."""
@@ -61,27 +67,38 @@ class RadarGate(Gate):
         n = config.num_experts
         self.theta_max = config.theta_max
         self.stretch = config.stretch
+        self.top_k, self.renormalize = config.top_k, config.topk_renormalize
         self.impl = config.radar_impl
         self.recompute = config.radar_recompute
         self.router = make_router(in_features, n, dtype, device)
         self.fusion_logits = nn.Parameter(torch.zeros(n, n, dtype=dtype, device=device))
-        self.angle = nn.Linear(n * config.r, n, dtype=dtype, device=device)
-        nn.init.zeros_(self.angle.weight)
-        nn.init.zeros_(self.angle.bias)
+        self.fusion_from_codes = (
+            zero_linear(n * config.r, n * n, bias=False, dtype=dtype, device=device)
+            if config.fusion == "input"
+            else None
+        )
+        self.angle = zero_linear(n * config.r, n, dtype=dtype, device=device)
         self.frozen = FrozenCache()
 
-    def fusion(self) -> torch.Tensor:
-        """``Phi: [n, n]``, row-stochastic with a zero diagonal (all zeros for a single expert)."""
+    def fusion(self, codes: torch.Tensor | None = None) -> torch.Tensor:
+        """``Phi``, row-stochastic with a zero diagonal (all zeros for a single expert): ``[n, n]`` for the
+        static fusion; ``[T, n, n]`` for the input-dependent one, ``masked_softmax(P + f(z))`` from the
+        ``codes`` ``[T, n, r]``."""
         n = self.num_experts
         if n == 1:
-            return torch.zeros_like(self.fusion_logits)
-        eye = torch.eye(n, dtype=torch.bool, device=self.fusion_logits.device)
-        return self.fusion_logits.masked_fill(eye, float("-inf")).softmax(dim=-1)
+            return upcast(torch.zeros_like(self.fusion_logits))
+        logits = self.fusion_logits
+        if self.fusion_from_codes is not None:
+            logits = logits + self.fusion_from_codes(codes.reshape(codes.shape[0], -1)).view(-1, n, n)
+        eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+        return upcast(logits).masked_fill(eye, float("-inf")).softmax(dim=-1)
 
-    def stretch_weights(self, logits: torch.Tensor) -> torch.Tensor:
-        """StretchGate magnitudes ``g: [T, n]``."""
+    def stretch_weights(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """StretchGate magnitudes ``g: [T, n]``, and for the top-k stretch which experts each token keeps."""
+        if self.stretch == "topk":
+            return top_k_weights(logits, self.top_k, renormalize=self.renormalize)
         logits = upcast(logits)
-        return logits.softmax(dim=-1) if self.stretch == "softmax" else F.softplus(logits)
+        return (logits.softmax(dim=-1) if self.stretch == "softmax" else F.softplus(logits)), None
 
     def angles(self, codes: torch.Tensor) -> torch.Tensor:
         """RotationGate angles ``theta: [T, n]`` from the codes of all experts."""
@@ -92,9 +109,12 @@ class RadarGate(Gate):
         self, tokens: torch.Tensor, codes: torch.Tensor, experts: LoRAExperts, *, with_stats: bool = False
     ) -> GateOutput:
         logits = self.router(tokens)
-        weights = self.stretch_weights(logits)
+        weights, selected = self.stretch_weights(logits)
         theta = self.angles(codes)
-        phi = self.frozen.get("phi", lambda: upcast(self.fusion()), self.fusion_logits)
+        if self.fusion_from_codes is None:
+            phi = self.frozen.get("phi", self.fusion, self.fusion_logits)
+        else:
+            phi = self.fusion(codes)
         if self.impl == "span":
             # under torch.compile, the compiler's own partitioner decides what to recompute
             recompute = self.recompute and torch.is_grad_enabled() and not torch.compiler.is_compiling()
@@ -102,7 +122,19 @@ class RadarGate(Gate):
         else:
             delta, gram, geometry = _materialized(codes, experts, weights, phi, theta)
         extras = _statistics(theta, *geometry) if with_stats else {}
-        return GateOutput(delta=delta, weights=weights, router_logits=logits, gram=gram, extras=extras)
+        return GateOutput(
+            delta=delta, weights=weights, router_logits=logits, selected=selected, gram=gram, extras=extras
+        )
+
+
+def zero_linear(in_features: int, out_features: int, **kwargs) -> nn.Linear:
+    """A linear map started at zero: a reading's extra freedom begins switched off, so training starts at the
+    plain weighted sum."""
+    linear = nn.Linear(in_features, out_features, **kwargs)
+    nn.init.zeros_(linear.weight)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+    return linear
 
 
 def _rotation_terms(
@@ -145,7 +177,8 @@ def _span_coefficients(gram, weights, phi, theta):
     q, a, _, m, kappa, raw_pp = _plane_geometry(gram, phi)
     pp = raw_pp.clamp_min(0.0)
     cos_term, beta = _rotation_terms(q, m, pp, theta)
-    coefficients = torch.addcmul((weights * beta) @ phi, weights, torch.addcmul(cos_term, beta, kappa, value=-1))
+    kept = torch.addcmul(cos_term, beta, kappa, value=-1)
+    coefficients = torch.addcmul(_through(weights * beta, phi), weights, kept)
     return coefficients, q, a, m, kappa, cos_term, beta
 
 
@@ -186,8 +219,13 @@ class SpanCoefficients(torch.autograd.Function):
         beta = sin * scale
 
         grad = grad_coefficients
-        grad_gb = grad @ phi.T
-        grad_phi = (weights * beta).flatten(0, -2).T @ grad.flatten(0, -2)
+        phi_t = phi.transpose(-1, -2)
+        grad_gb = _through(grad, phi_t)
+        per_token = phi.dim() > 2
+        if per_token:
+            grad_phi = (weights * beta).unsqueeze(-1) * grad.unsqueeze(-2)
+        else:
+            grad_phi = (weights * beta).flatten(0, -2).T @ grad.flatten(0, -2)
         grad_weights = grad * (cos - beta * kappa) + grad_gb * beta
         grad_beta = weights * (grad_gb - grad * kappa)
         grad_kappa = -grad * weights * beta
@@ -208,21 +246,31 @@ class SpanCoefficients(torch.autograd.Function):
         # [T, n, n] work: a contiguous left factor, so that the matmul folds T into its rows, and sums over
         # T before any transpose (the strided forms copy T n^2 numbers each: 769 vs 636 ms for this
         # function's forward + backward at n = 64, 2048 tokens, one thread)
-        grad_gram_phi = phi.T * grad_m.unsqueeze(-2)  # [T, j, i] = dm_i Phi_ij
+        grad_gram_phi = phi_t * grad_m.unsqueeze(-2)  # [T, j, i] = dm_i Phi_ij
         grad_gram = grad_gram_phi @ phi + grad_a.unsqueeze(-1) * phi
         grad_gram.diagonal(dim1=-2, dim2=-1).add_(grad_q)
-        grad_phi = grad_phi + (grad_a.unsqueeze(-1) * gram).flatten(0, -3).sum(0)
-        grad_phi = grad_phi + 2 * (gram_phi * grad_m.unsqueeze(-2)).flatten(0, -3).sum(0).T
+
+        def over_tokens(tensor):  # a shared Phi sums its gradient over the tokens; a per-token one keeps it
+            return tensor if per_token else tensor.flatten(0, -3).sum(0)
+
+        grad_phi = grad_phi + over_tokens(grad_a.unsqueeze(-1) * gram)
+        grad_phi = grad_phi + 2 * over_tokens(gram_phi * grad_m.unsqueeze(-2)).transpose(-1, -2)
         return grad_gram, grad_weights, grad_phi, grad_theta
+
+
+def _through(rows: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """``rows @ Phi`` per token: ``rows`` ``[T, n]``, ``Phi`` shared ``[n, n]`` or per token ``[T, n, n]``."""
+    return rows @ phi if phi.dim() == 2 else (rows.unsqueeze(-2) @ phi).squeeze(-2)
 
 
 def _plane_geometry(gram, phi):
     """Per expert, from the Gram matrix: ``q = |v|^2``, ``a = <v, c>``, ``G Phi^T`` (``[T, j, i] = <v_j, c_i>``),
     ``m = |c|^2``, ``kappa = a / (q + tau)`` and ``|p|^2`` before clamping at 0 (rounding can make it negative)."""
     q = torch.diagonal(gram, dim1=-2, dim2=-1)
-    gram_phi = gram @ phi.T
+    phi_t = phi.transpose(-1, -2)
+    gram_phi = gram @ phi_t
     a = torch.diagonal(gram_phi, dim1=-2, dim2=-1)  # <v_i, c_i>
-    m = (gram_phi * phi.T).sum(-2)  # |c_i|^2 = sum_j Phi_ij <v_j, c_i>, without a strided transpose
+    m = (gram_phi * phi_t).sum(-2)  # |c_i|^2 = sum_j Phi_ij <v_j, c_i>, without a strided transpose
     kappa = a / (q + TAU)
     return q, a, gram_phi, m, kappa, torch.addcmul(m, kappa, torch.add(kappa * q, a, alpha=-2))
 
@@ -237,9 +285,9 @@ def _materialized(codes, experts, weights, phi, theta):
 
 
 def rotate_outputs(outputs: torch.Tensor, phi: torch.Tensor, theta: torch.Tensor):
-    """Steps 2 and 4 on materialised outputs ``[T, n, d_out]``: returns the rotated outputs and the
-    per-expert geometry ``(q, a, m, kappa, cos_term, beta)``, each ``[T, n]``."""
-    partners = torch.einsum("ij,tjd->tid", phi, outputs)
+    """Steps 2 and 4 on materialised outputs ``[T, n, d_out]`` (``Phi`` shared ``[n, n]`` or ``[T, n, n]``):
+    returns the rotated outputs and the per-expert geometry ``(q, a, m, kappa, cos_term, beta)``, each ``[T, n]``."""
+    partners = phi @ outputs  # [n, n] or [T, n, n] times [T, n, d_out]
     q = (outputs * outputs).sum(-1)
     a = (outputs * partners).sum(-1)
     m = (partners * partners).sum(-1)

@@ -24,11 +24,18 @@ class TopKGate(Gate):
         self, tokens: torch.Tensor, codes: torch.Tensor, experts: LoRAExperts, *, with_stats: bool = False
     ) -> GateOutput:
         logits = self.router(tokens)
-        probs = upcast(logits).softmax(dim=-1)
-        kept = probs.topk(self.top_k, dim=-1).indices
-        selected = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, kept, True)
-        weights = probs * selected
-        if self.renormalize:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
+        weights, selected = top_k_weights(logits, self.top_k, renormalize=self.renormalize)
         delta = experts.mix(codes, weights.to(codes.dtype))
         return GateOutput(delta=delta, weights=weights, router_logits=logits, selected=selected)
+
+
+def top_k_weights(logits: torch.Tensor, k: int, *, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-k gate's weights ``[T, n]`` (zero outside each token's ``k`` most probable experts) and which
+    experts were kept (``[T, n]`` bool); shared with RadarGate's top-k StretchGate."""
+    probs = upcast(logits).softmax(dim=-1)
+    kept = probs.topk(k, dim=-1).indices
+    selected = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, kept, True)
+    weights = probs * selected
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, selected
