@@ -85,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out", metavar="OUT", help="new (or empty) folder for the adapters and the gates")
 
     commands.add_parser("gates", help="list the registered gates")
-    commands.add_parser("tasks", help="list the BIG-bench multiple-choice tasks (fetches BIG-bench once)")
+    tasks = commands.add_parser("tasks", help="list the BIG-bench multiple-choice tasks (fetches BIG-bench once)")
+    tasks.add_argument("--held-out", type=int, metavar="FAMILIES",
+                       help="instead, the unseen tasks for a study by the written rule: its unseen tasks plus this "
+                            "many task families it neither trains on nor replays (radargate.experiment.data.held_out)")
+    _add_config_arguments(tasks)
 
     bundle = commands.add_parser("bundle", help="pack what a run needs offline into parts (<= 48 MiB), or unpack")
     verbs = bundle.add_subparsers(dest="bundle_command", required=True)
@@ -247,6 +251,14 @@ def _gates(args: argparse.Namespace) -> int:
 
 def _tasks(args: argparse.Namespace) -> int:
     from radargate.experiment.data.bigbench import list_tasks
+
+    if args.held_out is not None:
+        from radargate.experiment.config import ExperimentConfig
+        from radargate.experiment.data.held_out import study_held_out_tasks
+
+        config = ExperimentConfig.load(args.config, args.overrides)
+        print("\n".join(study_held_out_tasks(config, families=args.held_out)))
+        return 0
 
     print("\n".join(list_tasks()))
     return 0

@@ -34,12 +34,24 @@ from radargate.validation import require_choice, require_int, require_number
 
 BASELINES = ("base", "lora")
 """Methods besides the gates: the untrained model, and PEFT's LoRA at rank ``num_experts * r``."""
+READINGS: dict[str, dict[str, str]] = {
+    "radar-sparse": {"stretch": "topk"},
+    "radar-fusion": {"fusion": "input"},
+    "radar-softplus": {"stretch": "softplus"},
+}
+"""Other readings of RadarGate's abstract (``docs/radargate.md``), each a method of its own so that runs, cell files
+and tables tell them apart: the ``radar`` gate with these adapter settings (``radar`` itself is the default reading)."""
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
 
 
 def method_names() -> tuple[str, ...]:
-    return (*BASELINES, *GATES)
+    return (*BASELINES, *GATES, *READINGS)
+
+
+def gate_of(method: str) -> str | None:
+    """The gate a method trains (a reading trains ``radar``); ``None`` for the baselines."""
+    return "radar" if method in READINGS else method if method in GATES else None
 
 
 QUANT_BITS = (4, 8)
@@ -283,6 +295,52 @@ UNSEEN_TASKS = ["navigate", "causal_judgment", "disambiguation_qa", "hyperbaton"
 
 
 @dataclass
+class RobustnessSettings:
+    """Whether the study's answer survives other readings of RadarGate and the premise tested alone, by the
+    protocol in ``docs/robustness-protocol.md`` (written before any of these cells ran;
+    ``radargate.experiment.robustness`` runs it): the ``searched`` methods get the study's learning-rate search,
+    the reading with the lowest validation answer NLL (``radar`` included) is the best reading, and it runs
+    beside ``compared`` at each of ``experts`` with the first ``seed_counts`` seeds, scored zero-shot on a wider
+    set of unseen tasks."""
+
+    searched: list[str] = field(default_factory=lambda: [*READINGS, "signed"])
+    """Methods given the study's learning-rate search (``study.lr_grid`` at ``study.lr_experts``, first seed)."""
+    compared: list[str] = field(default_factory=lambda: ["topk", "radar", "signed"])
+    """Methods run beside the best reading; a method the study itself searched keeps the study's rate."""
+    experts: list[int] = field(default_factory=lambda: [8, 32])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seed_counts: list[int] = field(default_factory=lambda: [3, 2])
+    """How many of ``seeds`` (the first ones) run at each of ``experts``, in order."""
+    unseen_tasks: list[str] = field(default_factory=lambda: list(UNSEEN_TASKS))
+    """The wider unseen set, chosen by ``radargate tasks --held-out`` (``radargate.experiment.data.held_out``)."""
+    unseen_subset: list[str] = field(default_factory=lambda: list(UNSEEN_TASKS))
+    """A named subset of ``unseen_tasks`` reported on its own: the study's original unseen tasks."""
+    max_unseen_per_task: int = 40
+    cells_dir: str = ""
+    """Its cell files; empty: ``<report_dir>/<name>_robustness_cells``."""
+
+    def __post_init__(self) -> None:
+        for method in [*self.searched, *self.compared]:
+            require_choice("study.robustness methods", method, [m for m in method_names() if m not in BASELINES])
+        for n in self.experts:
+            require_int("study.robustness.experts", n, minimum=1)
+        for seed in self.seeds:
+            require_int("study.robustness.seeds", seed, minimum=0)
+        if len(self.seed_counts) != len(self.experts):
+            raise ValueError(f"study.robustness.seed_counts={self.seed_counts} needs one count per entry of "
+                             f"study.robustness.experts={self.experts}")
+        for count in self.seed_counts:
+            require_int("study.robustness.seed_counts", count, minimum=1)
+            if count > len(self.seeds):
+                raise ValueError(f"study.robustness.seed_counts holds {count}, more than the {len(self.seeds)} "
+                                 f"seeds of study.robustness.seeds={self.seeds}")
+        missing = sorted(set(self.unseen_subset) - set(self.unseen_tasks))
+        if missing:
+            raise ValueError(f"study.robustness.unseen_subset names {missing}, which are not in its unseen_tasks")
+        require_int("study.robustness.max_unseen_per_task", self.max_unseen_per_task, minimum=1)
+
+
+@dataclass
 class StudySettings:
     """The scaling sweep of ``radargate study``: every method x experts x seed cell, per axis."""
 
@@ -315,6 +373,8 @@ class StudySettings:
     headline_experts: int = 8
     headline_steps: int | None = None
     """Steps of a headline cell (``None``: ``train.steps``)."""
+    robustness: RobustnessSettings | None = None
+    """Other readings of RadarGate and the signed gate, by a pre-registered protocol; ``None``: not run."""
 
     def __post_init__(self) -> None:
         for method in self.methods:
@@ -348,8 +408,9 @@ class ExperimentConfig:
     """Results go to ``<output_dir>/<name>/``."""
     output_dir: str = "runs"
     method: str = "radar"
-    """What ``radargate train`` trains: ``lora``, ``base`` (nothing), or a gate name. The one
-    source of truth for the gate: ``adapter.gate`` follows it (and may only repeat it)."""
+    """What ``radargate train`` trains: ``lora``, ``base`` (nothing), a gate name, or a reading of RadarGate
+    (``READINGS``). The one source of truth for the gate: ``adapter.gate`` (and a reading's settings) follow
+    it and may only repeat it."""
     model: ModelSettings = field(default_factory=ModelSettings)
     data: DataSettings = field(default_factory=DataSettings)
     adapter: MoLoRAConfig = field(default_factory=MoLoRAConfig)
@@ -362,8 +423,11 @@ class ExperimentConfig:
         require_choice("method", self.method, method_names())
         if not self.name or "/" in self.name:
             raise ValueError(f"name={self.name!r} is not allowed; use a non-empty name without '/'")
-        if self.method in GATES and self.adapter.gate != self.method:
-            self.adapter = dataclasses.replace(self.adapter, gate=self.method)
+        gate = gate_of(self.method)
+        if gate is not None:
+            settings = {"gate": gate, **READINGS.get(self.method, {})}
+            if any(getattr(self.adapter, key) != value for key, value in settings.items()):
+                self.adapter = dataclasses.replace(self.adapter, **settings)
 
     @property
     def run_dir(self) -> Path:
@@ -374,9 +438,9 @@ class ExperimentConfig:
         return dataclasses.replace(self, method=method)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values; ``adapter.gate`` only where the method is a gate (PEFT's LoRA has none)."""
+        """Plain values; ``adapter.gate`` only where the method has a gate (PEFT's LoRA has none)."""
         values = dataclasses.asdict(self)
-        if self.method not in GATES:
+        if gate_of(self.method) is None:
             del values["adapter"]["gate"]
         return values
 
@@ -413,23 +477,30 @@ def _parse_yaml(text: str, source: str) -> Any:
 
 
 def _with_gate_from_method(values: dict[str, Any]) -> dict[str, Any]:
-    """``adapter.gate`` may repeat ``method`` but never contradict it; the adapter is built with the
-    method's gate, so its own checks (``top_k <= num_experts`` for top-k) see the gate that will run."""
+    """``adapter.gate`` (and a reading's own settings, such as ``stretch``) may repeat what ``method`` implies but
+    never contradict it; the adapter is built with the method's gate, so its own checks (``top_k <= num_experts``
+    for top-k) see the gate that will run."""
     adapter = values.get("adapter", {})
     method = values.get("method", ExperimentConfig.method)
     if not isinstance(adapter, dict) or not isinstance(method, str):
         return values  # the typed build names the bad value
-    if "gate" in adapter and adapter["gate"] != method:
-        if method in BASELINES:
+    gate = gate_of(method)
+    if "gate" in adapter and adapter["gate"] != gate:
+        if gate is None:
             raise ValueError(
                 f"adapter.gate={adapter['gate']!r} does not apply to method={method!r}, which has no gate; "
                 "drop adapter.gate (the method names what a run trains)"
             )
         raise ValueError(
             f"adapter.gate={adapter['gate']!r} contradicts method={method!r}; the method names what a run "
-            f"trains (a gate, lora or base): set method: {adapter['gate']} and drop adapter.gate"
+            f"trains (a gate, a reading of radar, lora or base): set method: {adapter['gate']} and drop adapter.gate"
         )
-    return {**values, "adapter": {**adapter, "gate": method}} if method in GATES else values
+    implied = READINGS.get(method, {})
+    for key, value in implied.items():
+        if key in adapter and adapter[key] != value:
+            raise ValueError(f"adapter.{key}={adapter[key]!r} contradicts method={method!r}, which is the radar gate "
+                             f"with {key}={value!r}; drop adapter.{key} or set method: radar")
+    return {**values, "adapter": {**adapter, "gate": gate, **implied}} if gate is not None else values
 
 
 def _build(cls: type, values: Any, prefix: str) -> Any:

@@ -11,7 +11,9 @@ that do not have a result file yet:
    expert's rank; ``fixed_total_rank`` sets ``r = total_rank / n``, skipping ``n`` that do not divide
    it; ``lora`` is PEFT's LoRA at rank ``n * r``, the same trainable width), the first two seeds first;
 3. the paper's per-task fitting experiment (``study.headline_tasks``, each task trained alone), then the
-   remaining seeds of the sweep.
+   remaining seeds of the sweep;
+4. with ``study.robustness``, the robustness protocol's cells (``radargate.experiment.robustness``), in their own
+   folder.
 
 Each finished cell writes its file under ``study.cells_dir`` at once (and, with ``commit``, commits it),
 so a study spread over sessions and machines resumes from a fresh clone and runs only missing cells;
@@ -22,6 +24,7 @@ stops starting new cells after that long, so a session or a 10-minute machine ca
 
 from __future__ import annotations
 
+import copy
 import multiprocessing
 import subprocess
 import sys
@@ -31,6 +34,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 from typing import Any
 
+from radargate.experiment import robustness
 from radargate.experiment.cells import Cell, CellStore, cells_directory, run_cell, write_record
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.custom import load_splits
@@ -55,10 +59,33 @@ def study(config: ExperimentConfig, *, workers: int = 1, time_limit_s: float | N
             runner.run([cell for cell in sweep if cell.seed in early])
             runner.run(headline_cells(config, rates))
             runner.run([cell for cell in sweep if cell.seed not in early])
+            if config.study.robustness is not None:
+                _run_robustness(config, store, runner)
         if runner.left:
             print(f"radargate study: time limit reached with {runner.left} cells not started; "
                   "run the same command again to go on", file=sys.stderr)
     return write_study_report(config, store)
+
+
+def _run_robustness(config: ExperimentConfig, study_store: CellStore, study_runner: CellRunner) -> None:
+    """The protocol's steps in order; each waits for the cells the one before it needs."""
+    derived = robustness.robustness_config(config)
+    store = CellStore(cells_directory(derived))
+    runner = study_runner.alongside(derived, store)
+    try:
+        runner.run(robustness.search_cells(config))
+        for _ in range(config.study.lr_extend):
+            runner.run(robustness.search_cells(config, store))
+        chosen = robustness.rates(config, study_store, store)
+        best = robustness.best_reading(robustness.reading_scores(config, study_store, store, chosen or {}))
+        if chosen is None or best is None:
+            return
+        decisive = robustness.decisive_cells(config, best, chosen)
+        runner.run(decisive)
+        if robustness.replay_called_for(config, store, best, {cell: store.load(cell, derived) for cell in decisive}):
+            runner.run(robustness.replay_cells(config, best, chosen))
+    finally:
+        study_runner.left += runner.left
 
 
 def _unique(cells: Iterable[Cell]) -> list[Cell]:
@@ -78,6 +105,12 @@ class CellRunner:
         self.deadline = time.monotonic() + time_limit_s if time_limit_s else None
         self.left = 0
         self.splits: dict[tuple[str, ...], dict[str, list]] = {}
+
+    def alongside(self, config: ExperimentConfig, store: CellStore) -> CellRunner:
+        """A runner for another set of cells (``config``, ``store``) with this one's workers, commits and deadline."""
+        other = copy.copy(self)
+        other.config, other.store, other.left, other.splits = config, store, 0, {}
+        return other
 
     def run(self, cells: list[Cell]) -> None:
         missing = _unique(cell for cell in cells if self.store.load(cell, self.config) is None)

@@ -82,3 +82,66 @@ def paired_contrast(
         rng=np.random.default_rng(seed),
     ).confidence_interval
     return Difference(metric, mean, float(interval.low), float(interval.high), len(keys))
+
+
+def hierarchical_difference(
+    a: Sequence[dict], b: Sequence[dict], metric: str, *, resamples: int = RESAMPLES, seed: int = 0
+) -> Difference:
+    """Method ``a`` minus ``b`` (evaluations, one per seed, of the same examples) with an interval that resamples
+    tasks, then each side's seeds within a task, then examples within it: a claim about tasks (generalisation)
+    needs the variation between tasks and between training runs in its interval, not only the examples'.
+
+    The point estimate is :func:`paired_difference`'s (every example counts once, each side averaged over its
+    seeds); each resample recomputes it from the drawn tasks, seeds and examples.
+    """
+    if metric not in HIGHER_IS_BETTER:
+        raise ValueError(f"metric={metric!r} is unknown; choose one of {', '.join(HIGHER_IS_BETTER)}")
+    tables = [_per_task_table(evaluations, metric) for evaluations in (a, b)]
+    if tables[0].keys() != tables[1].keys() or any(tables[0][t][0] != tables[1][t][0] for t in tables[0]):
+        raise ValueError("the sides scored different examples; compare methods only on the same examples")
+    tasks = sorted(tables[0])
+    sides = [[table[task][1] for task in tasks] for table in tables]  # per side, per task: [seeds, examples]
+    mean = float(sum((x.mean(0) - y.mean(0)).sum() for x, y in zip(*sides, strict=True))
+                 / sum(x.shape[1] for x in sides[0]))
+    rng = np.random.default_rng(seed)
+    drawn = rng.integers(len(tasks), size=(resamples, len(tasks)))
+    totals, counts = np.zeros(resamples), np.zeros(resamples)
+    for index in range(len(tasks)):
+        where = np.nonzero(drawn == index)  # (resample, slot) pairs that drew this task
+        if not where[0].size:
+            continue
+        draws = where[0].size
+        seed_means = [_resampled_seed_means(side[index], draws, rng) for side in sides]  # [draws, examples]
+        examples = seed_means[0].shape[1]
+        picked = rng.integers(examples, size=(draws, examples))
+        sums = np.take_along_axis(seed_means[0] - seed_means[1], picked, axis=1).sum(1)
+        np.add.at(totals, where[0], sums)
+        np.add.at(counts, where[0], examples)
+    statistics = totals / counts
+    low, high = np.percentile(statistics, [50 * (1 - CONFIDENCE), 50 * (1 + CONFIDENCE)])
+    examples = sum(x.shape[1] for x in sides[0])
+    return Difference(metric, mean, float(low), float(high), examples)
+
+
+def _per_task_table(evaluations: Sequence[dict], metric: str) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Per task: its example ids (sorted) and the metric as ``[seeds, examples]``; every seed must have scored the
+    same examples."""
+    by_task: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for evaluation in evaluations:
+        for record in evaluation["examples"]:
+            if record[metric] is not None:
+                by_task[record["task"]][record["id"]].append(record[metric])
+    table = {}
+    for task, examples in by_task.items():
+        ids = sorted(examples)
+        if len({len(examples[i]) for i in ids}) != 1 or len(examples[ids[0]]) != len(evaluations):
+            raise ValueError(f"task {task!r}: not every seed scored the same examples")
+        table[task] = (ids, np.array([examples[i] for i in ids], dtype=float).T)
+    return table
+
+
+def _resampled_seed_means(values: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """``draws`` resamples of the seeds (rows of ``values``: ``[seeds, examples]``), each averaged per example."""
+    seeds = values.shape[0]
+    picked = rng.integers(seeds, size=(draws, seeds))
+    return values[picked].mean(1)
