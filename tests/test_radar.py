@@ -32,16 +32,21 @@ def forward_and_gradients(layer, x):
     return output.detach(), grads
 
 
-@pytest.mark.parametrize("stretch", ["softmax", "softplus"])
+READINGS = [  # every reading of the abstract the gate offers (docs/radargate.md), as adapter settings
+    {"stretch": "softmax"}, {"stretch": "softplus"}, {"stretch": "topk"}, {"fusion": "input"},
+    {"stretch": "topk", "fusion": "input"},
+]
+
+
+@pytest.mark.parametrize("reading", READINGS, ids=lambda r: "-".join(r.values()))
 @pytest.mark.parametrize("num_experts", [1, 2, 5])
 @pytest.mark.parametrize("recompute", [True, False])
-def test_span_space_equals_materialized_in_float64(generator, stretch, num_experts, recompute):
+def test_span_space_equals_materialized_in_float64(generator, reading, num_experts, recompute):
+    reading = {"top_k": min(2, num_experts), **reading}
     span = make_layer(
-        generator, gate="radar", num_experts=num_experts, stretch=stretch, radar_impl="span", radar_recompute=recompute
+        generator, gate="radar", num_experts=num_experts, radar_impl="span", radar_recompute=recompute, **reading
     )
-    materialized = make_layer(
-        generator, gate="radar", num_experts=num_experts, stretch=stretch, radar_impl="materialized"
-    )
+    materialized = make_layer(generator, gate="radar", num_experts=num_experts, radar_impl="materialized", **reading)
     materialized.load_state_dict(span.state_dict())
     x = random_input(generator, 3, 11, 10)
     out_span, grads_span = forward_and_gradients(span, x)
@@ -104,22 +109,26 @@ def test_degenerate_plane_gives_the_identity(generator):
     torch.testing.assert_close(rotated, outputs, rtol=1e-4, atol=1e-8)
 
 
+@pytest.mark.parametrize("reading", READINGS, ids=lambda r: "-".join(r.values()))
 @pytest.mark.parametrize("impl", ["span", "materialized"])
-def test_gradients_finite_at_initialisation(generator, impl):
-    layer = make_layer(generator, gate="radar", radar_impl=impl, randomize=False)
+def test_gradients_finite_at_initialisation(generator, impl, reading):
+    layer = make_layer(generator, gate="radar", radar_impl=impl, randomize=False, **reading)
     with torch.no_grad():  # nonzero angles too: B = 0 must not break them
         layer.gate.angle.bias.fill_(0.7)
         layer.gate.fusion_logits.normal_(generator=generator)
+        if layer.gate.fusion_from_codes is not None:
+            layer.gate.fusion_from_codes.weight.normal_(generator=generator)
     assert torch.count_nonzero(layer.experts.B) == 0
     _, grads = forward_and_gradients(layer, random_input(generator, 6, 10))
     assert all(torch.isfinite(g).all() for g in grads.values())
     assert grads["experts.B"].norm() > 0
 
 
+@pytest.mark.parametrize("reading", READINGS, ids=lambda r: "-".join(r.values()))
 @pytest.mark.parametrize("impl", ["span", "materialized"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_gradients_finite_with_parallel_experts(generator, impl, dtype):
-    layer = make_layer(generator, gate="radar", radar_impl=impl, num_experts=2, dtype=dtype)
+def test_gradients_finite_with_parallel_experts(generator, impl, dtype, reading):
+    layer = make_layer(generator, gate="radar", radar_impl=impl, num_experts=2, dtype=dtype, **reading)
     with torch.no_grad():
         layer.experts.A[1].copy_(layer.experts.A[0])
         layer.experts.B[1].copy_(-3 * layer.experts.B[0])
@@ -212,7 +221,7 @@ def test_radar_trains_under_bfloat16_autocast(generator, recompute):
     assert relative_error(output.detach().float(), reference(x).detach()) < 2e-2  # bf16 matmuls
 
 
-def _coefficient_inputs(generator, *, tokens=5, n=4, gram="random"):
+def _coefficient_inputs(generator, *, tokens=5, n=4, gram="random", per_token_fusion=False):
     """Float64 inputs of the coefficient math: a Gram matrix of real expert outputs (or a degenerate one),
     weights, a fusion matrix and angles, all requiring grad."""
     outputs = torch.randn(tokens, n, 6, generator=generator, dtype=torch.float64)
@@ -224,21 +233,25 @@ def _coefficient_inputs(generator, *, tokens=5, n=4, gram="random"):
     weights = torch.rand(tokens, n, generator=generator, dtype=torch.float64).softmax(-1)
     theta = (torch.rand(tokens, n, generator=generator, dtype=torch.float64) - 0.5) * 2.0
     fusion = random_fusion(generator, n) if n > 1 else torch.zeros(1, 1, dtype=torch.float64)  # as the gate's
+    if per_token_fusion:  # the input-dependent reading: one fusion matrix per token
+        fusion = torch.stack([random_fusion(generator, n) if n > 1 else fusion for _ in range(tokens)])
     tensors = (gram_matrix, weights, fusion, theta)
     return tuple(t.clone().requires_grad_(True) for t in tensors)
 
 
-def test_hand_written_coefficient_backward_passes_gradcheck_in_float64(generator):
+@pytest.mark.parametrize("per_token_fusion", [False, True])
+def test_hand_written_coefficient_backward_passes_gradcheck_in_float64(generator, per_token_fusion):
     # at a proper plane only: in the degenerate cases the function bends on the scale of TAU (1e-12),
     # far below gradcheck's finite-difference step, so there the test below compares with autograd instead
-    inputs = _coefficient_inputs(generator)
+    inputs = _coefficient_inputs(generator, per_token_fusion=per_token_fusion)
     assert torch.autograd.gradcheck(lambda *x: SpanCoefficients.apply(*x)[0], inputs)
 
 
+@pytest.mark.parametrize("per_token_fusion", [False, True])
 @pytest.mark.parametrize("gram", ["random", "zero", "parallel"])
 @pytest.mark.parametrize("n", [1, 2, 7])
-def test_hand_written_coefficient_backward_equals_autograd_of_the_forward(generator, gram, n):
-    inputs = _coefficient_inputs(generator, n=n, gram=gram)
+def test_hand_written_coefficient_backward_equals_autograd_of_the_forward(generator, gram, n, per_token_fusion):
+    inputs = _coefficient_inputs(generator, n=n, gram=gram, per_token_fusion=per_token_fusion)
     upstream = torch.randn(5, n, generator=generator, dtype=torch.float64)
     fused, *fused_geometry = SpanCoefficients.apply(*inputs)
     fused_grads = torch.autograd.grad(fused, inputs, upstream)

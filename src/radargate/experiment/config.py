@@ -400,6 +400,18 @@ class StudySettings:
         require_int("study.headline_experts", self.headline_experts, minimum=1)
         if self.headline_steps is not None:
             require_int("study.headline_steps", self.headline_steps, minimum=1)
+        if self.robustness is not None:
+            self._check_robustness(self.robustness)
+
+    def _check_robustness(self, robustness: RobustnessSettings) -> None:
+        """Its protocol chooses on the learning-rate search, and every compared method needs a rate from a search."""
+        if not self.lr_grid:
+            raise ValueError("study.robustness needs study.lr_grid: the best reading is chosen on the validation "
+                             "scores of the learning-rate search")
+        unrated = [m for m in robustness.compared if m not in self.methods and m not in robustness.searched]
+        if unrated:
+            raise ValueError(f"study.robustness.compared holds {unrated}, which neither study.methods nor "
+                             "study.robustness.searched gives a learning rate; add them to one of the two")
 
 
 @dataclass

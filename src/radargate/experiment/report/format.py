@@ -24,3 +24,18 @@ def number(value: object, spec: str) -> str:
 def percent(value: object) -> str:
     """A fraction as a percentage with one decimal, as every report table shows accuracies."""
     return number(as_percent(value), ".1f")
+
+
+def signed_difference(metric: str, value: float) -> str:
+    """A difference as the reports write it: accuracy in points (+1.8), answer NLL in nats (-0.062)."""
+    return f"{100 * value:+.1f}" if metric == "acc" else f"{value:+.3f}"
+
+
+def validation_text(record: dict | None) -> str:
+    """A cell's last validation answer NLL and accuracy (``0.693 / 41.5``), or why there is none."""
+    if record is None:
+        return MISSING
+    if record["failed"]:
+        return "diverged"
+    last = record["metrics"]["validation"][-1] if record["metrics"]["validation"] else {}
+    return f"{number(last.get('macro_answer_nll'), '.3f')} / {percent(last.get('macro_acc') or 0)}"

@@ -24,9 +24,10 @@ from radargate.experiment.cells import Cell, CellStore, cells_directory, evaluat
 from radargate.experiment.evaluate import mean
 from radargate.experiment.plan import BASE, headline_cells, learning_rate_cells, learning_rates, sweep_cells
 from radargate.experiment.report.comparison import markdown_table
-from radargate.experiment.report.format import number
+from radargate.experiment.report.format import number, signed_difference, validation_text
 from radargate.experiment.report.intervals import Difference, paired_contrast
 from radargate.experiment.report.plots import plot_metric_against_experts
+from radargate.experiment.report.robustness import robustness_section
 from radargate.files import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ def write_study_report(config: ExperimentConfig, store: CellStore) -> Path:
     sections = [
         _title(config),
         _answer_section(found),
+        _robustness_section(found, store),
         _setup_section(found),
         _learning_rate_section(found),
         *(_differences_section(found, axis) for axis in found.sweep),
@@ -109,6 +111,14 @@ def write_study_report(config: ExperimentConfig, store: CellStore) -> Path:
                                                              "summary": summary})
     atomic_write_text(report_dir / f"{config.name}.csv", cells_csv(rows))
     return path
+
+
+def _robustness_section(found: Gathered, store: CellStore) -> str:
+    if found.config.study.robustness is None or found.rates is None or found.provisional:
+        return ""
+    softmax = {n: found.seeds_of("fixed_r", "softmax", n) for n in found.config.study.robustness.experts
+               if "fixed_r" in found.sweep}
+    return robustness_section(found.config, store, softmax)
 
 
 # -- per-cell rows and their means over seeds ----------------------------------------------------------------
@@ -186,13 +196,8 @@ def describe(found: Difference | None, *, short: bool = False) -> str:
     if found is None:
         return "-"
     verdict = VERDICT_SHORT[found.verdict] if short else found.verdict
-    return (f"{_signed(found.metric, found.mean)} [{_signed(found.metric, found.low)}, "
-            f"{_signed(found.metric, found.high)}] {verdict}")
-
-
-def _signed(metric: str, value: float) -> str:
-    """A difference as the report writes it: accuracy in points (+1.8), NLL in nats (-0.062)."""
-    return f"{100 * value:+.1f}" if metric == "acc" else f"{value:+.3f}"
+    return (f"{signed_difference(found.metric, found.mean)} [{signed_difference(found.metric, found.low)}, "
+            f"{signed_difference(found.metric, found.high)}] {verdict}")
 
 
 def _sides(found: Gathered, axis: str, method: str, n: int) -> list[dict]:
@@ -273,7 +278,7 @@ def _seed_disagreement(found: Gathered, axis: str, reference: str, n: int, claim
     by_seed = {seed: result for seed, result in by_seed.items() if result is not None}
     if {d.mean > 0 for d in by_seed.values()} != {True, False}:
         return []
-    seeds = ", ".join(f"seed {seed} {_signed(metric, d.mean)}" for seed, d in sorted(by_seed.items()))
+    seeds = ", ".join(f"seed {seed} {signed_difference(metric, d.mean)}" for seed, d in sorted(by_seed.items()))
     return [f"{label} n={n} vs {reference} ({seeds})"]
 
 
@@ -439,7 +444,7 @@ def _learning_rate_section(found: Gathered) -> str:
     searched = {(cell.method, cell.lr): record for cell, record in found.lr_search.items()}
     rows, edges = [], []
     for method in dict.fromkeys(cell.method for cell in found.lr_search):
-        texts = [_validation_text(searched[method, lr]) if (method, lr) in searched else "not tried" for lr in rates]
+        texts = [validation_text(searched[method, lr]) if (method, lr) in searched else "not tried" for lr in rates]
         chosen = (found.rates or {}).get(method)
         so_far = " so far" if any(searched[method, lr] is None for lr in rates if (method, lr) in searched) else ""
         rows.append([method, *texts,
@@ -465,15 +470,6 @@ def _learning_rate_section(found: Gathered) -> str:
         + edge_note, "",
         markdown_table(header, rows),
     ])
-
-
-def _validation_text(record: dict | None) -> str:
-    if record is None:
-        return "-"
-    if record["failed"]:
-        return "diverged"
-    last = record["metrics"]["validation"][-1] if record["metrics"]["validation"] else {}
-    return f"{number(last.get('macro_answer_nll'), '.3f')} / {number(100 * (last.get('macro_acc') or 0), '.1f')}"
 
 
 def _differences_section(found: Gathered, axis: str) -> str:
