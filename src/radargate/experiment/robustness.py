@@ -35,13 +35,15 @@ def settings(config: ExperimentConfig) -> RobustnessSettings:
 
 
 def robustness_config(config: ExperimentConfig) -> ExperimentConfig:
-    """The study's config for the robustness cells: its searched methods, seeds and wider unseen set, its own
-    cell folder and run folders (``<output_dir>/<name>-robustness/``), no replay of its own."""
+    """The study's config for the robustness cells: its searched methods, seeds and wider unseen set (every split of
+    an unseen task, as the protocol says), its own cell folder and run folders (``<output_dir>/<name>-robustness/``),
+    no replay of its own."""
     robust = settings(config)
     cells_dir = robust.cells_dir or str(Path(config.study.report_dir) / f"{config.name}_robustness_cells")
     study = dataclasses.replace(
         config.study, methods=list(robust.searched), seeds=list(robust.seeds), unseen_tasks=list(robust.unseen_tasks),
-        max_unseen_per_task=robust.max_unseen_per_task, cells_dir=cells_dir, headline_tasks=[], robustness=None)
+        max_unseen_per_task=robust.max_unseen_per_task, unseen_split="all", cells_dir=cells_dir, headline_tasks=[],
+        robustness=None)
     return dataclasses.replace(config, name=f"{config.name}-robustness", study=study)
 
 
