@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from radargate.cli import main
-from radargate.experiment.train import processes
+from radargate.experiment.train import WORLD_SIZE_VARIABLES, processes, refuse_process_started_alone
 from tests.conftest import write_tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def save_checkpoint(self, state):
 
 train._Trainer.save_checkpoint = save_checkpoint
 from radargate.cli import main
-from radargate.experiment.train import processes
+from radargate.experiment.train import WORLD_SIZE_VARIABLES, processes, refuse_process_started_alone
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -154,6 +154,52 @@ def test_processes_that_accelerate_left_apart_are_refused(monkeypatch):
     with pytest.raises(ValueError, match=r"started 2 processes, but accelerate found no GPU and set up 1 .*"
                                          r"ACCELERATE_USE_CPU=1"):
         processes()
+
+
+STARTED_ALONE = "accelerate launch was asked for more than one process but started this one alone (world size 1"
+
+
+def test_cpu_launch_that_starts_one_of_two_processes_is_refused_before_loading(tmp_path, tiny_model_dir):
+    """accelerate (1.16) starts one process for ``--cpu --num_processes 2`` (it needs mpirun for more); that
+    process would train alone at the per-process batch. It is refused before anything is loaded."""
+    config_file = write_tiny_config(tmp_path, tiny_model_dir)
+    refused = launch(config_file, "alone", settings("radar", batch_size=4), launch_flags=("--cpu", "--num_processes",
+                     "2"), env={}, check=False)
+    assert refused.returncode != 0
+    assert f"radargate train: error: {STARTED_ALONE}" in refused.stderr
+    assert "ACCELERATE_USE_CPU=1 accelerate launch --config_file configs/accelerate/cpu_2proc.yaml" in refused.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def launched_alone(monkeypatch) -> None:
+    """The environment that ``accelerate launch --cpu --num_processes 2`` gives the one process it starts."""
+    for name in WORLD_SIZE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"ACCELERATE_USE_CPU": "True", "ACCELERATE_DYNAMO_BACKEND": "NO", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize("verb", ["train", "compare", "study"])
+def test_every_verb_that_trains_refuses_a_process_started_alone(monkeypatch, capsys, verb):
+    launched_alone(monkeypatch)
+    assert main([verb, "--config", "no-such-config.yaml"]) == 2  # refused before the config is read
+    assert f"radargate {verb}: error: {STARTED_ALONE}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("MASTER_ADDR", None),            # accelerate launch of one process: no MASTER_ADDR
+    ("WORLD_SIZE", "1"),              # torchrun of one process (FSDP on one GPU)
+    ("OMPI_COMM_WORLD_SIZE", "2"),    # mpirun (--mpirun_hostfile) started the processes
+    ("ACCELERATE_DYNAMO_BACKEND", None),  # no accelerate launch: MASTER_ADDR is the shell's own
+])
+def test_launches_that_start_every_process_asked_for_are_not_refused(monkeypatch, variable, value):
+    launched_alone(monkeypatch)
+    if value is None:
+        monkeypatch.delenv(variable)
+    else:
+        monkeypatch.setenv(variable, value)
+    refuse_process_started_alone()
 
 
 def test_fsdp_on_cpus_is_refused(tmp_path, tiny_model_dir):

@@ -74,6 +74,14 @@ def test_unknown_optimizer_names_the_choices():
         ExperimentConfig.load(None, ["train.optimizer=adam"])
 
 
+@pytest.mark.parametrize("share", ["-0.1", "1.5", "nan"])
+def test_skipped_share_is_a_share(share):
+    assert ExperimentConfig.load(None, ["train.max_skipped_share=0"]).train.max_skipped_share == 0
+    assert ExperimentConfig.load(None, ["train.max_skipped_share=1"]).train.max_skipped_share == 1
+    with pytest.raises(ValueError, match=rf"train.max_skipped_share={share}.* must be a number in \[0.0, 1.0\]"):
+        ExperimentConfig.load(None, [f"train.max_skipped_share={share}"])
+
+
 def test_precision_no_is_the_string_no(tmp_path):
     assert ExperimentConfig.load(yaml_file(tmp_path, "train.precision", "no")).train.precision == "no"
     assert ExperimentConfig.load(None, ["train.precision=no"]).train.precision == "no"

@@ -1,5 +1,6 @@
-"""Faults, end to end through the installed ``radargate`` command in subprocesses (tiny model):
-kills during training and mid-checkpoint, a full or read-only disk, damaged files, a diverging run.
+"""Faults, end to end through the installed ``radargate`` command in subprocesses: kills during training
+and mid-checkpoint, a full or read-only disk, damaged files, a diverging run (tiny model), and a run of
+the real default model that ends while diverging.
 
 Deterministic kills go through a small launcher that runs the same ``radargate.cli.main`` with one
 function wrapped to SIGKILL the process at a chosen point (``KILLER`` below); nothing in the library
@@ -26,6 +27,7 @@ from safetensors.torch import load_file
 from tests.conftest import write_tiny_config
 
 RADARGATE = Path(sys.executable).with_name("radargate")
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 
 KILLER = r"""
 import os, signal, sys
@@ -248,8 +250,9 @@ def test_damaged_adapter_is_named_on_eval(config_file, runs, method, file_name):
 
 
 def test_diverging_run_stops_with_a_clear_error_and_saves_nothing(config_file, runs):
-    diverged = radargate(*train_args(config_file, "diverged", *LONG, "--set", "train.lr=1e30",
-                                     "--set", "train.max_grad_norm=1e30"))
+    """``train.max_nonfinite_steps`` in a row (the share of skipped steps left unlimited, to see this guard)."""
+    diverging = ("--set", "train.lr=1e30", "--set", "train.max_grad_norm=1e30", "--set", "train.max_skipped_share=1")
+    diverged = radargate(*train_args(config_file, "diverged", *LONG, *diverging))
     assert diverged.returncode == 1
     assert "training diverged" in diverged.stderr and "train.lr=1e+30" in diverged.stderr
     assert "Traceback" not in diverged.stderr
@@ -262,9 +265,34 @@ def test_diverging_run_stops_with_a_clear_error_and_saves_nothing(config_file, r
     assert not (run_dir / "adapter").exists()
     result = json.loads((run_dir / "result.json").read_text())
     assert set(result) == {"method", "failed"} and "training diverged" in result["failed"]
-    again = radargate(*train_args(config_file, "diverged", *LONG, "--set", "train.lr=1e30",
-                                  "--set", "train.max_grad_norm=1e30", "--resume"))
+    again = radargate(*train_args(config_file, "diverged", *LONG, *diverging, "--resume"))
     assert again.returncode == 1 and "remove" in again.stderr  # the failure is kept, not retried silently
+
+
+ENDS_DIVERGING = ("--config", str(QUICKSTART), "--set", "train.steps=4", "--set", "train.lr=10000.0",
+                  "--set", "data.max_train_per_task=8", "--set", "data.max_validation_per_task=2",
+                  "--set", "data.max_test_per_task=2", "--set", "eval.fit_per_task=0")
+"""The real default model at a learning rate that makes its last steps non-finite (issue 24: steps 3 and 4
+skipped, fewer than ``train.max_nonfinite_steps`` in a row, and the run used to end as a success)."""
+
+
+def test_a_run_that_ends_while_diverging_fails_and_saves_no_adapter(runs):
+    args = ["train", *ENDS_DIVERGING, "--set", f"output_dir={runs}", "--set", "name=ends_diverging"]
+    diverged = radargate(*args)
+    assert diverged.returncode == 1, diverged.stderr[-2000:]
+    run_dir = runs / "ends_diverging"
+    rows = strict_rows(run_dir / "log.jsonl")
+    assert [row["step"] for row in rows if row.get("skipped")] == [len(rows)]  # 0 of 4 allowed: stopped at once
+    message = diverged.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"radargate train: error: training diverged: the run skipped step {len(rows)} as "
+                              "non-finite: 1 of its 4 steps (25%), more than allowed "
+                              "(train.max_skipped_share=0.1: at most 0 of 4)")
+    assert "Traceback" not in diverged.stderr
+    assert not (run_dir / "adapter").exists()
+    result = json.loads((run_dir / "result.json").read_text())
+    assert set(result) == {"method", "failed"} and "train.max_skipped_share" in result["failed"]
+    again = radargate(*args, "--resume")
+    assert again.returncode == 1 and "train.max_skipped_share" in again.stderr and "remove" in again.stderr
 
 
 def test_compare_marks_a_diverged_method_failed_and_goes_on(config_file, runs):

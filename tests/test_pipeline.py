@@ -21,7 +21,7 @@ from radargate.experiment.data.gsm8k import GSM8KExample, is_correct
 from radargate.experiment.evaluate import _accuracies, answer_of_completion, evaluate_examples, score_choices
 from radargate.experiment.methods import load_trained
 from radargate.experiment.run import train
-from radargate.experiment.train import BatchSchedule
+from radargate.experiment.train import BatchSchedule, skipped_steps_verdict
 from radargate.gates import GATES
 from tests.conftest import PIPELINE_TASKS
 
@@ -93,6 +93,23 @@ def test_batch_schedule_depends_on_the_step_only():
     first_epoch = [i for step in range(5) for micro in range(2) for i in schedule.micro_batch(step, micro)][:10]
     assert sorted(first_epoch) == list(range(10))
     assert schedule.micro_batch(0, 0) != BatchSchedule(10, 4, 2, 8).micro_batch(0, 0)
+
+
+def test_a_run_may_skip_its_share_of_steps_but_not_one_more():
+    assert skipped_steps_verdict([2, 5], steps=20, max_share=0.1) is None
+    verdict = skipped_steps_verdict([2, 5, 9], steps=20, max_share=0.1)
+    assert verdict == ("the run skipped steps 2, 5, 9 as non-finite: 3 of its 20 steps (15%), more than allowed "
+                       "(train.max_skipped_share=0.1: at most 2 of 20)")
+    assert skipped_steps_verdict(list(range(1, 30)), steps=100, max_share=0.29) is None  # 0.29 * 100 < 29 in floats
+    assert skipped_steps_verdict([1], steps=100, max_share=0.0) is not None
+
+
+def test_a_run_may_not_end_on_a_skipped_step_within_its_share():
+    assert skipped_steps_verdict([19], steps=20, max_share=0.1) is None
+    verdict = skipped_steps_verdict([19, 20], steps=20, max_share=0.1)
+    assert verdict.startswith("its last step was skipped as non-finite, so it would end while diverging")
+    assert "steps 19, 20" in verdict and "at most 2 of 20" in verdict
+    assert skipped_steps_verdict([20], steps=20, max_share=1.0) is not None
 
 
 def test_resumed_run_equals_uninterrupted_run(config_file, tmp_path, monkeypatch):

@@ -141,8 +141,9 @@ def _fail(command: str, message: str, *, status: int) -> int:
 def _train(args: argparse.Namespace) -> int:
     from radargate.experiment.config import ExperimentConfig
     from radargate.experiment.run import run_method
-    from radargate.experiment.train import processes
+    from radargate.experiment.train import processes, refuse_process_started_alone
 
+    refuse_process_started_alone()
     config = ExperimentConfig.load(args.config, args.overrides)
     result = run_method(config, config.run_dir, resume=args.resume)
     if not processes().is_main_process:  # under accelerate launch, one process prints
@@ -210,7 +211,9 @@ def _compare(args: argparse.Namespace) -> int:
     from radargate.experiment.compare import compare
     from radargate.experiment.config import ExperimentConfig
     from radargate.experiment.report import comparison_table
+    from radargate.experiment.train import refuse_process_started_alone
 
+    refuse_process_started_alone()
     config = ExperimentConfig.load(args.config, args.overrides)
     results = compare(config)
     print(comparison_table(results))
@@ -224,7 +227,9 @@ def _compare(args: argparse.Namespace) -> int:
 def _study(args: argparse.Namespace) -> int:
     from radargate.experiment.config import ExperimentConfig
     from radargate.experiment.study import study
+    from radargate.experiment.train import refuse_process_started_alone
 
+    refuse_process_started_alone()
     config = ExperimentConfig.load(args.config, args.overrides)
     report = study(config, workers=args.workers, time_limit_s=args.time_limit, commit=args.commit,
                    report_only=args.report_only)

@@ -241,6 +241,11 @@ class TrainSettings:
     """Checkpoint every this many steps (and at the end); a killed run resumes from the last one."""
     max_nonfinite_steps: int = 3
     """Steps in a row with a non-finite loss or gradient norm (each skipped) before the run stops."""
+    max_skipped_share: float = 0.1
+    """The most steps a run may skip as non-finite, as a share of ``steps`` (at most ``floor(share * steps)``
+    of them, in a row or not). One more, or a skipped last step, and the run fails as diverged instead of
+    ending on the weights of a run that was going wrong. In [0, 1]: 0 fails the run at its first skipped
+    step, 1 only at a skipped last step. fp16 overflows that the grad scaler handles do not count."""
     compile: bool = False
     """``torch.compile`` each mixture layer (dynamic shapes). Pays on GPUs; on CPUs it measured slower."""
     report_to: list[str] = field(default_factory=list)
@@ -260,6 +265,7 @@ class TrainSettings:
         require_number("train.lr", self.lr, low=0.0, low_inclusive=False)
         require_number("train.weight_decay", self.weight_decay, low=0.0)
         require_number("train.max_grad_norm", self.max_grad_norm, low=0.0, low_inclusive=False)
+        require_number("train.max_skipped_share", self.max_skipped_share, low=0.0, high=1.0)
         require_choice("train.precision", self.precision, PRECISIONS)
         require_choice("train.optimizer", self.optimizer, OPTIMIZERS)
 

@@ -13,7 +13,9 @@ row per step), ``checkpoint/`` (replaced atomically), ``adapter/`` (the final ad
 A step whose loss or gradient norm is not finite is skipped (no optimizer update) and logged with
 ``"skipped": true`` and the offending values as strings under ``"nonfinite"`` (the numbers
 themselves are ``null``: the log is strict JSON). ``train.max_nonfinite_steps`` such steps in a
-row stop the run with ``TrainingDiverged``; weights that are not finite are never saved.
+row stop the run with ``TrainingDiverged``, and so do more than ``train.max_skipped_share`` of the
+run's steps skipped (as soon as they are) or a skipped last step (``skipped_steps_verdict``): a run that
+ends while diverging is never reported as a success. Weights that are not finite are never saved.
 """
 
 from __future__ import annotations
@@ -134,15 +136,50 @@ def fit(
     return trainer.unwrapped, state
 
 
+CPU_LAUNCH = ("OMP_NUM_THREADS=1 ACCELERATE_USE_CPU=1 accelerate launch "
+              "--config_file configs/accelerate/cpu_2proc.yaml [--num_processes N] -m radargate.cli train ...")
+"""The launch of several CPU processes that works (docs/distributed.md)."""
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+"""Where torchrun and mpirun tell a process how many were started (those that accelerate reads)."""
+
+
+def refuse_process_started_alone() -> None:
+    """Refuse a process that ``accelerate launch`` started alone although several were asked for.
+
+    With ``--cpu`` or fewer than two GPUs (``--cpu --num_processes 2``, or ``--num_processes 2`` on a CPU
+    machine) and no ``--mpirun_hostfile``, accelerate (1.16) starts one plain process, silently; it would
+    train alone at the per-process batch. The count asked for reaches that process nowhere, but
+    the launcher sets ``MASTER_ADDR`` only when more than one process (or machine) was asked for, while
+    torchrun and mpirun, which do start several, also say how many (``WORLD_SIZE_VARIABLES``). So a
+    launched process with ``MASTER_ADDR`` and no world size was meant to have company. Reading the
+    environment alone, this runs before anything is loaded.
+    """
+    launched_by_accelerate = "ACCELERATE_DYNAMO_BACKEND" in os.environ  # set by its launcher of plain processes
+    if not launched_by_accelerate or "MASTER_ADDR" not in os.environ:
+        return
+    if any(name in os.environ for name in WORLD_SIZE_VARIABLES):
+        return
+    raise ValueError(
+        "accelerate launch was asked for more than one process but started this one alone (world size 1; "
+        f"accelerate passes on no process count, only MASTER_ADDR={os.environ['MASTER_ADDR']}, which it sets "
+        "for several): with --cpu or fewer than two GPUs and without --mpirun_hostfile, `accelerate launch "
+        "--num_processes N` starts one process, which would train alone at the per-process batch. On CPUs "
+        f"launch with: {CPU_LAUNCH} (docs/distributed.md). For one process, run radargate without accelerate "
+        "launch (or unset MASTER_ADDR if your shell sets it)"
+    )
+
+
 def processes() -> PartialState:
     """This run's processes: one, or those started by ``accelerate launch``. Set up as ``Accelerator()``
     sets them up, honouring ``ACCELERATE_USE_CPU`` (gloo between CPU processes), so that asking
     before the trainer exists changes nothing.
 
-    Two launches that accelerate (1.15) would run silently wrong are refused: processes started
-    without a GPU and without ``ACCELERATE_USE_CPU=1`` (each would train alone, as process 0 of 1, in
-    the same folder), and FSDP on CPUs (accelerate wraps the model in DDP instead).
+    Three launches that accelerate (1.15, 1.16) would run silently wrong are refused: several processes asked
+    for and one started (``refuse_process_started_alone``), processes started without a GPU and without
+    ``ACCELERATE_USE_CPU=1`` (each would train alone, as process 0 of 1, in the same folder), and FSDP on
+    CPUs (accelerate wraps the model in DDP instead).
     """
+    refuse_process_started_alone()
     group = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != group.num_processes:
@@ -157,6 +194,32 @@ def processes() -> PartialState:
             "and similar devices); launch without --use_fsdp, or on GPUs (docs/distributed.md)"
         )
     return group
+
+
+def skipped_steps_verdict(skipped: list[int], *, steps: int, max_share: float) -> str | None:
+    """Why a run of ``steps`` steps whose steps ``skipped`` (so far, ascending) were skipped as non-finite
+    cannot end as a success, or None while it still can.
+
+    A run that ends on a skipped step ends on the weights of a run that was diverging, and one that skipped
+    more than ``max_share`` of its steps (``train.max_skipped_share``) trained on too few of its batches
+    with an unstable loss: neither is a result. Skipped steps never come back, so the share is judged as
+    soon as it is exceeded, and the run stops then rather than at its end.
+    """
+    allowed = math.floor(max_share * steps + 1e-9)  # 0.29 * 100 is 28.999...
+    counted = (f"the run skipped step{'s' if len(skipped) > 1 else ''} {_step_list(skipped)} as non-finite: "
+               f"{len(skipped)} of its {steps} steps ({len(skipped) / steps:.0%})")
+    limit = f"train.max_skipped_share={max_share}: at most {allowed} of {steps}"
+    if len(skipped) > allowed:
+        return f"{counted}, more than allowed ({limit})"
+    if skipped and skipped[-1] == steps:
+        return f"its last step was skipped as non-finite, so it would end while diverging ({counted}; {limit})"
+    return None
+
+
+def _step_list(steps: list[int], shown: int = 10) -> str:
+    """``3, 4, 7``; a long list cut to its first ``shown`` and how many more."""
+    listed = ", ".join(map(str, steps[:shown]))
+    return listed if len(steps) <= shown else f"{listed} and {len(steps) - shown} more"
 
 
 SGD_MOMENTUM = 0.9
@@ -342,7 +405,8 @@ class _Trainer:
         return self.accelerator.scaler is not None and "loss" not in nonfinite
 
     def _count_nonfinite(self, state: TrainState, row: dict[str, Any]) -> None:
-        """Count skipped steps; stop after ``train.max_nonfinite_steps`` in a row (fp16 overflows aside)."""
+        """Count skipped steps; stop after ``train.max_nonfinite_steps`` in a row, or when the run can no
+        longer end as a success (``skipped_steps_verdict``); fp16 overflows aside."""
         if not row.get("skipped"):
             state.nonfinite_in_a_row = 0
             return
@@ -350,14 +414,25 @@ class _Trainer:
         if self._scaler_handles(row["nonfinite"]):
             return
         state.nonfinite_in_a_row += 1
+        values = ", ".join(f"{name}={value}" for name, value in row["nonfinite"].items())
         limit = self.config.train.max_nonfinite_steps
         if state.nonfinite_in_a_row >= limit:
-            values = ", ".join(f"{name}={value}" for name, value in row["nonfinite"].items())
-            raise TrainingDiverged(
-                f"training diverged: {limit} steps in a row had a non-finite loss or gradient norm, the last "
-                f"at step {row['step']} ({values}); stopped without saving (train.max_nonfinite_steps={limit}). "
-                f"{self._likely_causes()} The last finite checkpoint, if any, is in {self.run_dir / 'checkpoint'}."
+            raise self._diverged(
+                f"{limit} steps in a row had a non-finite loss or gradient norm, the last at step {row['step']} "
+                f"({values}); stopped without saving (train.max_nonfinite_steps={limit})"
             )
+        skipped = [done["step"] for done in state.history
+                   if done.get("skipped") and not self._scaler_handles(done["nonfinite"])]
+        verdict = skipped_steps_verdict(skipped, steps=self.config.train.steps,
+                                        max_share=self.config.train.max_skipped_share)
+        if verdict:
+            raise self._diverged(f"{verdict}; step {row['step']} had {values}; stopped without saving")
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        return TrainingDiverged(
+            f"training diverged: {what}. {self._likely_causes()} "
+            f"The last finite checkpoint, if any, is in {self.run_dir / 'checkpoint'}."
+        )
 
     def _likely_causes(self) -> str:
         settings = self.config.train
