@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from radargate.experiment.report.analysis import (
+from radargate.experiment.routing import (
     average_ranks,
     spearman,
     subsample,

@@ -12,8 +12,8 @@ import torch
 from matplotlib.image import imread
 
 from radargate.experiment.report import plots
-from radargate.experiment.report.analysis import summarize_routing
 from radargate.experiment.report.comparison import comparison_table, write_report
+from radargate.experiment.routing import summarize_routing
 from tests.test_analysis import plain_stats, radar_stats
 
 TASKS = ["social_iqa", "date_understanding"]

@@ -23,7 +23,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "radargate.evaluate": ("radargate.experiment.evaluate",),
     "radargate.report": ("radargate.experiment.report.comparison",),
     "radargate.plots": ("radargate.experiment.report.plots",),
-    "radargate.analysis": ("radargate.experiment.report.analysis",),
+    "radargate.analysis": ("radargate.experiment.routing",),
     "radargate.loading": ("radargate.experiment.loading",),
     "radargate.data": ("radargate.experiment.data",),
 }

@@ -259,7 +259,7 @@ def _tasks(args: argparse.Namespace) -> int:
 
     if args.held_out is not None:
         from radargate.experiment.config import ExperimentConfig
-        from radargate.experiment.data.held_out import study_held_out_tasks
+        from radargate.experiment.robustness import study_held_out_tasks
 
         config = ExperimentConfig.load(args.config, args.overrides)
         print("\n".join(study_held_out_tasks(config, families=args.held_out)))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from radargate.experiment.cells import Cell, CellStore, evaluation
 from radargate.experiment.config import READINGS, ExperimentConfig, RobustnessSettings
+from radargate.experiment.data.held_out import bigbench_held_out_tasks
 from radargate.experiment.plan import headline_cells, learning_rate_cells, learning_rates, validation_answer_nll
 from radargate.experiment.report.intervals import paired_difference
 
@@ -32,6 +33,13 @@ def settings(config: ExperimentConfig) -> RobustnessSettings:
     if config.study.robustness is None:
         raise ValueError(f"study {config.name!r} has no study.robustness section")
     return config.study.robustness
+
+
+def study_held_out_tasks(config: ExperimentConfig, *, families: int) -> list[str]:
+    """The wider unseen set for the study of ``config`` by the held-out rule (``radargate tasks --held-out``): its
+    training and replay tasks are used, its ``study.unseen_tasks`` kept."""
+    used = [*config.data.tasks, *config.study.headline_tasks]
+    return bigbench_held_out_tasks(used=used, keep=config.study.unseen_tasks, families=families)
 
 
 def robustness_config(config: ExperimentConfig) -> ExperimentConfig:

@@ -27,7 +27,7 @@ from radargate.experiment.data.custom import Example, check_lengths, load_splits
 from radargate.experiment.evaluate import evaluate_examples
 from radargate.experiment.methods import build_model, describe_adapter, trainable_parameters, trains_anything
 from radargate.experiment.model_card import write_model_card
-from radargate.experiment.report.analysis import summarize_routing
+from radargate.experiment.routing import summarize_routing
 from radargate.experiment.train import TrainState, autocast_dtype, fit, processes
 from radargate.files import atomic_write_json, atomic_write_text
 from radargate.model import MoLoRAModel

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from radargate.gates.base import Gate, GateOutput
+from radargate.gates.base import Gate, GateOutput, GateSettings
 from radargate.gates.radar import RadarGate
 from radargate.gates.signed import SignedGate
 from radargate.gates.softmax import SoftmaxGate
@@ -27,5 +27,6 @@ def get_gate(name: str) -> type[Gate]:
 
 
 __all__ = [
-    "GATES", "Gate", "GateOutput", "RadarGate", "SignedGate", "SoftmaxGate", "TopKGate", "UniformGate", "get_gate",
+    "GATES", "Gate", "GateOutput", "GateSettings", "RadarGate", "SignedGate", "SoftmaxGate", "TopKGate", "UniformGate",
+    "get_gate",
 ]

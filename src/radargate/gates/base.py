@@ -10,7 +10,7 @@ rest of ``GateOutput`` feeds the auxiliary losses and the routing statistics.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -18,8 +18,24 @@ from torch import nn
 from radargate.experts import LoRAExperts
 from radargate.precision import float32_if_half
 
-if TYPE_CHECKING:  # a type hint only: config.py imports the gate registry
-    from radargate.config import MoLoRAConfig
+
+class GateSettings(Protocol):
+    """The settings a gate is built from: what the gates read of :class:`~radargate.MoLoRAConfig`, which has them all.
+
+    Gates are typed against this, not the config class, so that imports run one way: ``config.py`` checks
+    ``gate`` against the registry (``GATES``), and no gate knows the config. A gate reading a new setting
+    names it here too.
+    """
+
+    num_experts: int
+    r: int
+    top_k: int
+    topk_renormalize: bool
+    theta_max: float
+    stretch: str
+    fusion: str
+    radar_impl: str
+    radar_recompute: bool
 
 
 @dataclass
@@ -47,14 +63,14 @@ class GateOutput:
 class Gate(nn.Module):
     """Base class of every gate; subclasses implement :meth:`forward`.
 
-    Constructed keyword-only from the config and the layer's input width, so that a new gate is
-    one file plus one registry line.
+    Constructed keyword-only from the config (any :class:`GateSettings`) and the layer's input width, so
+    that a new gate is one file plus one registry line.
     """
 
     def __init__(
         self,
         *,
-        config: MoLoRAConfig,
+        config: GateSettings,
         in_features: int,
         dtype: torch.dtype | None = None,
         device: torch.device | None = None,

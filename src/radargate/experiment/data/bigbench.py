@@ -54,13 +54,10 @@ import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from radargate.experiment.data import cache_root, fetch_distribution
 from radargate.files import atomic_write_bytes
-
-if TYPE_CHECKING:
-    from radargate.experiment.config import ExperimentConfig
 
 __all__ = [
     "DEFAULT_SUITE",
@@ -70,7 +67,6 @@ __all__ = [
     "fetch_bigbench",
     "hash_position",
     "list_tasks",
-    "load_splits",
     "load_suite",
     "load_task",
     "load_tasks",
@@ -461,9 +457,3 @@ def load_suite(
     examples = (example for task in tasks.values() for example in task)
     return split_examples(examples, fractions=fractions, seed=seed, max_per_split=max_per_split,
                           min_test_per_task=min_test_per_task)
-
-
-def load_splits(config: ExperimentConfig) -> dict[str, list[MCExample]]:
-    """The train / validation / test examples of ``config.data``."""
-    return load_suite(config.data.tasks, seed=config.data.split_seed, max_per_split=config.data.caps,
-                      min_test_per_task=config.data.min_test_per_task)

@@ -173,7 +173,8 @@ def load_splits(config: ExperimentConfig) -> dict[str, list[Example]]:
     """The train / validation / test examples of ``config.data``: its sources, else its BIG-bench tasks."""
     data = config.data
     if not data.sources:
-        return bigbench.load_splits(config)
+        return bigbench.load_suite(data.tasks, seed=data.split_seed, max_per_split=data.caps,
+                                   min_test_per_task=data.min_test_per_task)
     splits: dict[str, list[Example]] = {split: [] for split in SPLITS}
     for source in data.sources:
         for split, examples in load_source(source, data).items():

@@ -18,12 +18,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from radargate.experiment.data.bigbench import MCExample, list_tasks, load_tasks
-
-if TYPE_CHECKING:
-    from radargate.experiment.config import ExperimentConfig
 
 SALT = "radargate-unseen-v1\0"
 
@@ -65,10 +61,9 @@ def held_out_tasks(
     return [*keep, *(min(members[name], key=_rank) for name in drawn)]
 
 
-def study_held_out_tasks(config: ExperimentConfig, *, families: int) -> list[str]:
-    """The rule applied to every BIG-bench multiple-choice task, for the study of ``config``: its training and
-    replay tasks are used, its ``study.unseen_tasks`` kept. Reads every task once (a few minutes)."""
-    used = [*config.data.tasks, *config.study.headline_tasks]
+def bigbench_held_out_tasks(*, used: Sequence[str], keep: Sequence[str], families: int) -> list[str]:
+    """The rule applied to every BIG-bench multiple-choice task (``used`` and ``keep`` as in
+    :func:`held_out_tasks`). Reads every task once (a few minutes)."""
     excluded = {family(task) for task in used}
     candidates = [task for task in list_tasks() if family(task) not in excluded]
-    return held_out_tasks(load_tasks(candidates), used=used, keep=config.study.unseen_tasks, families=families)
+    return held_out_tasks(load_tasks(candidates), used=used, keep=keep, families=families)

@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from radargate.experiment.report import plots
-from radargate.experiment.report.analysis import summarize_contrast
 from radargate.experiment.report.format import MISSING, number, percent
 from radargate.experiment.report.intervals import Difference, paired_difference
+from radargate.experiment.routing import summarize_contrast
 from radargate.files import atomic_write_text
 
 PLOTS_DIR = "plots"

@@ -2,7 +2,7 @@
 
 Figures are built on ``matplotlib.figure.Figure`` directly, not through ``pyplot``: no global
 figure state, no GUI backend, nothing to close. Every function takes the data as the results
-and routing summaries hold it (see ``comparison.py`` and ``analysis.py``) and returns the path.
+and routing summaries hold it (see ``comparison.py`` and ``experiment/routing.py``) and returns the path.
 """
 
 from __future__ import annotations

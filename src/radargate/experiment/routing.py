@@ -1,4 +1,5 @@
-"""Routing statistics reduced to what reports need: plain, JSON-sized numbers per layer.
+"""What a run computes about its routing: the statistics of the forward pass reduced to plain, JSON-sized
+numbers per layer, stored in the run's result; the reports read them there.
 
 The contrastive analysis asks whether RadarGate's rotation raises the cosine between an expert
 and its fused partner where it was already high and lowers it where it was low. It is measured
