@@ -1,0 +1,124 @@
+"""The ``data`` section: the BIG-bench tasks or your own sources, the split seed and the caps per task."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from radargate.experiment.data.bigbench import DEFAULT_SUITE
+from radargate.validation import require_choice, require_int, require_number
+
+FORMATS = ("completion", "chat", "multiple_choice")
+SPLIT_RULES = ("auto", "hash", "own", "column")
+
+
+@dataclass
+class SourceSettings:
+    """One data source of your own: a local file or folder, or a Hub dataset (``radargate.experiment.data.custom``)."""
+
+    name: str = ""
+    """The task id: per-task metrics and routing statistics are reported under it."""
+    format: str = ""
+    """``completion`` (prompt + completion), ``chat`` (messages) or ``multiple_choice`` (question, choices, answer)."""
+    path: str = ""
+    """A ``.jsonl``/``.json``, ``.csv`` or ``.parquet`` file, or a folder written by ``datasets``' ``save_to_disk``."""
+    train_path: str = ""
+    """Instead of ``path``: one file per split (``validation_path`` and ``test_path`` may be left empty)."""
+    validation_path: str = ""
+    test_path: str = ""
+    hub: str = ""
+    """Instead of a path: a dataset name on the Hugging Face Hub, read with ``datasets.load_dataset``."""
+    subset: str = ""
+    """The Hub dataset's configuration (subset) name, if it has several."""
+    split: str = "auto"
+    """``own``: the data's own splits (per-split files, a saved DatasetDict, the Hub dataset's splits); ``column``:
+    the ``split_column`` of each row; ``hash``: the content-hash split of BIG-bench; ``auto``: ``own`` when the data
+    has splits, else ``hash``."""
+    split_column: str = "split"
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    messages_field: str = "messages"
+    question_field: str = "question"
+    choices_field: str = "choices"
+    answer_field: str = "answer"
+    """The right choice's 0-based index, or its text."""
+    weight: float = 1.0
+    """How often each training example of this source is drawn, relative to the others (2: twice as often)."""
+    max_train: int | None = None
+    """Caps on this source's splits; ``None``: ``data.max_<split>_per_task``."""
+    max_validation: int | None = None
+    max_test: int | None = None
+
+    def __post_init__(self) -> None:
+        label = f"data.sources[{self.name or '?'}]"
+        if not self.name or "/" in self.name:
+            raise ValueError(f"{label}.name={self.name!r} is not allowed; give each source a name without '/'")
+        require_choice(f"{label}.format", self.format, FORMATS)
+        require_choice(f"{label}.split", self.split, SPLIT_RULES)
+        split_files = [self.train_path, self.validation_path, self.test_path]
+        given = [kind for kind, value in (("path", self.path), ("train_path", any(split_files)), ("hub", self.hub))
+                 if value]
+        if len(given) != 1:
+            raise ValueError(f"{label} names {' and '.join(given) or 'no data'}; give exactly one of path, "
+                             "train_path (with validation_path, test_path) or hub")
+        if any(split_files) and not self.train_path:
+            raise ValueError(f"{label}: validation_path and test_path need a train_path")
+        require_number(f"{label}.weight", self.weight, low=0.0, low_inclusive=False)
+        for cap in ("max_train", "max_validation", "max_test"):
+            if getattr(self, cap) is not None:
+                require_int(f"{label}.{cap}", getattr(self, cap), minimum=1)
+
+
+@dataclass
+class DataSettings:
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_SUITE))
+    """BIG-bench multiple-choice tasks (``task`` or ``task/subtask``); not used when ``sources`` are given."""
+    sources: list[SourceSettings] = field(default_factory=list)
+    """Your own data sets, a multi-task mixture (one task per source); when given, BIG-bench is not loaded."""
+    split_seed: int = 0
+    """Seed of the content-hash splits (``radargate.experiment.data.bigbench``)."""
+    max_train_per_task: int | None = 1000
+    max_validation_per_task: int | None = 50
+    max_test_per_task: int | None = 100
+    max_length: int = 256
+    """Longest tokenised prompt + answer; longer BIG-bench prompts lose their beginning, longer rows of
+    ``sources`` are an error."""
+    min_test_per_task: int = 0
+    """Tops up a task's test split (10% of the task by its hash) to this many examples, or a third of the
+    task, from its training examples: small tasks get enough test examples for intervals."""
+
+    def __post_init__(self) -> None:
+        if self.sources:
+            self._check_sources()
+        elif not self.tasks or not all(isinstance(task, str) for task in self.tasks):
+            raise ValueError(f"data.tasks={self.tasks!r} is not allowed; give a non-empty list of task names")
+        for name in ("max_train_per_task", "max_validation_per_task", "max_test_per_task"):
+            if getattr(self, name) is not None:
+                require_int(f"data.{name}", getattr(self, name), minimum=1)
+        require_int("data.max_length", self.max_length, minimum=8)
+        require_int("data.min_test_per_task", self.min_test_per_task, minimum=0)
+
+    def _check_sources(self) -> None:
+        """Sources replace BIG-bench: ``tasks`` left at its default becomes empty, anything else is refused."""
+        if self.tasks and self.tasks != list(DEFAULT_SUITE):
+            raise ValueError(f"data.tasks={self.tasks!r} and data.sources are alternatives; "
+                             "drop data.tasks to train on your sources")
+        self.tasks = []
+        names = [source.name for source in self.sources]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"data.sources repeats the name(s) {repeated}; each source needs its own name")
+
+    @property
+    def task_names(self) -> list[str]:
+        """The tasks of the mixture: the sources' names, else the BIG-bench tasks."""
+        return [source.name for source in self.sources] or list(self.tasks)
+
+    @property
+    def caps(self) -> dict[str, int | None]:
+        return {
+            "train": self.max_train_per_task,
+            "validation": self.max_validation_per_task,
+            "test": self.max_test_per_task,
+        }
+
+
