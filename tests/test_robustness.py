@@ -16,7 +16,7 @@ from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.bigbench import MCExample
 from radargate.experiment.data.held_out import _rank, held_out_tasks
 from radargate.experiment.report.intervals import hierarchical_difference, paired_difference
-from radargate.experiment.report.robustness import compare
+from radargate.experiment.report.study.robustness import compare
 
 STUDY = ["train.steps=2", "study.methods=[topk,radar]", "study.experts=[2,4]", "study.seeds=[0,1]",
          "study.lr_grid=[1e-3,1e-2]", "study.lr_experts=2", "study.lr_extend=0", "study.unseen_tasks=[navigate]"]

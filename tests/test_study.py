@@ -267,7 +267,8 @@ def test_the_study_command_runs_and_rebuilds_its_report_in_a_subprocess(config_f
 
 def test_the_answer_checks_the_softmax_gates_rate_where_topk_keeps_every_expert(config_file):
     """At n <= k top-k is the softmax gate; trained at another rate, their difference is the rate's effect."""
-    from radargate.experiment.report.study import Gathered, _learning_rate_check
+    from radargate.experiment.report.study.answer import _learning_rate_check
+    from radargate.experiment.report.study.gathered import Gathered
 
     config = ExperimentConfig.load(config_file, [*STUDY, "study.methods=[softmax,topk,radar]", "study.axes=[fixed_r]"])
     shift = {"softmax": 0.5, "topk": 0.0, "radar": 0.1}
@@ -286,7 +287,7 @@ def test_the_answer_checks_the_softmax_gates_rate_where_topk_keeps_every_expert(
 
 
 def test_the_plain_answer_needs_radargate_ahead_of_each_gate():
-    from radargate.experiment.report.study import _plainly
+    from radargate.experiment.report.study.answer import _plainly
 
     def counts(better: int, worse: int, tied: int) -> dict[str, int]:
         return {"better": better, "worse": worse, "no detectable difference": tied}
@@ -303,7 +304,8 @@ def test_the_plain_answer_needs_radargate_ahead_of_each_gate():
 
 def test_the_headline_counts_each_gate_and_pools_every_task_into_one_interval(config_file):
     """Per task a verdict per gate; per gate the tally; and all tasks' fit examples as one paired interval."""
-    from radargate.experiment.report.study import Gathered, _headline_counts
+    from radargate.experiment.report.study.gathered import Gathered
+    from radargate.experiment.report.study.headline import headline_counts
 
     config = ExperimentConfig.load(config_file, [*STUDY, "study.headline_tasks=[a,b,c,d]",
                                                  "study.headline_methods=[softmax,topk,radar]"])
@@ -315,7 +317,7 @@ def test_the_headline_counts_each_gate_and_pools_every_task_into_one_interval(co
 
     headline = {Cell(method, 8, 4, 0, 0.003, task, 60): record(task, method)
                 for task in "abc" for method in ("softmax", "topk", "radar")}
-    text = _headline_counts(Gathered(config, None, {}, {}, headline=headline))
+    text = headline_counts(Gathered(config, None, {}, {}, headline=headline))
     assert "better than every other gate in 0 of 3 tasks (0%" in text and "worse than at least one in 1" in text
     assert "against softmax better in 2, no detectable difference in 1, worse in 0" in text
     assert "against topk better in 0, no detectable difference in 2, worse in 1" in text
@@ -328,7 +330,8 @@ def test_the_headline_counts_each_gate_and_pools_every_task_into_one_interval(co
 
 def test_the_answer_names_a_verdict_whose_seeds_point_different_ways(config_file):
     """Bootstrap intervals resample examples; a verdict that one seed reverses is named as resting on the seed."""
-    from radargate.experiment.report.study import Gathered, _answer_section
+    from radargate.experiment.report.study.answer import answer_section
+    from radargate.experiment.report.study.gathered import Gathered
 
     config = ExperimentConfig.load(config_file, [*STUDY, "study.methods=[softmax,topk,radar]", "study.axes=[fixed_r]"])
     rates = {"softmax": 0.003, "topk": 0.003, "radar": 0.003}
@@ -339,7 +342,7 @@ def test_the_answer_names_a_verdict_whose_seeds_point_different_ways(config_file
             return _scored_record("test", [1.0 + shift + 0.01 * (i % 5) for i in range(40)], cell=cell)
 
         sweep = {"fixed_r": {cell: record(cell) for cell in sweep_cells(config, rates)["fixed_r"]}}
-        return _answer_section(Gathered(config, None, rates, {}, sweep=sweep))
+        return answer_section(Gathered(config, None, rates, {}, sweep=sweep))
 
     split = answer({0: -0.05, 1: 0.3})
     assert "n=4 vs topk +0.125 [+0.125, +0.125] worse" in split
@@ -349,7 +352,8 @@ def test_the_answer_names_a_verdict_whose_seeds_point_different_ways(config_file
 
 def test_the_margins_growth_uses_the_largest_n_that_has_finished(config_file):
     """A study under way (the plan's largest n not run yet) compares the smallest and largest finished n."""
-    from radargate.experiment.report.study import Gathered, _growth_lines
+    from radargate.experiment.report.study.differences import growth_lines
+    from radargate.experiment.report.study.gathered import Gathered
 
     config = ExperimentConfig.load(config_file, [*STUDY, "study.methods=[softmax,radar]", "study.axes=[fixed_r]",
                                                  "study.experts=[2,4,8]", "study.seeds=[0]"])
@@ -363,5 +367,5 @@ def test_the_margins_growth_uses_the_largest_n_that_has_finished(config_file):
         return _scored_record("test", [1.0 + shift + 0.01 * (i % 5) for i in range(40)], cell=cell)
 
     sweep = {"fixed_r": {cell: record(cell) for cell in sweep_cells(config, rates)["fixed_r"]}}
-    lines = _growth_lines(Gathered(config, None, rates, {}, sweep=sweep), "fixed_r", ("test", "answer_nll"))
+    lines = growth_lines(Gathered(config, None, rates, {}, sweep=sweep), "fixed_r", ("test", "answer_nll"))
     assert lines == ["- vs softmax, test answer nll, n=4 vs n=2: -0.200 [-0.200, -0.200] better"]

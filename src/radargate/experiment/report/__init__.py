@@ -1,7 +1,8 @@
 """Reports: markdown, CSV and figures, written from results (never from a model).
 
-``comparison`` (one compare run's ``report.md``), ``study`` (the scaling study's report), ``plots``
-(the figures), ``analysis`` (routing statistics summarised for them), ``format`` (how a number reads).
+``comparison`` (one compare run's ``report.md``), ``study/`` (the scaling study's report, one module per
+section), ``plots`` (the figures), ``intervals`` (paired and hierarchical bootstrap), ``format`` (how a number
+reads). The routing summaries they show are computed below them, by the run (``experiment/routing.py``).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 MISSING = "-"
+VERDICT_SHORT = {"better": "better", "worse": "worse", "no detectable difference": "no diff."}
+"""An interval's verdict as a table cell writes it."""
 
 
 def is_number(value: object) -> bool:

@@ -18,8 +18,9 @@ from radargate.experiment.config import READINGS, ExperimentConfig
 from radargate.experiment.evaluate import mean
 from radargate.experiment.plan import learning_rates
 from radargate.experiment.report.comparison import markdown_table
-from radargate.experiment.report.format import number, signed_difference, validation_text
+from radargate.experiment.report.format import VERDICT_SHORT, number, signed_difference, validation_text
 from radargate.experiment.report.intervals import Difference, hierarchical_difference, paired_difference
+from radargate.experiment.report.study.gathered import Gathered
 
 PROTOCOL = "docs/robustness-protocol.md"
 REGISTERED = "aa78309"
@@ -31,7 +32,6 @@ GROUPS = (  # (verdict group, [(label, split, metric, subset)])
 )
 SUBSET_CLAIMS = [("unseen NLL, study six", "unseen", "answer_nll", "six"),
                  ("unseen acc, study six", "unseen", "acc", "six")]
-SHORT = {"better": "better", "worse": "worse", "no detectable difference": "no diff."}
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Comparison:
 
         flat, tasks = self.flat, self.hierarchical
         return (f"{show(flat.mean)} [{show(flat.low)}, {show(flat.high)}] / [{show(tasks.low)}, {show(tasks.high)}] "
-                f"{SHORT[self.verdict]}")
+                f"{VERDICT_SHORT[self.verdict]}")
 
 
 @dataclass
@@ -110,7 +110,13 @@ def compare(a: Sequence[dict], b: Sequence[dict], split: str, metric: str, subse
     return Comparison(paired_difference(*sides, metric), hierarchical_difference(*sides, metric))
 
 
-def robustness_section(config: ExperimentConfig, study_store: CellStore, softmax: dict[int, list[dict]]) -> str:
+def robustness_section(study: Gathered, study_store: CellStore) -> str:
+    """The section, once the study's own learning rates are final; ``""`` for a study without ``study.robustness``."""
+    config = study.config
+    if config.study.robustness is None or study.rates is None or study.provisional:
+        return ""
+    softmax = {n: study.seeds_of("fixed_r", "softmax", n) for n in config.study.robustness.experts
+               if "fixed_r" in study.sweep}
     found = gather(config, study_store, softmax)
     table = _comparisons(found)
     parts = ["## Robustness: other readings of RadarGate, and the premise alone", _protocol_text(found),
@@ -201,10 +207,11 @@ def _cone_text(found: Found, table: dict, experts: list[int]) -> str:
     rotating readings."""
     parts = []
     for n in experts:
-        against = [f"{ref}: test NLL {SHORT[r.verdict]}, unseen NLL {SHORT[u.verdict]}" for ref in ("topk", "softmax")
+        against = [f"{ref}: test NLL {VERDICT_SHORT[r.verdict]}, unseen NLL {VERDICT_SHORT[u.verdict]}"
+                   for ref in ("topk", "softmax")
                    if (r := table.get(("signed", ref, n, "test NLL"))) and (u := table.get(("signed", ref, n,
                                                                                              "unseen NLL")))]
-        rotating = [f"{m}: test NLL {SHORT[r.verdict]}" for m in ("radar", found.best)
+        rotating = [f"{m}: test NLL {VERDICT_SHORT[r.verdict]}" for m in ("radar", found.best)
                     if m and (r := table.get(("signed", m, n, "test NLL")))]
         if against or rotating:
             parts.append(f"n={n}, signed against " + "; ".join(dict.fromkeys(against + rotating)))
