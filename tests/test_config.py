@@ -16,7 +16,7 @@ from radargate import MoLoRAConfig
         ("r", 2.5, "r=2.5"),
         ("alpha", -1.0, "alpha=-1.0"),
         ("dropout", 1.0, "dropout=1.0"),
-        ("gate", "radr", "gate='radr' is unknown; choose one of softmax, topk, uniform, radar"),
+        ("gate", "radr", "gate='radr' is unknown; choose one of softmax, topk, uniform, signed, radar"),
         ("stretch", "sigmoid", "stretch='sigmoid'"),
         ("radar_impl", "fast", "radar_impl='fast'"),
         ("theta_max", 4.0, "theta_max=4.0"),
