@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -7,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from radargate import MoLoRAConfig
+from radargate.gates import GateSettings
 
 
 @pytest.mark.parametrize(
@@ -61,3 +63,9 @@ def test_json_round_trip(num_experts, r, alpha, dropout, gate, theta_max, target
 
 def test_scaling_is_alpha_over_r():
     assert MoLoRAConfig(r=8, alpha=32).scaling == 4.0
+
+
+def test_the_config_has_every_setting_a_gate_is_built_from():
+    """Gates are typed against ``GateSettings``, not the config; the config must carry each setting, same type."""
+    fields = {field.name: field.type for field in dataclasses.fields(MoLoRAConfig)}
+    assert {name: fields.get(name) for name in GateSettings.__annotations__} == GateSettings.__annotations__
