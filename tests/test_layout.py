@@ -46,7 +46,6 @@ def harness_imported_by() -> dict[str, list[str]]:
     return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
 
 
-@pytest.mark.xdist_group("layout")
 @pytest.mark.parametrize("module", CORE_MODULES)
 def test_core_module_does_not_import_the_harness(harness_imported_by, module):
     assert harness_imported_by[module] == []
