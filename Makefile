@@ -28,9 +28,10 @@ bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/layer_profile.py
 	OMP_NUM_THREADS=1 $(PY) benchmarks/layer_profile.py --tokens 512 --r 4
 
+# One pytest worker per core, at most 4 (each holds its own tiny models and runs); see tests/conftest.py.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

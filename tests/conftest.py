@@ -2,9 +2,17 @@
 
 Adapters start with ``B = 0`` and zero-initialised gate parts, which would hide most bugs, so the
 numerical tests first fill every adapter tensor with random values.
+
+``make test`` runs the suite in pytest-xdist workers (``--dist loadgroup``, ``pyproject.toml``): tests that
+share an expensive module fixture carry one ``xdist_group`` so that one worker builds it once, and tests
+marked ``serial`` run while no other test runs (the hooks below).
 """
 
 from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +33,80 @@ from radargate import MoLoRAConfig, MoLoRAModel, get_molora_model
 from radargate.experiment.loading import load_model_and_tokenizer
 
 VOCAB = 64
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist each worker (and each process it starts) gets its share of the cores as threads: torch's
+    default of one thread per core in every worker oversubscribes the machine."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+    if "PYTEST_XDIST_WORKER" in os.environ:  # every worker's temporary folder sits in the session's
+        config.stash[MACHINE] = Machine(Path(config.option.basetemp).parent)
+        config.add_cleanup(config.stash[MACHINE].close)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``serial`` tests are one xdist group: one worker runs them back to back."""
+    for item in items:
+        if is_serial(item):
+            item.add_marker(pytest.mark.xdist_group("serial"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """A ``serial`` test, its fixtures' set-up and teardown included, runs with the machine to itself, which its
+    worker keeps from one serial test to the next."""
+    machine = item.config.stash.get(MACHINE, None)
+    if machine is None:
+        return (yield)
+    if not machine.held:
+        machine.hold(whole=is_serial(item))
+    try:
+        return (yield)
+    finally:
+        if not (is_serial(item) and nextitem is not None and is_serial(nextitem)):
+            machine.release()
+
+
+def is_serial(item: pytest.Item) -> bool:
+    return item.get_closest_marker("serial") is not None
+
+
+class Machine:
+    """An xdist worker's hold on the machine, through two locked files in the session's temporary folder: shared
+    for an ordinary test, whole for a ``serial`` one.
+
+    A worker first passes ``turnstile.lock``; for a serial test it keeps it while it waits for ``machine.lock``
+    exclusively, so the other workers cannot keep starting tests and starve it.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.turnstile = open(folder / "turnstile.lock", "a")  # noqa: SIM115 (held for the worker's life)
+        self.machine = open(folder / "machine.lock", "a")  # noqa: SIM115
+        self.held = False
+
+    def hold(self, *, whole: bool) -> None:
+        fcntl.flock(self.turnstile, fcntl.LOCK_EX)
+        fcntl.flock(self.machine, fcntl.LOCK_EX if whole else fcntl.LOCK_SH)
+        if not whole:
+            fcntl.flock(self.turnstile, fcntl.LOCK_UN)
+        self.held = True
+
+    def release(self) -> None:
+        fcntl.flock(self.machine, fcntl.LOCK_UN)
+        fcntl.flock(self.turnstile, fcntl.LOCK_UN)
+        self.held = False
+
+    def close(self) -> None:
+        self.turnstile.close()
+        self.machine.close()
+
+
+MACHINE = pytest.StashKey[Machine]()
 
 
 def tiny_llama() -> LlamaForCausalLM:

@@ -40,6 +40,8 @@ from radargate.experiment.loading import (
 )
 from tests.conftest import PIPELINE_TASKS, write_tiny_config
 
+pytestmark = pytest.mark.xdist_group("bundle")  # one worker builds the wheels and the bundle, once
+
 PART_SIZE = 4 * 2**20
 # The tiny config trains on both pipeline tasks; one of them doubles as the unseen set, so the bundle
 # holds exactly two real tasks that the shared cache already has (packing them writes nothing there).

@@ -7,6 +7,8 @@ by its own size, so float noise in a near-zero gradient becomes a full-size upda
 separates "equal" from "different". Dropout is 0 (each process draws its own masks) and the precision
 float32. Auxiliary losses are per micro-batch (``_Trainer._step``), so the runs that cut the batch into
 other micro-batches train without them.
+
+The tests that start two processes are ``serial`` (``tests/conftest.py``): each process takes a core.
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ def test_grad_accum_trains_as_one_big_batch(tmp_path, tiny_model_dir, method):
     assert_same_training(accumulated, whole)
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("method", ["softmax", "radar"])
 def test_two_processes_train_as_one(tmp_path, tiny_model_dir, method):
     config_file = write_tiny_config(tmp_path, tiny_model_dir)
@@ -130,6 +133,7 @@ def test_two_processes_train_as_one(tmp_path, tiny_model_dir, method):
     assert (tmp_path / "runs" / "two" / "result.json").is_file()
 
 
+@pytest.mark.serial
 def test_killed_two_process_run_resumes_exactly(tmp_path, tiny_model_dir):
     """Killed (SIGKILL, both processes) after the checkpoint of step 2 of 4, then resumed: the same losses,
     auxiliary losses included, and adapter as the uninterrupted run of the same micro-batches in one
@@ -202,6 +206,7 @@ def test_launches_that_start_every_process_asked_for_are_not_refused(monkeypatch
     refuse_process_started_alone()
 
 
+@pytest.mark.serial
 def test_fsdp_on_cpus_is_refused(tmp_path, tiny_model_dir):
     """accelerate (1.15) shards with FSDP only on GPUs; on CPUs it would wrap the model in DDP instead."""
     config_file = write_tiny_config(tmp_path, tiny_model_dir)
@@ -291,6 +296,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.serial
 def test_layers_sharded_by_fsdp2_train_evaluate_save_and_load_as_one_process(tmp_path, tiny_model_dir):
     """torch's FSDP2 (``fully_shard``) runs on CPUs with gloo, though accelerate offers it on GPUs only: every
     mixture layer sharded over 2 processes trains like one process on the whole batch, evaluating between
@@ -353,6 +359,7 @@ def launch_fsdp(tmp_path: Path, config_file: Path, name: str, overrides: list[st
 
 
 @on_gpus
+@pytest.mark.serial
 @pytest.mark.parametrize("method", ["softmax", "radar"])
 def test_fsdp_through_accelerate_trains_as_one_process(tmp_path, tiny_model_dir, method):
     """Every process (one per GPU) holds shards of the adapters, yet the run trains, checkpoints and saves the
@@ -368,6 +375,7 @@ def test_fsdp_through_accelerate_trains_as_one_process(tmp_path, tiny_model_dir,
 
 
 @on_gpus
+@pytest.mark.serial
 def test_killed_fsdp_run_resumes_exactly(tmp_path, tiny_model_dir):
     """Killed after the checkpoint of step 2 of 4, then resumed under FSDP: the same losses and adapter as the
     uninterrupted unsharded run (the checkpoint holds whole weights and optimizer state, cut into shards on

