@@ -123,7 +123,8 @@ def create_app(engine: Engine, metrics: ServerMetrics, api_key: str | None = Non
         prompt_ids = _engine_call(lambda: engine.encode_chat(messages))
         room = max(1, engine.context_length - len(prompt_ids))
         params = _sampling(body, body.token_limit(default=room))
-        return await _answer(engine, body, prompt_ids, params, _ChatFormat(engine.served.model_id, body))
+        return await _answer(engine, body, prompt_ids, params, _ChatFormat(engine.served.model_id, body),
+                             prompt_field="messages")
 
     return app
 
@@ -168,8 +169,9 @@ def _engine_call(call: Callable):
         raise APIError(503, str(error), kind="server_error", code="shutting_down") from None
 
 
-async def _answer(engine: Engine, body, prompt_ids: list[int], params: SamplingParams, fmt):
-    generation = _engine_call(lambda: engine.submit(prompt_ids, params))
+async def _answer(engine: Engine, body, prompt_ids: list[int], params: SamplingParams, fmt,
+                  prompt_field: str = "prompt"):
+    generation = _engine_call(lambda: engine.submit(prompt_ids, params, prompt_field=prompt_field))
     if body.stream:
         return StreamingResponse(_events(generation, fmt, len(prompt_ids)), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
@@ -286,21 +288,31 @@ def _add_error_handlers(app: FastAPI) -> None:
 def _validation_error(errors: list[dict]) -> APIError:
     """The first problem, naming its field (``messages.0.role``) and what is allowed; malformed JSON as such."""
     first = errors[0]
-    where = [str(part) for part in first.get("loc", ()) if part != "body"]
     if first.get("type") == "json_invalid":
         return APIError(400, f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})",
                         param="body", code="invalid_json")
-    if first.get("type") == "model_attributes_type":
-        return APIError(400, "the request body must be a JSON object", param="body")
-    param = ".".join(part for part in where if not part.startswith(("function-after", "constrained")))
+    param = _field_path(first.get("loc", ()))
+    if not param:
+        return APIError(400, f"the request body must be a JSON object ({first.get('msg', 'invalid')})", param="body")
     message = first.get("msg", "invalid value")
     if first.get("type") == "extra_forbidden":
         message = f"{param} is not a field this server accepts"
-    elif "input" in first and first.get("type") != "missing":
-        message = f"{param}={json.dumps(first['input'])[:200]}: {message}"
+    elif first.get("type") == "missing":
+        message = f"{param} is required"
     else:
-        message = f"{param}: {message}"
-    return APIError(400, message, param=param or "body")
+        message = f"{param}={json.dumps(first.get('input'))[:200]}: {message}"
+    return APIError(400, message, param=param)
+
+
+def _field_path(location: tuple) -> str:
+    """``("body", "messages", 0, "content", "str")`` -> ``messages.0.content``: the field, without the union
+    member pydantic tried (``str``, ``list[int]``, ``function-after[...]``)."""
+    parts = []
+    for part in location[1:] if location[:1] == ("body",) else location:
+        if isinstance(part, str) and (part in {"str", "int", "float", "bool"} or "[" in part):
+            break
+        parts.append(str(part))
+    return ".".join(parts)
 
 
 def _add_middleware(app: FastAPI, metrics: ServerMetrics) -> None:

@@ -243,9 +243,10 @@ class Engine:
 
     # -- requests --------------------------------------------------------------------------------
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
-        """Admit one request and hand it to the batch, or refuse it now (nothing is started then)."""
-        self._check_fits(prompt_ids, params)
+    def submit(self, prompt_ids: list[int], params: SamplingParams, prompt_field: str = "prompt") -> Generation:
+        """Admit one request and hand it to the batch, or refuse it now (nothing is started then); a prompt that
+        does not fit is blamed on ``prompt_field`` (chat: ``messages``)."""
+        self._check_fits(prompt_ids, params, prompt_field)
         if self._draining or not self.running:
             raise EngineDraining("the server is shutting down and admits no new request")
         capacity = self.settings.max_batch + self.settings.max_queue
@@ -265,11 +266,11 @@ class Engine:
                                   **request_kwargs(params.temperature, params.top_p, seed))
         return generation
 
-    def _check_fits(self, prompt_ids: list[int], params: SamplingParams) -> None:
+    def _check_fits(self, prompt_ids: list[int], params: SamplingParams, prompt_field: str) -> None:
         if not prompt_ids:
-            raise InvalidRequest("prompt", "the prompt is empty; give at least one token of text")
+            raise InvalidRequest(prompt_field, "the prompt is empty; give at least one token of text")
         if len(prompt_ids) >= self.context_length:
-            raise InvalidRequest("prompt", f"the prompt has {len(prompt_ids)} tokens; this server's context is "
+            raise InvalidRequest(prompt_field, f"the prompt has {len(prompt_ids)} tokens; this server's context is "
                                  f"{self.context_length} tokens, so at most {self.context_length - 1} fit")
         room = self.context_length - len(prompt_ids)
         if params.max_tokens > room:

@@ -7,7 +7,10 @@ the responses under way, the generation thread is stopped, and the process exits
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +22,24 @@ from radargate.serve.metrics import ServerMetrics
 
 
 class _DrainingServer(uvicorn.Server):
-    """uvicorn's server, telling the engine to stop admitting as soon as a stop signal arrives."""
+    """uvicorn's server, telling the engine to stop admitting as soon as a stop signal arrives.
+
+    uvicorn re-raises the signal once it has shut down, so the process would die of it (status -15); a drained
+    shutdown is the normal end of a server, so here the handlers are restored and the process exits 0.
+    """
 
     def __init__(self, config: uvicorn.Config, engine: Engine) -> None:
         super().__init__(config)
         self.engine = engine
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def handle_exit(self, sig, frame) -> None:
         self.engine.drain()
