@@ -261,8 +261,11 @@ def _export_experts(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from radargate.serve.engine import EngineSettings
-    from radargate.serve.server import prepare_server
+    try:
+        from radargate.serve.engine import EngineSettings
+        from radargate.serve.server import prepare_server
+    except ModuleNotFoundError as error:
+        return _fail("serve", f"{error.name} is not installed; serving needs pip install 'radargate[serve]'", status=1)
 
     settings = EngineSettings(max_batch=args.max_batch, max_queue=args.max_queue, context_length=args.context_length)
     server = prepare_server(args.run, args.config, args.overrides, host=args.host, port=args.port, settings=settings,
