@@ -357,3 +357,56 @@ def test_a_damaged_run_folder_refuses_to_start_with_the_loaders_error(runs, tmp_
     with pytest.raises(RuntimeError, match="exited with 2") as failure:
         LiveServer(str(broken))
     assert str(loader_error.value) in str(failure.value)
+
+
+# -- the routing page, in a real browser ---------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("no chromium found (apt-get install chromium): the routing page is tested in a real browser")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright drives the browser")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def test_routing_page_colours_each_token_by_its_leading_expert(radar_server, browser, tmp_path):
+    """Type a prompt, watch it stream: each token's colour is the expert that weighed most (averaged over layers,
+    then for a chosen layer), as the API's routing for the same greedy request says; hovering shows the weights
+    and RadarGate's angles."""
+    page = browser.new_page(viewport={"width": 1100, "height": 700})
+    page.goto(radar_server.url + "/")
+    page.fill("#api-key", API_KEY)
+    page.dispatch_event("#api-key", "change")
+    page.wait_for_function("document.querySelectorAll('#layer option').length > 1")
+    page.select_option("#mode", "completion")
+    page.fill("#prompt", "Roses are red,")
+    page.fill("#max-tokens", "12")
+    page.click("#send")
+    page.wait_for_selector("#answer[data-done='true']", timeout=60_000)
+    shown = page.eval_on_selector_all(".token", "spans => spans.map(s => [s.dataset.tokenIds, s.dataset.expert])")
+
+    answer = client(radar_server).completions.create(
+        model="radar", prompt="Roses are red,", max_tokens=12, temperature=0,
+        extra_body={"return_token_ids": True, "return_routing": True})
+    routing = [torch.tensor(token["weights"]) for token in answer.choices[0].routing]
+    assert [int(ids) for ids, _ in shown] == answer.choices[0].token_ids  # one span per token here
+    assert [int(expert) for _, expert in shown] == [int(w.mean(0).argmax()) for w in routing]
+
+    page.select_option("#layer", "3")
+    by_layer = page.eval_on_selector_all(".token", "spans => spans.map(s => Number(s.dataset.expert))")
+    assert by_layer == [int(w[3].argmax()) for w in routing]
+
+    page.hover(".token >> nth=2")
+    tip = page.inner_text("#tip")
+    assert "expert  weight  rotation" in tip and "°" in tip and "model.layers.1.self_attn.v_proj" in tip
+    page.screenshot(path=str(tmp_path / "routing-page.png"))
+    assert (tmp_path / "routing-page.png").stat().st_size > 10_000
+    page.close()
