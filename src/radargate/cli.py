@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="admitted requests waiting for a place in the batch; beyond it, 429 (default 32)")
     serve.add_argument("--context-length", type=int, default=2048,
                        help="prompt + generated tokens per request, at most (default 2048, or the model's own limit)")
+    serve.add_argument("--threads", type=int, help="torch threads for the model (default: torch's own choice; on a "
+                       "machine shared with other jobs, 1 is often faster)")
     serve.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                        help=f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_ENV}; none if unset)")
 
@@ -269,7 +271,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = EngineSettings(max_batch=args.max_batch, max_queue=args.max_queue, context_length=args.context_length)
     server = prepare_server(args.run, args.config, args.overrides, host=args.host, port=args.port, settings=settings,
-                            api_key=args.api_key)
+                            api_key=args.api_key, threads=args.threads)
     print(f"serving {server.engine.served.model_id!r} ({server.engine.served.description})", flush=True)
     print(f"listening on {server.url} (OpenAI API at {server.url}/v1, routing page at {server.url}/)", flush=True)
     server.run()

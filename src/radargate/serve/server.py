@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import uvicorn
 
 from radargate.serve.app import create_app
@@ -65,8 +66,15 @@ class PreparedServer:
 
 
 def prepare_server(run_dir: str | Path | None, config_path: str | Path | None, overrides: list[str], *,
-                   host: str, port: int, settings: EngineSettings, api_key: str | None) -> PreparedServer:
-    """Load the run (or the config's base model) with the harness's loader, build the app, bind ``host:port``."""
+                   host: str, port: int, settings: EngineSettings, api_key: str | None,
+                   threads: int | None = None) -> PreparedServer:
+    """Load the run (or the config's base model) with the harness's loader, build the app, bind ``host:port``;
+    ``threads`` sets torch's intra-op threads (a decoding step is many small ops, which extra threads that the
+    machine cannot schedule slow down)."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads {threads} must be at least 1")
+        torch.set_num_threads(threads)
     metrics = ServerMetrics()
     engine = Engine.load(run_dir, config_path, overrides, settings, observer=metrics)
     app = create_app(engine, metrics, api_key=api_key)
