@@ -8,6 +8,11 @@ through the official openai client; times are taken on the client as the chunks 
 
     python benchmarks/serve_load.py --model radar=runs/quickstart/radar --model softmax=runs/quickstart/softmax \\
         --model base=configs/quickstart.yaml            # a run folder, or a config for its base model
+        [--transformers-serve ~/.cache/radargate/smollm2-135m-instruct-q4_1-fp32]   # the anchor, base model only
+
+`--transformers-serve PATH` adds transformers' own `transformers serve --continuous-batching` on the base model
+folder PATH (it cannot load a mixture), sized like radargate's server and on as many threads; it does not return
+token ids, so there a streamed chunk with text counts as one token.
 
 Reported per model and concurrency (median over rounds): generated tokens/s (all requests' tokens over the
 level's wall time), p50 and p95 time to first token and inter-token latency (pooled over the rounds).
@@ -17,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import re
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -72,20 +79,51 @@ class Server:
         threading.Thread(target=self.process.stdout.read, daemon=True).start()
         self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="none", max_retries=0, timeout=600)
         self.model = self.client.models.list().data[0].id
+        self.extra_body = {"return_token_ids": True}
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=120)
 
 
+class TransformersServe(Server):
+    """`transformers serve --continuous-batching MODEL_DIR` on a free loopback port, sized like radargate's."""
+
+    def __init__(self, model_dir: str, max_batch: int, threads: int) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        pages = 2048 // 64 * max_batch
+        command = [str(Path(sys.executable).parent / "transformers"), "serve", "--continuous-batching",
+                   "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--cb-block-size", "64",
+                   "--cb-num-blocks", str(pages), "--cb-max-batch-tokens", "512", model_dir]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        self.url = f"http://127.0.0.1:{port}"
+        self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="none", max_retries=0, timeout=600)
+        self.extra_body = {}  # it refuses fields it does not know (422)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                self.model = self.client.models.list().data[0].id
+                return
+            except openai.APIConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"transformers serve {model_dir} did not start") from None
+                time.sleep(1)
+
+
 def one_request(server: Server, prompt: str, max_tokens: int) -> tuple[int, float, list[float]]:
     """Tokens generated, time to the first token, and the gaps between tokens, of one streamed completion."""
     start = time.perf_counter()
     stream = server.client.completions.create(model=server.model, prompt=prompt, max_tokens=max_tokens,
-                                              temperature=0, stream=True, extra_body={"return_token_ids": True})
+                                              temperature=0, stream=True, extra_body=server.extra_body)
     arrivals: list[tuple[float, int]] = []
     for chunk in stream:
-        count = len(getattr(chunk.choices[0], "token_ids", None) or []) if chunk.choices else 0
+        if not chunk.choices:
+            continue
+        ids = getattr(chunk.choices[0], "token_ids", None)
+        count = len(ids) if ids is not None else int(bool(chunk.choices[0].text))
         if count:
             arrivals.append((time.perf_counter(), count))
     tokens = sum(count for _, count in arrivals)
@@ -121,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, metavar="LABEL=SOURCE",
                         help="a run folder or a config (its base model), with a label for the table")
+    parser.add_argument("--transformers-serve", metavar="MODEL_DIR",
+                        help="also load `transformers serve` on this base model folder, as the anchor")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--requests", type=int, default=16, help="requests per level (at least the concurrency)")
     parser.add_argument("--max-tokens", type=int, default=32)
@@ -133,6 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     sources = dict(item.split("=", 1) for item in args.model)
     servers = {label: Server(source, max_batch=max(args.concurrency), threads=args.threads)
                for label, source in sources.items()}
+    if args.transformers_serve:
+        sources["transformers serve (base)"] = args.transformers_serve
+        servers["transformers serve (base)"] = TransformersServe(args.transformers_serve, max(args.concurrency),
+                                                                 args.threads)
     try:
         for server in servers.values():  # warm-up: first calls pay for allocations
             one_request(server, PROMPTS[0], 4)

@@ -14,6 +14,7 @@ import math
 import secrets
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,7 +149,8 @@ class Engine:
         """The mixture's gate (``radar``, ``topk``...); ``None`` for a model without one."""
         self._active: set[str] = set()
         self._draining = False
-        self._durations: list[float] = []
+        self._durations: deque[float] = deque(maxlen=20)
+        """Recent requests' durations in seconds, for ``Retry-After``."""
         self._manager = None
 
     @classmethod
@@ -159,10 +161,7 @@ class Engine:
         harness's own loader: a damaged run folder fails here with the loader's error."""
         model, tokenizer, config = model_to_evaluate(run_dir, config_path, overrides)
         model_id = Path(run_dir).resolve().name if run_dir is not None else f"{config.name}-base"
-        adapter = describe_adapter(model)
-        kind = adapter["kind"] if adapter["kind"] != "mixture" else f"mixture ({', '.join(adapter['gates'])} gate, " \
-            f"{adapter['num_experts'][0]} experts of rank {adapter['r'][0]} in {adapter['layers']} layers)"
-        served = ServedModel(model_id, f"{config.method} run on {config.model.name}: {kind}")
+        served = ServedModel(model_id, _describe(model, config.method, config.model.name))
         return cls(model, tokenizer, served, settings or EngineSettings(), observer)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -280,7 +279,7 @@ class Engine:
 
     def _retry_after_s(self) -> int:
         """About one mean request duration (at least a second): when a place is likely to be free again."""
-        recent = self._durations[-20:]
+        recent = self._durations
         return max(1, math.ceil(sum(recent) / len(recent))) if recent else 1
 
     def _release(self, generation: Generation, finished: bool) -> None:
@@ -344,7 +343,7 @@ class Generation:
 
     def _piece(self, new: list[int], done: bool) -> Piece | None:
         self.token_ids.extend(new)
-        routing = [self._routing_of_next() for _ in new] if self.engine.routing is not None else []
+        routing = [self.engine.routing.pop(self.request_id) for _ in new] if self.engine.routing is not None else []
         text, stopped = self._text.add(new)
         finish_reason = None
         if stopped or (new and new[-1] in self.engine.eos_token_ids):
@@ -360,9 +359,6 @@ class Generation:
             return None
         return Piece(token_ids=new, text=text, routing=[r for r in routing if r is not None],
                      finish_reason=finish_reason)
-
-    def _routing_of_next(self) -> TokenRouting | None:
-        return self.engine.routing.pop(self.request_id)
 
     async def complete(self) -> Piece:
         """The whole answer as one piece (a non-streamed response)."""
@@ -421,6 +417,17 @@ class _IncrementalText:
     def _held_back(self, text: str) -> int:
         """Length of the longest end of ``text`` that begins some stop string."""
         return max((size for s in self.stop for size in range(1, len(s)) if text.endswith(s[:size])), default=0)
+
+
+def _describe(model: torch.nn.Module, method: str, base_name: str) -> str:
+    """One line on what is served, read from the model's layers."""
+    adapter = describe_adapter(model)
+    if adapter["kind"] == "mixture":
+        return (f"{method} run on {base_name}: {', '.join(adapter['gates'])} gate over {adapter['num_experts'][0]} "
+                f"LoRA experts of rank {adapter['r'][0]} in {adapter['layers']} layers")
+    if adapter["kind"] == "peft_lora":
+        return f"{method} run on {base_name}: PEFT LoRA of rank {adapter['r'][0]}"
+    return f"the base model {base_name}, untrained"
 
 
 def _eos_token_ids(model: torch.nn.Module, tokenizer) -> list[int]:
