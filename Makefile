@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: the CPU wheel on disk, not a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,trl,tracking,harness,quant]'
+	$(PY) -m pip install -q -e '.[dev,trl,tracking,harness,quant,serve]'
 	touch $(STAMP)
 
 # The main job: train PEFT LoRA, the softmax gate and RadarGate briefly on SmolLM2-135M and the

@@ -1,5 +1,5 @@
 """The import structure: no module imports itself in a circle, the library imports nothing from the harness
-above it, and old harness paths still import."""
+or the server above it, and old harness paths still import."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ for module in sys.argv[1:]:
     read, write = os.pipe()
     if os.fork() == 0:
         __import__(module)
-        up = [m for m in sys.modules if m.startswith("radargate.experiment") or m == "radargate.cli"]
+        up = [m for m in sys.modules if m.startswith(("radargate.experiment", "radargate.serve", "radargate.cli"))]
         os.write(write, json.dumps(up).encode())
         os._exit(0)
     os.close(write)

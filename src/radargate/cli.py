@@ -10,6 +10,8 @@
     radargate export-experts runs/quickstart/radar experts/   # each expert as a PEFT LoRA adapter, and the gates
     radargate bundle pack   --config configs/study_full.yaml --out bundle/   # everything a run needs offline
     radargate bundle unpack --dir bundle/ --to /tmp/radargate                # verify every part, then extract
+    radargate serve runs/quickstart/radar [--port 8000] [--max-batch 8] [--api-key KEY]  # OpenAI API, routing page
+    radargate serve --config configs/quickstart.yaml                         # the config's base model
 
 Exit status: 0 done; 1 the work failed (training diverged, a file could not be written or read, a quantized
 base without bitsandbytes);
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +31,8 @@ from radargate import __version__
 from radargate.errors import QuantizationUnavailable, TrainingDiverged
 from radargate.gates import GATES
 from radargate.logs import quiet_bitsandbytes_kernel_hint
+
+API_KEY_ENV = "RADARGATE_API_KEY"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +88,25 @@ def build_parser() -> argparse.ArgumentParser:
                                  "adapter (OUT/expert_<i>/), and its gates (OUT/gate.safetensors, gate_config.json)")
     export.add_argument("run", metavar="RUN", help="a run folder written by `radargate train` (a gate method)")
     export.add_argument("out", metavar="OUT", help="new (or empty) folder for the adapters and the gates")
+
+    serve = commands.add_parser("serve", help="serve a trained run (or a config's base model) over OpenAI's API, "
+                                "with /metrics and a routing page at /")
+    served = serve.add_mutually_exclusive_group(required=True)
+    served.add_argument("run", metavar="RUN", nargs="?", help="a run folder written by `radargate train` (any method)")
+    served.add_argument("--config", help="a YAML config: serves its base model (method base)")
+    _add_overrides(serve, "with RUN only evaluation settings may change")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument("--max-batch", type=int, default=8, help="requests decoded together (default 8)")
+    serve.add_argument("--max-queue", type=int, default=32,
+                       help="admitted requests waiting for a place in the batch; beyond it, 429 (default 32)")
+    serve.add_argument("--context-length", type=int, default=2048,
+                       help="prompt + generated tokens per request, at most (default 2048, or the model's own limit)")
+    serve.add_argument("--threads", type=int, help="torch threads for the model (default: torch's own choice; on a "
+                       "machine shared with other jobs, 1 is often faster)")
+    serve.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                       help=f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_ENV}; none if unset)")
 
     commands.add_parser("gates", help="list the registered gates")
     tasks = commands.add_parser("tasks", help="list the BIG-bench multiple-choice tasks (fetches BIG-bench once)")
@@ -247,6 +271,22 @@ def _export_experts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from radargate.serve.engine import EngineSettings
+        from radargate.serve.server import prepare_server
+    except ModuleNotFoundError as error:
+        return _fail("serve", f"{error.name} is not installed; serving needs pip install 'radargate[serve]'", status=1)
+
+    settings = EngineSettings(max_batch=args.max_batch, max_queue=args.max_queue, context_length=args.context_length)
+    server = prepare_server(args.run, args.config, args.overrides, host=args.host, port=args.port, settings=settings,
+                            api_key=args.api_key, threads=args.threads)
+    print(f"serving {server.engine.served.model_id!r} ({server.engine.served.description})", flush=True)
+    print(f"listening on {server.url} (OpenAI API at {server.url}/v1, routing page at {server.url}/)", flush=True)
+    server.run()
+    return 0
+
+
 def _gates(args: argparse.Namespace) -> int:
     for name, gate in GATES.items():
         summary = (sys.modules[gate.__module__].__doc__ or "").strip().splitlines()
@@ -309,7 +349,7 @@ def _shown(value: float | None, scale: float, spec: str) -> str:
 
 COMMANDS = {
     "train": _train, "eval": _eval, "compare": _compare, "study": _study, "gates": _gates, "tasks": _tasks,
-    "bundle": _bundle, "export-tasks": _export_tasks, "export-experts": _export_experts,
+    "bundle": _bundle, "export-tasks": _export_tasks, "export-experts": _export_experts, "serve": _serve,
 }
 
 

@@ -187,9 +187,11 @@ class MoLoRAModel(nn.Module):
             layer.compile(**compile_kwargs)
 
     @contextlib.contextmanager
-    def record_routing(self) -> Iterator[dict[str, RoutingStats]]:
-        """Accumulate routing statistics per layer while inside the block."""
-        stats = {name: RoutingStats(layer.experts.num_experts) for name, layer in self._layers.items()}
+    def record_routing(self, *, keep_last_call: bool = False) -> Iterator[dict[str, RoutingStats]]:
+        """Accumulate routing statistics per layer while inside the block; with ``keep_last_call``, each layer's
+        ``RoutingStats`` also holds its last call's per-token weights (``last_weights``) and extras whole."""
+        stats = {name: RoutingStats(layer.experts.num_experts, keep_last_call=keep_last_call)
+                 for name, layer in self._layers.items()}
         for name, layer in self._layers.items():
             layer.routing_stats = stats[name]
         try:

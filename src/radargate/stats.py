@@ -28,6 +28,12 @@ class RoutingStats:
     entropy_sum: float = 0.0
     samples: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     sample_count: int = 0
+    keep_last_call: bool = False
+    """Also keep the last call's per-token weights and extras whole (a server reads each generated token's routing)."""
+    last_weights: torch.Tensor | None = None
+    """``[T, n]`` float32 gate weights of the last call, when ``keep_last_call``."""
+    last_extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The last call's ``[T, n]`` gate extras (RadarGate: ``theta``, ...), float32, when ``keep_last_call``."""
 
     @torch.no_grad()
     def update(self, output: GateOutput) -> None:
@@ -42,6 +48,9 @@ class RoutingStats:
         share = magnitudes / magnitudes.sum(-1, keepdim=True).clamp_min(1e-12)
         self.entropy_sum += float(-(share * share.clamp_min(1e-12).log()).sum())
         self._keep_samples(output.extras)
+        if self.keep_last_call:
+            self.last_weights = weights.float()
+            self.last_extras = {name: values.detach().float().cpu() for name, values in output.extras.items()}
 
     def _keep_samples(self, extras: dict[str, torch.Tensor]) -> None:
         """Keep a random subset of this call's samples, the same positions for every quantity."""

@@ -170,3 +170,13 @@ def save_adapter(model: torch.nn.Module, directory: Path) -> None:
     elif isinstance(model, PeftModel):
         adapter = {name: whole(tensor) for name, tensor in model.state_dict().items() if "lora_" in name}
         model.save_pretrained(directory, state_dict=adapter, is_main_process=is_main_process())
+
+
+def generating_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model whose ``generate`` (and continuous batching) runs ``model``'s adapter: a mixture's
+    and PEFT's layers sit inside it, swapped in place, so its forward is the adapted model's."""
+    if isinstance(model, MoLoRAModel):
+        return model.base_model
+    if isinstance(model, PeftModel):
+        return model.get_base_model()
+    return model
