@@ -21,6 +21,7 @@ from radargate.experiment.report.comparison import markdown_table
 from radargate.experiment.report.format import VERDICT_SHORT, number, signed_difference, validation_text
 from radargate.experiment.report.intervals import Difference, hierarchical_difference, paired_difference
 from radargate.experiment.report.study.gathered import Gathered
+from radargate.experiment.report.study.rows import cell_row
 
 PROTOCOL = "docs/robustness-protocol.md"
 REGISTERED = "aa78309"
@@ -270,9 +271,7 @@ def _contrast_text(found: Found) -> str:
     parts = []
     for method in [m for m in _methods(found) if m == "radar" or m in READINGS]:
         for n in robustness.settings(found.config).experts:
-            rho = mean(mean((layer.get("contrast") or {}).get("spearman_cos_before_vs_change")
-                            for layer in (record.get("routing") or {}).values())
-                       for record in found.records(method, n))
+            rho = mean(cell_row(record)["contrast_rho"] for record in found.records(method, n))
             if rho is not None:
                 parts.append(f"{method} n={n}: rho {rho:+.2f}")
     if not parts:
