@@ -117,13 +117,13 @@ class MoLoRALinear(nn.Module):
         if self.forced_expert is not None:
             one_hot = codes.new_zeros(codes.shape[:2])
             one_hot[:, self.forced_expert] = 1
-            return result + self.experts.mix(codes, one_hot).view(*x.shape[:-1], -1).to(result.dtype)
+            return result + self.experts.mix(codes, one_hot).view(*x.shape[:-1], self.out_features).to(result.dtype)
         output = self.gate(tokens, codes, self.experts, with_stats=self.routing_stats is not None)
         if self.aux_names:
             self.aux_losses = auxiliary_losses(output, codes, self.experts, self.aux_names)
         if self.routing_stats is not None:
             self.routing_stats.update(output)
-        return result + output.delta.view(*x.shape[:-1], -1).to(result.dtype)
+        return result + output.delta.view(*x.shape[:-1], self.out_features).to(result.dtype)
 
     def extra_repr(self) -> str:
         return f"experts={self.experts.num_experts}, r={self.experts.r}, gate={type(self.gate).__name__}"
