@@ -10,6 +10,7 @@ from peft import LoraConfig, get_peft_model
 
 from radargate import GATES, MoLoRAConfig, get_molora_model
 from radargate.layer import MoLoRALinear
+from radargate.stats import RoutingStats
 from tests.conftest import TARGETS, TINY_MODELS, randomize_adapters, token_batch
 from tests.layer_helpers import copy_adapters, make_layer, random_input
 
@@ -107,6 +108,23 @@ def test_every_registered_gate_runs_and_reports_weights(generator):
         assert output.delta.shape == (3, 7)
         assert output.weights.shape == (3, 4)
         assert torch.isfinite(output.delta).all()
+
+
+@pytest.mark.parametrize("settings", [*({"gate": name} for name in GATES),
+                                      {"gate": "radar", "stretch": "topk"}, {"gate": "radar", "fusion": "input"},
+                                      {"gate": "radar", "radar_impl": "materialized"}])
+@pytest.mark.parametrize("grad", [False, True])
+def test_every_gate_takes_a_batch_without_tokens(generator, settings, grad):
+    """A batch of empty contexts has no tokens at all (evaluation sorts contexts by length, so they come together)."""
+    layer = make_layer(generator, **settings)
+    layer.routing_stats = RoutingStats(4)
+    x = torch.zeros(2, 0, 10, dtype=torch.float64, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        y = layer(x)
+    assert y.shape == (2, 0, 7)
+    if grad:
+        y.sum().backward()
+        assert x.grad.shape == x.shape
 
 
 def test_gate_parameters_train_with_frozen_experts(generator):

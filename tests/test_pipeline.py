@@ -39,12 +39,12 @@ def test_scores_equal_hand_computed_log_likelihoods(tokenizer, architecture):
     model.eval()
     items = [("Q: is the sky blue?\nA:", [" yes", " no, never at all", " maybe"]),
              ("Question: two plus two equals what number?\nAnswer:", [" four", " 22 or so"]),
-             ("Hi", [" there friend"])]
+             ("Hi", [" there friend"]), ("", ["The sky is blue.", "Grass is blue."]), ("", ["Unconditional"])]
     scores = score_choices(model, tokenizer, items, batch_size=4, max_length=64)
     with torch.no_grad():
         for (context, continuations), item_scores in zip(items, scores, strict=True):
             for continuation, score in zip(continuations, item_scores, strict=True):
-                prompt = tokenizer(context)["input_ids"]
+                prompt = tokenizer(context)["input_ids"] or [tokenizer.bos_token_id]  # lm-eval's prefix token
                 answer = tokenizer(continuation, add_special_tokens=False)["input_ids"]
                 logits = model(input_ids=torch.tensor([prompt + answer])).logits[0]
                 logprobs = torch.log_softmax(logits.double(), dim=-1)

@@ -71,7 +71,7 @@ class LoRAExperts(nn.Module):
         pass less over the widest tensor, forward and backward; PEFT's LoRA makes that pass).
         """
         scaled = (coefficients * self.scaling).unsqueeze(-1)
-        return (codes * scaled).reshape(codes.shape[0], -1) @ self.B_flat
+        return (codes * scaled).flatten(1) @ self.B_flat
 
     def outputs(self, codes: torch.Tensor) -> torch.Tensor:
         """``[tokens, n, r] -> [tokens, n, d_out]``: every expert's output, materialised."""
@@ -110,9 +110,10 @@ backward measured 2.6x faster at ``n = 64``). Below ``n = 32`` (``r = 8``, ``T =
 
 
 def token_chunks(tokens: int, per_token: int) -> list[tuple[int, int]]:
-    """``(start, stop)`` ranges of at most ``GRAM_CHUNK_ELEMENTS // per_token`` tokens (at least one)."""
+    """``(start, stop)`` ranges of at most ``GRAM_CHUNK_ELEMENTS // per_token`` tokens (at least one); one empty
+    range for no tokens (a batch of empty contexts)."""
     size = max(1, GRAM_CHUNK_ELEMENTS // per_token)
-    return [(start, min(start + size, tokens)) for start in range(0, tokens, size)]
+    return [(start, min(start + size, tokens)) for start in range(0, max(tokens, 1), size)]
 
 
 class BlockGram(torch.autograd.Function):

@@ -117,14 +117,14 @@ class MoLoRALinear(nn.Module):
         if self.forced_expert is not None:
             one_hot = codes.new_zeros(codes.shape[:2])
             one_hot[:, self.forced_expert] = 1
-            return result + self.experts.mix(codes, one_hot).view(*x.shape[:-1], -1).to(result.dtype)
+            return result + self.experts.mix(codes, one_hot).view(*x.shape[:-1], self.out_features).to(result.dtype)
         recorder = self.routing_stats
         output = self.gate(tokens, codes, self.experts, with_stats=recorder is not None and recorder.wants_geometry)
         if self.aux_names:
             self.aux_losses = auxiliary_losses(output, codes, self.experts, self.aux_names)
         if recorder is not None:
             recorder.update(output)
-        return result + output.delta.view(*x.shape[:-1], -1).to(result.dtype)
+        return result + output.delta.view(*x.shape[:-1], self.out_features).to(result.dtype)
 
     def extra_repr(self) -> str:
         return f"experts={self.experts.num_experts}, r={self.experts.r}, gate={type(self.gate).__name__}"

@@ -90,7 +90,7 @@ class RadarGate(Gate):
             return upcast(torch.zeros_like(self.fusion_logits))
         logits = self.fusion_logits
         if self.fusion_from_codes is not None:
-            logits = logits + self.fusion_from_codes(codes.reshape(codes.shape[0], -1)).view(-1, n, n)
+            logits = logits + self.fusion_from_codes(codes.flatten(1)).view(codes.shape[0], n, n)
         eye = torch.eye(n, dtype=torch.bool, device=logits.device)
         return upcast(logits).masked_fill(eye, float("-inf")).softmax(dim=-1)
 
@@ -103,7 +103,7 @@ class RadarGate(Gate):
 
     def angles(self, codes: torch.Tensor) -> torch.Tensor:
         """RotationGate angles ``theta: [T, n]`` from the codes of all experts."""
-        flat = codes.reshape(codes.shape[0], -1)
+        flat = codes.flatten(1)
         return self.theta_max * torch.tanh(upcast(self.angle(flat)))
 
     def forward(

@@ -36,14 +36,28 @@ class Batch:
 
 
 def pair_ids(tokenizer, context: str, continuation: str, max_length: int) -> tuple[list[int], list[int]]:
-    """The context's and the answer's token ids, the context cut from the left to fit ``max_length``."""
-    context_ids = tokenizer(context, add_special_tokens=True)["input_ids"]
+    """The context's and the answer's token ids, the context cut from the left to fit ``max_length``.
+
+    An empty context (a task that scores its choices unconditionally, such as BIG-bench's
+    ``misconceptions_russian``) becomes the start token, as lm-evaluation-harness's prefix token: the answer's
+    first token then has a prediction to be scored on.
+    """
+    context_ids = tokenizer(context, add_special_tokens=True)["input_ids"] or [start_token(tokenizer)]
     answer_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
     if not answer_ids:
         raise ValueError(f"answer {continuation!r} tokenises to nothing; every choice needs at least one token")
     answer_ids = answer_ids[: max_length - 1]
     context_ids = context_ids[max(0, len(context_ids) + len(answer_ids) - max_length) :]
     return context_ids, answer_ids
+
+
+def start_token(tokenizer) -> int:
+    """What an empty context is replaced by: the beginning-of-sequence token, else the end-of-sequence one."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token is None:
+        raise ValueError(f"{type(tokenizer).__name__} has neither a beginning- nor an end-of-sequence token, so an "
+                         "empty context cannot be scored; give every example a prompt")
+    return token
 
 
 def encode_pair(tokenizer, context: str, continuation: str, max_length: int) -> EncodedSequence:
