@@ -31,6 +31,7 @@ from radargate.checkpoint import (
 )
 from radargate.config import MoLoRAConfig
 from radargate.files import atomic_write_json, atomic_write_text
+from radargate.frozen import FrozenCache
 from radargate.injection import attach_experts
 from radargate.layer import Conv1D, MoLoRALinear
 from radargate.peft_interop import PeftAdapter, read_peft_adapter, write_peft_adapter
@@ -215,6 +216,20 @@ class MoLoRAModel(nn.Module):
         finally:
             for layer in self._layers.values():
                 layer.forced_expert = None
+
+    @contextlib.contextmanager
+    def weights_fixed(self) -> Iterator[None]:
+        """Promise that nothing changes the adapters' weights inside the block (serving): tensors derived from
+        them (``frozen.py``) are then reused without checking the weights on every call."""
+        found = (getattr(module, "frozen", None) for module in self.modules())
+        caches = [cache for cache in found if isinstance(cache, FrozenCache)]
+        for cache in caches:
+            cache.weights_fixed = True
+        try:
+            yield
+        finally:
+            for cache in caches:
+                cache.weights_fixed = False
 
     @contextlib.contextmanager
     def disable_experts(self) -> Iterator[None]:

@@ -122,7 +122,7 @@ class RadarGate(Gate):
             delta, gram, geometry = _span_space(codes, experts, weights, phi, theta, recompute)
         else:
             delta, gram, geometry = _materialized(codes, experts, weights, phi, theta)
-        extras = _statistics(theta, *map(torch.as_tensor, geometry)) if with_stats else {"theta": theta}
+        extras = _statistics(theta, *geometry) if with_stats else {"theta": theta}
         return GateOutput(
             delta=delta, weights=weights, router_logits=logits, selected=selected, gram=gram, extras=extras
         )
@@ -329,8 +329,9 @@ def rotate_outputs(outputs: torch.Tensor, phi: torch.Tensor, theta: torch.Tensor
 def _statistics(theta, q, a, m, kappa, cos_term, beta) -> dict[str, torch.Tensor]:
     """Angles and the cosine between each expert and its partner before and after rotation.
 
-    ``<v', c> = cos_term a + beta (m - kappa a)`` and ``|v'| = |v|``, so no output is needed.
+    ``<v', c> = cos_term a + beta (m - kappa a)`` and ``|v'| = |v|``, so no output is needed. The geometry is
+    torch tensors or numpy arrays (decoding, ``arrays.py``); the statistics are tensors.
     """
-    norms = torch.sqrt(q * m).clamp_min(TAU)
+    norms = namespace(q).sqrt(q * m).clip(TAU)
     after = cos_term * a + beta * (m - kappa * a)
-    return {"theta": theta, "cos_before": a / norms, "cos_after": after / norms}
+    return {"theta": theta, "cos_before": torch.as_tensor(a / norms), "cos_after": torch.as_tensor(after / norms)}

@@ -10,6 +10,7 @@ strings, each token's routing (``routing.py``), and the numbers ``/metrics`` sho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import secrets
 import time
@@ -154,6 +155,7 @@ class Engine:
         self._durations: deque[float] = deque(maxlen=20)
         """Recent requests' durations in seconds, for ``Retry-After``."""
         self._manager = None
+        self._weights_fixed = contextlib.ExitStack()
 
     @classmethod
     def load(cls, run_dir: str | Path | None = None, config_path: str | Path | None = None,
@@ -184,6 +186,8 @@ class Engine:
         self._watch_steps(manager)
         if self.routing is not None:
             self.routing.start()
+        if isinstance(self.model, MoLoRAModel):  # a server never changes the weights
+            self._weights_fixed.enter_context(self.model.weights_fixed())
         with torch.inference_mode():
             manager.start()
         self._manager = manager
@@ -212,6 +216,7 @@ class Engine:
             self._manager = None
         if self.routing is not None:
             self.routing.stop()
+        self._weights_fixed.close()
 
     @property
     def draining(self) -> bool:
