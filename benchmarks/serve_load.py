@@ -4,7 +4,9 @@ Each model gets its own `radargate serve` process on 127.0.0.1 (a port picked fr
 then every concurrency level is run on each model in turn, round after round, so that a shared machine's
 changing load falls on all of them alike. A level sends a bounded number of streamed, greedy completions
 (`--requests` per level, at most `--level-seconds` of sending) with `concurrency` of them in flight at once,
-through the official openai client; times are taken on the client as the chunks arrive.
+through the official openai client; times are taken on the client as the chunks arrive. Each answer runs to
+`--max-tokens` (`ignore_eos`): models that stop early would otherwise spend a larger share of their time
+prefilling, and their tokens/s would compare answer lengths, not speed.
 
     python benchmarks/serve_load.py --model radar=runs/quickstart/radar --model softmax=runs/quickstart/softmax \\
         --model base=configs/quickstart.yaml            # a run folder, or a config for its base model
@@ -12,7 +14,8 @@ through the official openai client; times are taken on the client as the chunks 
 
 `--transformers-serve PATH` adds transformers' own `transformers serve --continuous-batching` on the base model
 folder PATH (it cannot load a mixture), sized like radargate's server and on as many threads; it does not return
-token ids, so there a streamed chunk with text counts as one token.
+token ids, so there a streamed chunk with text counts as one token, and refuses `ignore_eos`, so its answers
+end at the end-of-sequence token.
 
 Reported per model and concurrency (median over rounds): generated tokens/s (all requests' tokens over the
 level's wall time), p50 and p95 time to first token and inter-token latency (pooled over the rounds).
@@ -80,7 +83,7 @@ class Server:
         threading.Thread(target=self.process.stdout.read, daemon=True).start()
         self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="none", max_retries=0, timeout=600)
         self.model = self.client.models.list().data[0].id
-        self.extra_body = {"return_token_ids": True}
+        self.extra_body = {"return_token_ids": True, "ignore_eos": True}  # every answer max_tokens long
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)

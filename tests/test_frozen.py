@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from radargate.frozen import FrozenCache
+from tests.conftest import molora, randomize_adapters
 from tests.layer_helpers import make_layer, random_input
 
 
@@ -79,3 +80,17 @@ def test_a_copied_or_converted_layer_does_not_reuse_the_original_cache(generator
     torch.testing.assert_close(changed, twin(x).detach(), rtol=1e-12, atol=1e-12)
     assert not torch.allclose(changed, original)
     torch.testing.assert_close(converted, original.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_weights_fixed_reuses_the_cache_without_comparing_and_only_inside_the_block(generator):
+    """The promise a server makes: inside ``weights_fixed`` a changed ``B`` is not looked at (nothing may change
+    it there); outside, the cache sees the change again."""
+    model = molora("llama", gate="radar")
+    randomize_adapters(model, generator, scale=0.2)
+    experts = next(iter(model.molora_layers.values())).experts
+    with torch.no_grad():
+        with model.weights_fixed():
+            blocks = experts.frozen_blocks(torch.float32)
+            experts.B.mul_(2.0)
+            assert experts.frozen_blocks(torch.float32) is blocks
+        torch.testing.assert_close(experts.frozen_blocks(torch.float32), 4 * blocks)

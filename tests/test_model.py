@@ -11,6 +11,7 @@ from torch import nn
 
 import radargate.checkpoint as checkpoint
 from radargate import GATES, MoLoRAConfig, MoLoRAModel, get_molora_model
+from radargate.stats import LastCall
 from tests.conftest import TARGETS, TINY_MODELS, molora, randomize_adapters, tiny_llama, token_batch
 
 
@@ -223,23 +224,22 @@ def test_routing_statistics_are_recorded(generator):
     assert model.molora_layers["model.layers.0.self_attn.q_proj"].routing_stats is None
 
 
-def test_last_call_routing_is_each_tokens_gate_output(generator):
+def test_last_call_routing_is_the_last_calls_gate_output(generator):
     model = molora("llama", gate="radar")
     randomize_adapters(model, generator, scale=0.2)
     name = "model.layers.0.self_attn.v_proj"
     layer = model.molora_layers[name]
-    with torch.no_grad(), model.record_routing(keep_last_call=True) as stats:
+    with torch.no_grad(), model.record_routing(LastCall) as stats:
         model(input_ids=token_batch(seed=1))
         model(input_ids=token_batch(seed=2, batch=1, length=5))
         tokens = model.base_model.model.layers[0].input_layernorm(
             model.base_model.model.embed_tokens(token_batch(seed=2, batch=1, length=5)))
-    assert stats[name].tokens == 24 + 5
-    last = stats[name].last_weights
-    assert last.shape == (5, 3)
+    last = stats[name]
+    assert last.weights.shape == last.theta.shape == (5, 3)
     codes = layer.experts.codes(tokens.reshape(5, -1))
     expected = layer.gate(tokens.reshape(5, -1), codes, layer.experts, with_stats=True)
-    torch.testing.assert_close(last, expected.weights.float())
-    torch.testing.assert_close(stats[name].last_extras["theta"], expected.extras["theta"].float())
+    torch.testing.assert_close(last.weights, expected.weights)
+    torch.testing.assert_close(last.theta, expected.extras["theta"])
 
 
 def test_half_precision_base_trains_float32_adapters(generator):

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from radargate.gates import radar
 from radargate.gates.radar import SpanCoefficients, _span_coefficients, rotate_outputs
 from tests.layer_helpers import copy_adapters, make_layer, random_input
 
@@ -59,6 +60,38 @@ def test_span_space_equals_materialized_in_float64(generator, reading, num_exper
         else:
             assert grads_span[name].norm() == 0, name
     assert grads_ref["gate.angle.weight"].norm() > 0, "the angles must receive gradients"
+
+
+@pytest.mark.parametrize("reading", READINGS, ids=lambda r: "-".join(r.values()))
+@pytest.mark.parametrize("tokens", [0, 1, 3, radar.NUMPY_TOKENS, radar.NUMPY_TOKENS + 1])
+def test_decoding_in_numpy_equals_the_reference(generator, monkeypatch, reading, tokens):
+    """A few tokens without autograd take the span math in numpy (``arrays.py``): float64 against the materialised
+    reference, float32 against the torch path, outputs and the geometry statistics alike; more tokens, or
+    autograd, stay in torch."""
+    calls = []
+    in_numpy = radar._decoding_in_numpy
+    monkeypatch.setattr(radar, "_decoding_in_numpy", lambda codes: calls.append(in_numpy(codes)) or calls[-1])
+    span = make_layer(generator, gate="radar", **reading)
+    materialized = make_layer(generator, gate="radar", radar_impl="materialized", **reading)
+    materialized.load_state_dict(span.state_dict())
+    x = random_input(generator, tokens, 10)
+    with torch.no_grad():
+        codes = span.experts.codes(x)
+        ours = span.gate(x, codes, span.experts, with_stats=True)
+        reference = materialized.gate(x, codes, materialized.experts, with_stats=True)
+    assert calls == [tokens <= radar.NUMPY_TOKENS]
+    torch.testing.assert_close(ours.delta, reference.delta, rtol=1e-10, atol=1e-12)
+    for name, values in reference.extras.items():
+        torch.testing.assert_close(ours.extras[name], values, rtol=1e-9, atol=1e-12)
+    single = make_layer(generator, gate="radar", dtype=torch.float32, **reading)
+    x = x.float()
+    with torch.no_grad():
+        decoded = single(x)
+        monkeypatch.setattr(radar, "_decoding_in_numpy", lambda codes: False)
+        torch.testing.assert_close(decoded, single(x), rtol=1e-5, atol=1e-6)
+    with torch.enable_grad():
+        monkeypatch.setattr(radar, "_decoding_in_numpy", in_numpy)
+        assert not in_numpy(single.experts.codes(x))  # autograd needs torch
 
 
 @pytest.mark.parametrize("impl", ["span", "materialized"])

@@ -16,8 +16,11 @@ from urllib.parse import urlparse
 
 import pytest
 import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from radargate.experiment.methods import load_trained
+from radargate.stats import LastCall
 from tests.serve_helpers import API_KEY, CONTEXT, LiveServer, save_tiny_model, train_run, write_config
 
 openai = pytest.importorskip("openai", reason="the serving tests talk through the official openai client")
@@ -163,6 +166,34 @@ def test_concurrent_requests_each_equal_their_solo_answer(radar_server):
     assert [len(tokens) for tokens in alone] == [4 + 3 * i for i in range(len(PROMPTS))]  # tiny model: no EOS
 
 
+def test_ignore_eos_generates_past_the_end_of_sequence_token(runs, tmp_path):
+    """The tiny model never picks its own EOS token, so a copy names the token it greedily picks fourth as EOS."""
+    model_dir = Path(yaml.safe_load(runs["config"].read_text())["model"]["name"])
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    prompt_ids = AutoTokenizer.from_pretrained(model_dir)("Hello")["input_ids"]
+    with torch.no_grad():
+        greedy = model.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=12, min_new_tokens=12,
+                                eos_token_id=None)[0, len(prompt_ids):].tolist()
+    end = next(index for index, token in enumerate(greedy) if index >= 3 and token not in greedy[:index])
+    shutil.copytree(model_dir, tmp_path / "model")
+    model.generation_config.eos_token_id = greedy[end]
+    model.generation_config.save_pretrained(tmp_path / "model")
+    config = write_config(tmp_path, tmp_path / "model")
+    server = LiveServer("--config", str(config))
+    try:
+        api, name = client(server), model_id(server)
+
+        def complete(**extra) -> tuple[list[int], str]:
+            choice = api.completions.create(model=name, prompt="Hello", max_tokens=12, temperature=0,
+                                            extra_body={"return_token_ids": True, **extra}).choices[0]
+            return choice.token_ids, choice.finish_reason
+
+        assert complete() == (greedy[:end + 1], "stop")
+        assert complete(ignore_eos=True) == (greedy, "length")
+    finally:
+        server.close()
+
+
 def test_seeded_sampling_is_reproducible_alone_or_in_a_batch(radar_server):
     api, name = client(radar_server), model_id(radar_server)
 
@@ -198,11 +229,11 @@ def test_routing_equals_the_routing_statistics_of_the_same_forward_pass(radar_se
     assert len(routing) == len(generated) == 8
     model, _, _ = load_trained(runs["radar"])
     prompt_ids = tokenizer(prompt)["input_ids"]
-    with torch.no_grad(), model.record_routing(keep_last_call=True) as stats:
+    with torch.no_grad(), model.record_routing(LastCall) as stats:
         model(input_ids=torch.tensor([prompt_ids + generated[:-1]]))
     positions = torch.arange(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(generated))
-    expected_weights = torch.stack([layer.last_weights[positions] for layer in stats.values()], dim=1)
-    expected_theta = torch.stack([layer.last_extras["theta"][positions] for layer in stats.values()], dim=1)
+    expected_weights = torch.stack([layer.weights[positions] for layer in stats.values()], dim=1)
+    expected_theta = torch.stack([layer.theta[positions] for layer in stats.values()], dim=1)
     torch.testing.assert_close(torch.tensor([token["weights"] for token in routing]), expected_weights,
                                atol=2e-4, rtol=0)
     torch.testing.assert_close(torch.tensor([token["theta"] for token in routing]), expected_theta,

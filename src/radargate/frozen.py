@@ -33,12 +33,15 @@ class FrozenCache:
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[tuple[torch.Tensor, ...], torch.Tensor]] = {}
+        self.weights_fixed = False
+        """Set while nothing can change the weights (a server): entries are reused without comparing values,
+        a comparison of ``B`` that cost decoding about 4 us per layer and token."""
 
     def get(self, name: str, compute: Callable[[], torch.Tensor], *sources: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or any(source.device.type != "cpu" for source in sources):
             return compute()
         entry = self._entries.get(name)
-        if entry is None or not _unchanged(entry[0], sources):
+        if entry is None or not (self.weights_fixed or _unchanged(entry[0], sources)):
             entry = (tuple(source.detach().clone() for source in sources), compute())
             self._entries[name] = entry
         return entry[1]

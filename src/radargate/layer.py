@@ -17,7 +17,7 @@ from radargate.experts import LoRAExperts
 from radargate.gates import get_gate
 from radargate.losses import auxiliary_losses
 from radargate.precision import float32_if_half
-from radargate.stats import RoutingStats
+from radargate.stats import LastCall, RoutingStats
 
 try:  # transformers is a dependency, but the layer also serves plain PyTorch models
     from transformers.pytorch_utils import Conv1D
@@ -95,8 +95,8 @@ class MoLoRALinear(nn.Module):
         self.aux_names: tuple[str, ...] = ()
         """Auxiliary losses to compute on each call; set by the model while labels are given."""
         self.aux_losses: dict[str, torch.Tensor] = {}
-        self.routing_stats: RoutingStats | None = None
-        """Set to a ``RoutingStats`` to accumulate routing statistics on every call."""
+        self.routing_stats: RoutingStats | LastCall | None = None
+        """Set to a ``RoutingStats`` to accumulate routing statistics on every call (``LastCall``: keep the last)."""
         self.forced_expert: int | None = None
         """Set to an expert's index to bypass the gate: the layer is then ``base(x) + s B_i A_i x``."""
 
@@ -118,11 +118,12 @@ class MoLoRALinear(nn.Module):
             one_hot = codes.new_zeros(codes.shape[:2])
             one_hot[:, self.forced_expert] = 1
             return result + self.experts.mix(codes, one_hot).view(*x.shape[:-1], self.out_features).to(result.dtype)
-        output = self.gate(tokens, codes, self.experts, with_stats=self.routing_stats is not None)
+        recorder = self.routing_stats
+        output = self.gate(tokens, codes, self.experts, with_stats=recorder is not None and recorder.wants_geometry)
         if self.aux_names:
             self.aux_losses = auxiliary_losses(output, codes, self.experts, self.aux_names)
-        if self.routing_stats is not None:
-            self.routing_stats.update(output)
+        if recorder is not None:
+            recorder.update(output)
         return result + output.delta.view(*x.shape[:-1], self.out_features).to(result.dtype)
 
     def extra_repr(self) -> str:

@@ -17,7 +17,7 @@ import inspect
 import types
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -31,12 +31,15 @@ from radargate.checkpoint import (
 )
 from radargate.config import MoLoRAConfig
 from radargate.files import atomic_write_json, atomic_write_text
+from radargate.frozen import FrozenCache
 from radargate.injection import attach_experts
 from radargate.layer import Conv1D, MoLoRALinear
 from radargate.peft_interop import PeftAdapter, read_peft_adapter, write_peft_adapter
 from radargate.sharding import copy_whole_into, whole
 from radargate.sharding import is_main_process as is_main
-from radargate.stats import RoutingStats
+from radargate.stats import LastCall, RoutingStats
+
+Recorder = TypeVar("Recorder", RoutingStats, LastCall)
 
 
 def get_molora_model(model: nn.Module, config: MoLoRAConfig) -> MoLoRAModel:
@@ -187,11 +190,10 @@ class MoLoRAModel(nn.Module):
             layer.compile(**compile_kwargs)
 
     @contextlib.contextmanager
-    def record_routing(self, *, keep_last_call: bool = False) -> Iterator[dict[str, RoutingStats]]:
-        """Accumulate routing statistics per layer while inside the block; with ``keep_last_call``, each layer's
-        ``RoutingStats`` also holds its last call's per-token weights (``last_weights``) and extras whole."""
-        stats = {name: RoutingStats(layer.experts.num_experts, keep_last_call=keep_last_call)
-                 for name, layer in self._layers.items()}
+    def record_routing(self, recorder: Callable[[int], Recorder] = RoutingStats) -> Iterator[dict[str, Recorder]]:
+        """Record routing per layer while inside the block: ``RoutingStats`` accumulates statistics, ``LastCall``
+        keeps only the last call's per-token weights and angles (``recorder`` is called with ``num_experts``)."""
+        stats = {name: recorder(layer.experts.num_experts) for name, layer in self._layers.items()}
         for name, layer in self._layers.items():
             layer.routing_stats = stats[name]
         try:
@@ -214,6 +216,20 @@ class MoLoRAModel(nn.Module):
         finally:
             for layer in self._layers.values():
                 layer.forced_expert = None
+
+    @contextlib.contextmanager
+    def weights_fixed(self) -> Iterator[None]:
+        """Promise that nothing changes the adapters' weights inside the block (serving): tensors derived from
+        them (``frozen.py``) are then reused without checking the weights on every call."""
+        found = (getattr(module, "frozen", None) for module in self.modules())
+        caches = [cache for cache in found if isinstance(cache, FrozenCache)]
+        for cache in caches:
+            cache.weights_fixed = True
+        try:
+            yield
+        finally:
+            for cache in caches:
+                cache.weights_fixed = False
 
     @contextlib.contextmanager
     def disable_experts(self) -> Iterator[None]:

@@ -53,7 +53,7 @@ class GateOutput:
     gram: torch.Tensor | None = None
     """``[T, n, n]``: ``<v_i, v_j>`` when the gate computed it anyway (reused by the losses)."""
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Gate-specific ``[T, n]`` statistics (RadarGate: angles and cosines), when asked for."""
+    """Gate-specific ``[T, n]`` statistics: RadarGate's angles always, its cosines when asked for."""
 
     @property
     def router_probs(self) -> torch.Tensor | None:

@@ -47,7 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radargate.experts import LoRAExperts
+from radargate.arrays import Array, addcmul, namespace
+from radargate.experts import LoRAExperts, gram_from_blocks
 from radargate.frozen import FrozenCache
 from radargate.gates.base import Gate, GateOutput, make_router, upcast
 from radargate.gates.topk import top_k_weights
@@ -121,7 +122,7 @@ class RadarGate(Gate):
             delta, gram, geometry = _span_space(codes, experts, weights, phi, theta, recompute)
         else:
             delta, gram, geometry = _materialized(codes, experts, weights, phi, theta)
-        extras = _statistics(theta, *geometry) if with_stats else {}
+        extras = _statistics(theta, *geometry) if with_stats else {"theta": theta}
         return GateOutput(
             delta=delta, weights=weights, router_logits=logits, selected=selected, gram=gram, extras=extras
         )
@@ -137,19 +138,18 @@ def zero_linear(in_features: int, out_features: int, **kwargs) -> nn.Linear:
     return linear
 
 
-def _rotation_terms(
-    q: torch.Tensor, m: torch.Tensor, pp: torch.Tensor, theta: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _rotation_terms(q: Array, m: Array, pp: Array, theta: Array) -> tuple[Array, Array]:
     """``v' = cos_term * v + beta * p`` (all ``[T, n]``), smooth where the plane degenerates.
 
     ``beta = sin(theta sigma) / sigma * |v|~ / sqrt(P)`` with ``|v|~ = q / sqrt(q + tau)``, written with one
-    reciprocal square root: generation runs this on a few tokens, where every op costs its dispatch.
+    reciprocal square root for both. Torch tensors or numpy arrays (``arrays.py``).
     """
-    plane_norm_sq = torch.add(pp, m, alpha=DELTA**2) + TAU
-    sigma = torch.sqrt(pp / plane_norm_sq + EPS)
+    xp = namespace(q)
+    plane_norm_sq = pp + DELTA**2 * m + TAU
+    sigma = xp.sqrt(pp / plane_norm_sq + EPS)
     turned = theta * sigma
-    beta = torch.sin(turned) * q * torch.rsqrt((q + TAU) * plane_norm_sq) / sigma
-    return torch.cos(turned), beta
+    beta = xp.sin(turned) * q * ((q + TAU) * plane_norm_sq) ** -0.5 / sigma
+    return xp.cos(turned), beta
 
 
 def _span_space(codes, experts, weights, phi, theta, recompute: bool):
@@ -161,8 +161,15 @@ def _span_space(codes, experts, weights, phi, theta, recompute: bool):
     made the layer 6-9% slower at ``n = 8`` and 16-23% at ``n = 64`` on CPU). The layer then
     saves about what a plain weighted-sum gate saves (1.10x at ``n = 8``). The backward pass is
     written by hand (:class:`SpanCoefficients`): about half the small kernels of autograd's
-    recomputation plus its backward.
+    recomputation plus its backward. A few tokens without autograd on the CPU (decoding) take the Gram
+    matrix and the coefficients in numpy (:func:`_decoding_in_numpy`).
     """
+    if _decoding_in_numpy(codes):
+        dtype = torch.float64 if torch.float64 in (codes.dtype, experts.B.dtype) else torch.float32
+        gram = gram_from_blocks(codes.to(dtype).numpy(), experts.frozen_blocks(dtype).numpy())
+        coefficients, *geometry = _span_coefficients(gram, weights.numpy(), phi.numpy(), theta.numpy())
+        delta = experts.mix(codes, torch.from_numpy(coefficients).to(codes.dtype))
+        return delta, torch.from_numpy(gram), tuple(geometry)
     gram = experts.gram(codes)
     if recompute:
         coefficients, *geometry = SpanCoefficients.apply(gram, weights, phi, theta)
@@ -172,13 +179,31 @@ def _span_space(codes, experts, weights, phi, theta, recompute: bool):
     return delta, gram, tuple(geometry)
 
 
-def _span_coefficients(gram, weights, phi, theta):
-    """``lambda: [T, n]`` with ``sum_i g_i v'_i = sum_j lambda_j v_j``, and the per-expert geometry."""
+NUMPY_TOKENS = 64
+"""At most this many tokens go through numpy (:func:`_decoding_in_numpy`); past it torch's per-element speed wins."""
+
+
+def _decoding_in_numpy(codes: torch.Tensor) -> bool:
+    """Whether a call is decoding-sized: a few float32/64 tokens on the CPU, without autograd or autocast and
+    outside ``torch.compile``. There each of the coefficients' thirty small ops costs its dispatch, about three
+    times less in numpy (``arrays.py``)."""
+    return (
+        codes.shape[0] <= NUMPY_TOKENS
+        and codes.device.type == "cpu"
+        and codes.dtype in (torch.float32, torch.float64)
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+    )
+
+
+def _span_coefficients(gram: Array, weights: Array, phi: Array, theta: Array) -> tuple[Array, ...]:
+    """``lambda: [T, n]`` with ``sum_i g_i v'_i = sum_j lambda_j v_j``, and the per-expert geometry (torch or
+    numpy)."""
     q, a, _, m, kappa, raw_pp = _plane_geometry(gram, phi)
-    pp = raw_pp.clamp_min(0.0)
+    pp = raw_pp.clip(0.0)
     cos_term, beta = _rotation_terms(q, m, pp, theta)
-    kept = torch.addcmul(cos_term, beta, kappa, value=-1)
-    coefficients = torch.addcmul(_through(weights * beta, phi), weights, kept)
+    coefficients = _through(weights * beta, phi) + weights * (cos_term - beta * kappa)
     return coefficients, q, a, m, kappa, cos_term, beta
 
 
@@ -258,21 +283,22 @@ class SpanCoefficients(torch.autograd.Function):
         return grad_gram, grad_weights, grad_phi, grad_theta
 
 
-def _through(rows: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+def _through(rows: Array, phi: Array) -> Array:
     """``rows @ Phi`` per token: ``rows`` ``[T, n]``, ``Phi`` shared ``[n, n]`` or per token ``[T, n, n]``."""
-    return rows @ phi if phi.dim() == 2 else (rows.unsqueeze(-2) @ phi).squeeze(-2)
+    return rows @ phi if phi.ndim == 2 else (rows[..., None, :] @ phi)[..., 0, :]
 
 
-def _plane_geometry(gram, phi):
+def _plane_geometry(gram: Array, phi: Array) -> tuple[Array, ...]:
     """Per expert, from the Gram matrix: ``q = |v|^2``, ``a = <v, c>``, ``G Phi^T`` (``[T, j, i] = <v_j, c_i>``),
-    ``m = |c|^2``, ``kappa = a / (q + tau)`` and ``|p|^2`` before clamping at 0 (rounding can make it negative)."""
-    q = torch.diagonal(gram, dim1=-2, dim2=-1)
-    phi_t = phi.transpose(-1, -2)
+    ``m = |c|^2``, ``kappa = a / (q + tau)`` and ``|p|^2`` before clamping at 0 (rounding can make it negative).
+    Torch tensors or numpy arrays (``arrays.py``)."""
+    q = gram.diagonal(0, -2, -1)
+    phi_t = phi.swapaxes(-1, -2)
     gram_phi = gram @ phi_t
-    a = torch.diagonal(gram_phi, dim1=-2, dim2=-1)  # <v_i, c_i>
+    a = gram_phi.diagonal(0, -2, -1)  # <v_i, c_i>
     m = (gram_phi * phi_t).sum(-2)  # |c_i|^2 = sum_j Phi_ij <v_j, c_i>, without a strided transpose
     kappa = a / (q + TAU)
-    return q, a, gram_phi, m, kappa, torch.addcmul(m, kappa, torch.add(kappa * q, a, alpha=-2))
+    return q, a, gram_phi, m, kappa, addcmul(m, kappa, kappa * q - 2 * a)
 
 
 def _materialized(codes, experts, weights, phi, theta):
@@ -303,8 +329,9 @@ def rotate_outputs(outputs: torch.Tensor, phi: torch.Tensor, theta: torch.Tensor
 def _statistics(theta, q, a, m, kappa, cos_term, beta) -> dict[str, torch.Tensor]:
     """Angles and the cosine between each expert and its partner before and after rotation.
 
-    ``<v', c> = cos_term a + beta (m - kappa a)`` and ``|v'| = |v|``, so no output is needed.
+    ``<v', c> = cos_term a + beta (m - kappa a)`` and ``|v'| = |v|``, so no output is needed. The geometry is
+    torch tensors or numpy arrays (decoding, ``arrays.py``); the statistics are tensors.
     """
-    norms = torch.sqrt(q * m).clamp_min(TAU)
+    norms = namespace(q).sqrt(q * m).clip(TAU)
     after = cos_term * a + beta * (m - kappa * a)
-    return {"theta": theta, "cos_before": a / norms, "cos_after": after / norms}
+    return {"theta": theta, "cos_before": torch.as_tensor(a / norms), "cos_after": torch.as_tensor(after / norms)}

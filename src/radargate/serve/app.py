@@ -152,7 +152,7 @@ def _completion_prompt(engine: Engine, prompt: str | list[str] | list[int]) -> l
 
 def _sampling(body: CompletionRequest | ChatCompletionRequest, max_tokens: int) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
-                          stop=body.stop_strings())
+                          stop=body.stop_strings(), ignore_eos=body.ignore_eos)
 
 
 def _engine_call(call: Callable):

@@ -10,6 +10,7 @@ strings, each token's routing (``routing.py``), and the numbers ``/metrics`` sho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import secrets
 import time
@@ -85,6 +86,8 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    """Go on past the end-of-sequence token until ``max_tokens`` or a stop string."""
 
 
 @dataclass
@@ -152,6 +155,7 @@ class Engine:
         self._durations: deque[float] = deque(maxlen=20)
         """Recent requests' durations in seconds, for ``Retry-After``."""
         self._manager = None
+        self._weights_fixed = contextlib.ExitStack()
 
     @classmethod
     def load(cls, run_dir: str | Path | None = None, config_path: str | Path | None = None,
@@ -182,6 +186,8 @@ class Engine:
         self._watch_steps(manager)
         if self.routing is not None:
             self.routing.start()
+        if isinstance(self.model, MoLoRAModel):  # a server never changes the weights
+            self._weights_fixed.enter_context(self.model.weights_fixed())
         with torch.inference_mode():
             manager.start()
         self._manager = manager
@@ -210,6 +216,7 @@ class Engine:
             self._manager = None
         if self.routing is not None:
             self.routing.stop()
+        self._weights_fixed.close()
 
     @property
     def draining(self) -> bool:
@@ -260,8 +267,9 @@ class Engine:
             self.routing.open(request_id)
         self._manager.register_result_handler(request_id, generation.deliver)
         seed = params.seed if params.seed is not None else secrets.randbits(31)
+        eos = -1 if params.ignore_eos else self.eos_token_ids  # transformers' "no end-of-sequence token"
         self._manager.add_request(prompt_ids, request_id=request_id, max_new_tokens=params.max_tokens,
-                                  streaming=True, eos_token_id=self.eos_token_ids,
+                                  streaming=True, eos_token_id=eos,
                                   **request_kwargs(params.temperature, params.top_p, seed))
         return generation
 
@@ -346,7 +354,7 @@ class Generation:
         routing = [self.engine.routing.pop(self.request_id) for _ in new] if self.engine.routing is not None else []
         text, stopped = self._text.add(new)
         finish_reason = None
-        if stopped or (new and new[-1] in self.engine.eos_token_ids):
+        if stopped or (new and new[-1] in self.engine.eos_token_ids and not self.params.ignore_eos):
             finish_reason = "stop"
         elif len(self.token_ids) >= self.params.max_tokens:
             finish_reason = "length"

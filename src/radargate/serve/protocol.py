@@ -41,6 +41,9 @@ class _SamplingRequest(_Strict):
     user: str | None = None
     return_token_ids: bool = False
     return_routing: bool = False
+    ignore_eos: bool = False
+    """vLLM's extension: generate past the end-of-sequence token, up to ``max_tokens`` (load tests use it, so that
+    every model answers at the same length)."""
 
     @field_validator("stop")
     @classmethod

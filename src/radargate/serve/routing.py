@@ -3,7 +3,7 @@
 Continuous batching packs every request's new tokens into one ``[1, T, d]`` forward, and each mixture layer
 sees them as ``[T, d]`` rows. After the forward, the row that produced a request's next token (its position in
 the pack, which transformers keeps as ``req_id_to_new_token_position``) is cut out of every layer's last-call
-weights (``RoutingStats.last_weights``) and queued for that request, in token order.
+weights (``LastCall``) and queued for that request, in token order.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from radargate.model import MoLoRAModel
+from radargate.stats import LastCall
 
 USAGE_WINDOW = 512
 """Generated tokens over which each layer's expert usage share is measured (``/metrics``)."""
@@ -56,7 +57,7 @@ class RoutingRecorder:
 
     def start(self) -> None:
         """Make every mixture layer keep its last call's weights (until :meth:`stop`)."""
-        self._stats = self._stack.enter_context(self._model.record_routing(keep_last_call=True))
+        self._stats = self._stack.enter_context(self._model.record_routing(LastCall))
 
     def stop(self) -> None:
         self._stack.close()
@@ -79,9 +80,9 @@ class RoutingRecorder:
             return
         rows = torch.tensor([int(row) for row in positions.values()])
         stats = [self._stats[name] for name in self.layer_names]
-        weights = torch.stack([layer.last_weights[rows] for layer in stats], dim=1)  # [requests, layers, n]
-        has_theta = "theta" in stats[0].last_extras
-        theta = torch.stack([layer.last_extras["theta"][rows] for layer in stats], dim=1) if has_theta else None
+        weights = torch.stack([layer.weights[rows] for layer in stats], dim=1).float()  # [requests, layers, n]
+        has_theta = stats[0].theta is not None
+        theta = torch.stack([layer.theta[rows] for layer in stats], dim=1).float() if has_theta else None
         for index, request_id in enumerate(positions):
             queue = self._pending.get(request_id)
             if queue is not None:
