@@ -16,7 +16,7 @@ from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.bigbench import MCExample
 from radargate.experiment.data.held_out import _rank, held_out_tasks
 from radargate.experiment.report.intervals import hierarchical_difference, paired_difference
-from radargate.experiment.report.study.robustness import compare
+from radargate.experiment.report.study.robustness import Found, compare
 
 STUDY = ["train.steps=2", "study.methods=[topk,radar]", "study.experts=[2,4]", "study.seeds=[0,1]",
          "study.lr_grid=[1e-3,1e-2]", "study.lr_experts=2", "study.lr_extend=0", "study.unseen_tasks=[navigate]"]
@@ -227,3 +227,12 @@ def test_the_study_command_runs_the_protocol_and_reports_it(config_file, tmp_pat
     assert "## Robustness" in report and "signed - radar" in report and "radar-sparse - radar" not in report
     again = subprocess.run(command, capture_output=True, text=True, check=False)
     assert again.returncode == 0 and "done" not in again.stderr  # nothing trained the second time
+
+
+def test_a_readings_search_cells_at_other_rates_are_not_taken_as_seeds():
+    """Before the search has chosen a rate, a reading has no cell to compare; after, only the one at that rate."""
+    cells = {Cell("radar-sparse", 8, 4, 0, lr): {"failed": None, "lr": lr} for lr in (0.001, 0.003)}
+    found = Found(ExperimentConfig(), rates=None, scores={}, best=None, search=cells)
+    assert found.records("radar-sparse", 8) == []
+    found.rates = {"radar-sparse": 0.003}
+    assert found.records("radar-sparse", 8) == [{"failed": None, "lr": 0.003}]

@@ -70,11 +70,14 @@ class Found:
     replay: bool | None = None
 
     def records(self, method: str, n: int) -> list[dict]:
-        """Finished cells of ``method`` at ``n``: decisive cells where it has them, else its search cell."""
+        """Finished cells of ``method`` at ``n``: decisive cells where it has them, else its search cell at the
+        rate the search chose (none before it has chosen one: cells at other rates are not seeds)."""
         decisive = [r for c, r in self.decisive.items() if c.method == method and c.n == n and r and not r["failed"]]
         if decisive:
             return decisive
-        return [r for c, r in self.search.items() if c.method == method and c.n == n and r and not r["failed"]]
+        rate = (self.rates or {}).get(method)
+        return [r for c, r in self.search.items()
+                if c.method == method and c.n == n and c.lr == rate and r and not r["failed"]]
 
 
 def gather(config: ExperimentConfig, study_store: CellStore, softmax: dict[int, list[dict]]) -> Found:
