@@ -107,25 +107,30 @@ class Usage(BaseModel):
     total_tokens: int
 
 
-class _Extensions(BaseModel):
-    """The optional per-choice extras (omitted from the JSON when not asked for)."""
+class _Choice(BaseModel):
+    """What every choice has, and the optional per-choice extras (omitted from the JSON when not asked for)."""
 
+    index: int = 0
+    finish_reason: str | None
+    logprobs: None = None
     token_ids: list[int] | None = None
     routing: list[dict[str, Any]] | None = None
 
 
-class CompletionChoice(_Extensions):
-    index: int = 0
-    text: str
-    finish_reason: str | None
-    logprobs: None = None
+class _Response(BaseModel):
+    """What every response has: its id, when it was made and the model that made it."""
 
-
-class CompletionResponse(BaseModel):
     id: str
-    object: Literal["text_completion"] = "text_completion"
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
+
+
+class CompletionChoice(_Choice):
+    text: str
+
+
+class CompletionResponse(_Response):
+    object: Literal["text_completion"] = "text_completion"
     choices: list[CompletionChoice]
     usage: Usage | None = None
 
@@ -135,18 +140,12 @@ class AssistantMessage(BaseModel):
     content: str
 
 
-class ChatChoice(_Extensions):
-    index: int = 0
+class ChatChoice(_Choice):
     message: AssistantMessage
-    finish_reason: str | None
-    logprobs: None = None
 
 
-class ChatCompletionResponse(BaseModel):
-    id: str
+class ChatCompletionResponse(_Response):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
     choices: list[ChatChoice]
     usage: Usage
 
@@ -156,18 +155,13 @@ class Delta(BaseModel):
     content: str | None = None
 
 
-class ChatChunkChoice(_Extensions):
-    index: int = 0
+class ChatChunkChoice(_Choice):
     delta: Delta
     finish_reason: str | None = None
-    logprobs: None = None
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
+class ChatCompletionChunk(_Response):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
 
