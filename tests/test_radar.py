@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import math
+from unittest import mock
 
 import pytest
 import torch
 
-from radargate.gates import radar
+from radargate.gates import radar, radar_decoding
 from radargate.gates.radar import SpanCoefficients, _span_coefficients, rotate_outputs
 from tests.layer_helpers import copy_adapters, make_layer, random_input
 
@@ -63,35 +64,53 @@ def test_span_space_equals_materialized_in_float64(generator, reading, num_exper
 
 
 @pytest.mark.parametrize("reading", READINGS, ids=lambda r: "-".join(r.values()))
-@pytest.mark.parametrize("tokens", [0, 1, 3, radar.NUMPY_TOKENS, radar.NUMPY_TOKENS + 1])
-def test_decoding_in_numpy_equals_the_reference(generator, monkeypatch, reading, tokens):
-    """A few tokens without autograd take the span math in numpy (``arrays.py``): float64 against the materialised
-    reference, float32 against the torch path, outputs and the geometry statistics alike; more tokens, or
-    autograd, stay in torch."""
+@pytest.mark.parametrize("tokens", [0, 1, 3, radar.DECODE_TOKENS, radar.DECODE_TOKENS + 1])
+def test_decoding_equals_the_reference(generator, monkeypatch, reading, tokens):
+    """A few tokens without autograd take the compiled decoding path (``radar_decoding.py``): float64 against the
+    materialised reference, float32 against the torch path, outputs, weights and angles alike; more tokens,
+    autograd, the geometry statistics or a missing numba stay in torch."""
     calls = []
-    in_numpy = radar._decoding_in_numpy
-    monkeypatch.setattr(radar, "_decoding_in_numpy", lambda codes: calls.append(in_numpy(codes)) or calls[-1])
+    decoding = radar._decoding
+    monkeypatch.setattr(radar, "_decoding", lambda codes: calls.append(decoding(codes)) or calls[-1])
     span = make_layer(generator, gate="radar", **reading)
     materialized = make_layer(generator, gate="radar", radar_impl="materialized", **reading)
     materialized.load_state_dict(span.state_dict())
     x = random_input(generator, tokens, 10)
     with torch.no_grad():
         codes = span.experts.codes(x)
-        ours = span.gate(x, codes, span.experts, with_stats=True)
-        reference = materialized.gate(x, codes, materialized.experts, with_stats=True)
-    assert calls == [tokens <= radar.NUMPY_TOKENS]
+        ours = span.gate(x, codes, span.experts)
+        reference = materialized.gate(x, codes, materialized.experts)
+        span.gate(x, codes, span.experts, with_stats=True)
+    assert calls == [tokens <= radar.DECODE_TOKENS]  # with statistics, no decoding path is even asked for
     torch.testing.assert_close(ours.delta, reference.delta, rtol=1e-10, atol=1e-12)
-    for name, values in reference.extras.items():
-        torch.testing.assert_close(ours.extras[name], values, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(ours.weights, reference.weights, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(ours.extras["theta"], reference.extras["theta"], rtol=1e-10, atol=1e-12)
     single = make_layer(generator, gate="radar", dtype=torch.float32, **reading)
     x = x.float()
     with torch.no_grad():
         decoded = single(x)
-        monkeypatch.setattr(radar, "_decoding_in_numpy", lambda codes: False)
+        monkeypatch.setattr(radar, "_decoding", lambda codes: False)
         torch.testing.assert_close(decoded, single(x), rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(radar, "_decoding", decoding)
     with torch.enable_grad():
-        monkeypatch.setattr(radar, "_decoding_in_numpy", in_numpy)
-        assert not in_numpy(single.experts.codes(x))  # autograd needs torch
+        assert not decoding(single.experts.codes(x))  # autograd needs torch
+    monkeypatch.setattr(radar_decoding, "kernel", lambda: None)
+    with torch.no_grad():
+        assert not decoding(single.experts.codes(x[:1]))  # no numba: torch
+
+
+def test_decoding_reuses_weights_only_while_they_are_unchanged(generator):
+    """The decoding path caches the router, angle and expert weights as arrays: a change of any of them after a
+    call must show in the next call, as in the torch path."""
+    layer = make_layer(generator, gate="radar", dtype=torch.float32)
+    x = random_input(generator, 2, 10).float()
+    for parameter in (layer.gate.router.weight, layer.gate.angle.bias, layer.experts.B, layer.gate.fusion_logits):
+        with torch.no_grad():
+            layer(x)
+            parameter.add_(0.3)
+            decoded = layer(x)
+            with mock.patch.object(radar, "_decoding", lambda codes: False):
+                torch.testing.assert_close(decoded, layer(x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("impl", ["span", "materialized"])

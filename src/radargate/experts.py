@@ -15,7 +15,6 @@ import math
 import torch
 from torch import nn
 
-from radargate.arrays import Array, contiguous, namespace
 from radargate.frozen import FrozenCache
 
 
@@ -154,19 +153,19 @@ def gram_blocks(b_flat: torch.Tensor, num_experts: int) -> torch.Tensor:
     return (b_flat @ b_flat.T).view(num_experts, rank_total // num_experts, rank_total)
 
 
-def gram_from_blocks(codes: Array, blocks: Array) -> Array:
+def gram_from_blocks(codes: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     """``G[t, i, j] = z_ti K_ij z_tj^T``: one batched matmul per expert row (``[n, T, n r]``), then a
     multiply-sum over ``r``, token chunk by token chunk; contiguous ``[T, n, n]`` (the gate's
-    matmuls need no copy). Torch tensors or numpy arrays (``arrays.py``: a few tokens in decoding)."""
+    matmuls need no copy)."""
     tokens, n, r = codes.shape
     chunks = token_chunks(tokens, n * n * r)
     if len(chunks) == 1:  # no slicing: generation calls this with a few tokens, once per layer and token
-        return contiguous(_gram_chunk(codes, blocks))
-    return namespace(codes).concatenate([_gram_chunk(codes[start:stop], blocks) for start, stop in chunks])
+        return _gram_chunk(codes, blocks).contiguous()
+    return torch.cat([_gram_chunk(codes[start:stop], blocks) for start, stop in chunks])
 
 
-def _gram_chunk(codes: Array, blocks: Array) -> Array:
+def _gram_chunk(codes: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     """``[T, n, n]`` (a transposed view) for one chunk of codes ``[T, n, r]``."""
     tokens, n, r = codes.shape
-    projected = (codes.swapaxes(0, 1) @ blocks).reshape(n, tokens, n, r)  # [i, t, j, b]
-    return (projected * codes).sum(-1).swapaxes(0, 1)
+    projected = torch.bmm(codes.transpose(0, 1), blocks).view(n, tokens, n, r)  # [i, t, j, b]
+    return torch.linalg.vecdot(projected, codes).transpose(0, 1)

@@ -18,8 +18,11 @@ saves, so nothing is cached there.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 def _unchanged(saved: tuple[torch.Tensor, ...], sources: tuple[torch.Tensor, ...]) -> bool:
@@ -32,12 +35,12 @@ class FrozenCache:
     live on the CPU and their values are unchanged."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[tuple[torch.Tensor, ...], torch.Tensor]] = {}
+        self._entries: dict[str, tuple[tuple[torch.Tensor, ...], Any]] = {}
         self.weights_fixed = False
         """Set while nothing can change the weights (a server): entries are reused without comparing values,
         a comparison of ``B`` that cost decoding about 4 us per layer and token."""
 
-    def get(self, name: str, compute: Callable[[], torch.Tensor], *sources: torch.Tensor) -> torch.Tensor:
+    def get(self, name: str, compute: Callable[[], T], *sources: torch.Tensor) -> T:
         if torch.is_grad_enabled() or any(source.device.type != "cpu" for source in sources):
             return compute()
         entry = self._entries.get(name)

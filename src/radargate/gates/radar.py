@@ -43,12 +43,14 @@ Two implementations of the same function:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radargate.arrays import Array, addcmul, namespace
-from radargate.experts import LoRAExperts, gram_from_blocks
+from radargate.experts import LoRAExperts, gram_blocks
 from radargate.frozen import FrozenCache
 from radargate.gates.base import Gate, GateOutput, make_router, upcast
 from radargate.gates.topk import top_k_weights
@@ -109,6 +111,8 @@ class RadarGate(Gate):
     def forward(
         self, tokens: torch.Tensor, codes: torch.Tensor, experts: LoRAExperts, *, with_stats: bool = False
     ) -> GateOutput:
+        if self.impl == "span" and not with_stats and _decoding(codes):
+            return self._decode(tokens, codes, experts)
         logits = self.router(tokens)
         weights, selected = self.stretch_weights(logits)
         theta = self.angles(codes)
@@ -127,6 +131,64 @@ class RadarGate(Gate):
             delta=delta, weights=weights, router_logits=logits, selected=selected, gram=gram, extras=extras
         )
 
+    def _decode(self, tokens: torch.Tensor, codes: torch.Tensor, experts: LoRAExperts) -> GateOutput:
+        """The same function for a few tokens without autograd: the router and the mix are one numpy matmul each,
+        the angles and coefficients one compiled call (``radar_decoding.py``), all from weights kept as arrays
+        while they do not change (one cache entry: each lookup costs a decoding step about a microsecond)."""
+        from radargate.gates import radar_decoding
+
+        dtype = torch.float64 if torch.float64 in (codes.dtype, experts.B.dtype) else torch.float32
+        arrays = self.frozen.get(
+            f"decoding_{dtype}", lambda: self._decoding_arrays(experts, dtype), *self.parameters(), experts.B
+        )
+        logits = torch.from_numpy(_array(tokens, dtype) @ arrays.router + arrays.router_bias)
+        weights, selected = self.stretch_weights(logits)
+        phi = arrays.phi if self.fusion_from_codes is None else _array(self.fusion(codes), dtype)
+        z = _array(codes, dtype)
+        coefficients, theta = radar_decoding.kernel()(
+            z, arrays.blocks, _array(weights, dtype), phi, arrays.angle, arrays.angle_bias, self.theta_max
+        )
+        tokens, n, r = z.shape
+        mixed = (z * coefficients[:, :, None]).reshape(tokens, n * r) @ arrays.scaled_b
+        return GateOutput(
+            delta=torch.from_numpy(mixed), weights=weights, router_logits=logits, selected=selected,
+            extras={"theta": torch.from_numpy(theta)},
+        )
+
+    def _decoding_arrays(self, experts: LoRAExperts, dtype: torch.dtype) -> _DecodingArrays:
+        def transposed(linear: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
+            return _array(linear.weight.detach().T.contiguous(), dtype), _array(linear.bias.detach().clone(), dtype)
+
+        scaled_b = experts.scaled_b(dtype).detach()
+        static_phi = _array(self.fusion().detach().unsqueeze(0), dtype) if self.fusion_from_codes is None else None
+        return _DecodingArrays(
+            *transposed(self.router), *transposed(self.angle), static_phi,
+            _array(gram_blocks(scaled_b, self.num_experts), dtype), _array(scaled_b, dtype),
+        )
+
+
+class _DecodingArrays(NamedTuple):
+    """What :meth:`RadarGate._decode` reads of the weights, as numpy arrays in the decoding dtype."""
+
+    router: np.ndarray
+    """``[d_in, n]``: the router's weight, transposed."""
+    router_bias: np.ndarray
+    angle: np.ndarray
+    """``[n r, n]``: the RotationGate's weight, transposed."""
+    angle_bias: np.ndarray
+    phi: np.ndarray | None
+    """``[1, n, n]``: the static fusion (``None`` for the input-dependent one)."""
+    blocks: np.ndarray
+    """``[n, r, n r]``: ``s^2 B B^T`` (``experts.gram_blocks``)."""
+    scaled_b: np.ndarray
+    """``[n r, d_out]``: ``s B``."""
+
+
+def _array(tensor: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """``tensor`` as a numpy array in ``dtype``, without a conversion call where it already is (decoding pays for
+    each call)."""
+    return (tensor if tensor.dtype == dtype else tensor.to(dtype)).numpy()
+
 
 def zero_linear(in_features: int, out_features: int, **kwargs) -> nn.Linear:
     """A linear map started at zero: a reading's extra freedom begins switched off, so training starts at the
@@ -138,18 +200,19 @@ def zero_linear(in_features: int, out_features: int, **kwargs) -> nn.Linear:
     return linear
 
 
-def _rotation_terms(q: Array, m: Array, pp: Array, theta: Array) -> tuple[Array, Array]:
+def _rotation_terms(
+    q: torch.Tensor, m: torch.Tensor, pp: torch.Tensor, theta: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``v' = cos_term * v + beta * p`` (all ``[T, n]``), smooth where the plane degenerates.
 
     ``beta = sin(theta sigma) / sigma * |v|~ / sqrt(P)`` with ``|v|~ = q / sqrt(q + tau)``, written with one
-    reciprocal square root for both. Torch tensors or numpy arrays (``arrays.py``).
+    reciprocal square root for both.
     """
-    xp = namespace(q)
-    plane_norm_sq = pp + DELTA**2 * m + TAU
-    sigma = xp.sqrt(pp / plane_norm_sq + EPS)
+    plane_norm_sq = torch.add(pp, m, alpha=DELTA**2) + TAU
+    sigma = torch.sqrt(pp / plane_norm_sq + EPS)
     turned = theta * sigma
-    beta = xp.sin(turned) * q * ((q + TAU) * plane_norm_sq) ** -0.5 / sigma
-    return xp.cos(turned), beta
+    beta = torch.sin(turned) * q * torch.rsqrt((q + TAU) * plane_norm_sq) / sigma
+    return torch.cos(turned), beta
 
 
 def _span_space(codes, experts, weights, phi, theta, recompute: bool):
@@ -161,15 +224,8 @@ def _span_space(codes, experts, weights, phi, theta, recompute: bool):
     made the layer 6-9% slower at ``n = 8`` and 16-23% at ``n = 64`` on CPU). The layer then
     saves about what a plain weighted-sum gate saves (1.10x at ``n = 8``). The backward pass is
     written by hand (:class:`SpanCoefficients`): about half the small kernels of autograd's
-    recomputation plus its backward. A few tokens without autograd on the CPU (decoding) take the Gram
-    matrix and the coefficients in numpy (:func:`_decoding_in_numpy`).
+    recomputation plus its backward.
     """
-    if _decoding_in_numpy(codes):
-        dtype = torch.float64 if torch.float64 in (codes.dtype, experts.B.dtype) else torch.float32
-        gram = gram_from_blocks(codes.to(dtype).numpy(), experts.frozen_blocks(dtype).numpy())
-        coefficients, *geometry = _span_coefficients(gram, weights.numpy(), phi.numpy(), theta.numpy())
-        delta = experts.mix(codes, torch.from_numpy(coefficients).to(codes.dtype))
-        return delta, torch.from_numpy(gram), tuple(geometry)
     gram = experts.gram(codes)
     if recompute:
         coefficients, *geometry = SpanCoefficients.apply(gram, weights, phi, theta)
@@ -179,31 +235,33 @@ def _span_space(codes, experts, weights, phi, theta, recompute: bool):
     return delta, gram, tuple(geometry)
 
 
-NUMPY_TOKENS = 64
-"""At most this many tokens go through numpy (:func:`_decoding_in_numpy`); past it torch's per-element speed wins."""
+DECODE_TOKENS = 64
+"""At most this many tokens take the decoding path (:meth:`RadarGate._decode`); past it torch's batched ops win."""
 
 
-def _decoding_in_numpy(codes: torch.Tensor) -> bool:
+def _decoding(codes: torch.Tensor) -> bool:
     """Whether a call is decoding-sized: a few float32/64 tokens on the CPU, without autograd or autocast and
-    outside ``torch.compile``. There each of the coefficients' thirty small ops costs its dispatch, about three
-    times less in numpy (``arrays.py``)."""
+    outside ``torch.compile``, with numba installed (``radar_decoding.py``)."""
+    from radargate.gates import radar_decoding  # its module imports this one's constants
+
     return (
-        codes.shape[0] <= NUMPY_TOKENS
+        codes.shape[0] <= DECODE_TOKENS
         and codes.device.type == "cpu"
         and codes.dtype in (torch.float32, torch.float64)
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
+        and radar_decoding.kernel() is not None
     )
 
 
-def _span_coefficients(gram: Array, weights: Array, phi: Array, theta: Array) -> tuple[Array, ...]:
-    """``lambda: [T, n]`` with ``sum_i g_i v'_i = sum_j lambda_j v_j``, and the per-expert geometry (torch or
-    numpy)."""
+def _span_coefficients(gram, weights, phi, theta):
+    """``lambda: [T, n]`` with ``sum_i g_i v'_i = sum_j lambda_j v_j``, and the per-expert geometry."""
     q, a, _, m, kappa, raw_pp = _plane_geometry(gram, phi)
-    pp = raw_pp.clip(0.0)
+    pp = raw_pp.clamp_min(0.0)
     cos_term, beta = _rotation_terms(q, m, pp, theta)
-    coefficients = _through(weights * beta, phi) + weights * (cos_term - beta * kappa)
+    kept = torch.addcmul(cos_term, beta, kappa, value=-1)
+    coefficients = torch.addcmul(_through(weights * beta, phi), weights, kept)
     return coefficients, q, a, m, kappa, cos_term, beta
 
 
@@ -283,22 +341,21 @@ class SpanCoefficients(torch.autograd.Function):
         return grad_gram, grad_weights, grad_phi, grad_theta
 
 
-def _through(rows: Array, phi: Array) -> Array:
+def _through(rows: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
     """``rows @ Phi`` per token: ``rows`` ``[T, n]``, ``Phi`` shared ``[n, n]`` or per token ``[T, n, n]``."""
-    return rows @ phi if phi.ndim == 2 else (rows[..., None, :] @ phi)[..., 0, :]
+    return rows @ phi if phi.dim() == 2 else (rows.unsqueeze(-2) @ phi).squeeze(-2)
 
 
-def _plane_geometry(gram: Array, phi: Array) -> tuple[Array, ...]:
+def _plane_geometry(gram, phi):
     """Per expert, from the Gram matrix: ``q = |v|^2``, ``a = <v, c>``, ``G Phi^T`` (``[T, j, i] = <v_j, c_i>``),
-    ``m = |c|^2``, ``kappa = a / (q + tau)`` and ``|p|^2`` before clamping at 0 (rounding can make it negative).
-    Torch tensors or numpy arrays (``arrays.py``)."""
-    q = gram.diagonal(0, -2, -1)
-    phi_t = phi.swapaxes(-1, -2)
+    ``m = |c|^2``, ``kappa = a / (q + tau)`` and ``|p|^2`` before clamping at 0 (rounding can make it negative)."""
+    q = torch.diagonal(gram, dim1=-2, dim2=-1)
+    phi_t = phi.transpose(-1, -2)
     gram_phi = gram @ phi_t
-    a = gram_phi.diagonal(0, -2, -1)  # <v_i, c_i>
+    a = torch.diagonal(gram_phi, dim1=-2, dim2=-1)  # <v_i, c_i>
     m = (gram_phi * phi_t).sum(-2)  # |c_i|^2 = sum_j Phi_ij <v_j, c_i>, without a strided transpose
     kappa = a / (q + TAU)
-    return q, a, gram_phi, m, kappa, addcmul(m, kappa, kappa * q - 2 * a)
+    return q, a, gram_phi, m, kappa, torch.addcmul(m, kappa, torch.add(kappa * q, a, alpha=-2))
 
 
 def _materialized(codes, experts, weights, phi, theta):
@@ -329,9 +386,8 @@ def rotate_outputs(outputs: torch.Tensor, phi: torch.Tensor, theta: torch.Tensor
 def _statistics(theta, q, a, m, kappa, cos_term, beta) -> dict[str, torch.Tensor]:
     """Angles and the cosine between each expert and its partner before and after rotation.
 
-    ``<v', c> = cos_term a + beta (m - kappa a)`` and ``|v'| = |v|``, so no output is needed. The geometry is
-    torch tensors or numpy arrays (decoding, ``arrays.py``); the statistics are tensors.
+    ``<v', c> = cos_term a + beta (m - kappa a)`` and ``|v'| = |v|``, so no output is needed.
     """
-    norms = namespace(q).sqrt(q * m).clip(TAU)
+    norms = torch.sqrt(q * m).clamp_min(TAU)
     after = cos_term * a + beta * (m - kappa * a)
-    return {"theta": theta, "cos_before": torch.as_tensor(a / norms), "cos_after": torch.as_tensor(after / norms)}
+    return {"theta": theta, "cos_before": a / norms, "cos_after": after / norms}
