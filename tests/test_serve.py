@@ -6,6 +6,7 @@ Tiny runs (radar, top-k, PEFT's LoRA) are trained once for the module; each serv
 
 from __future__ import annotations
 
+import gc
 import http.client
 import json
 import shutil
@@ -20,6 +21,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from radargate.experiment.methods import load_trained
+from radargate.serve.engine import Engine, EngineSettings
 from radargate.stats import LastCall
 from tests.serve_helpers import API_KEY, CONTEXT, LiveServer, save_tiny_model, train_run, write_config
 
@@ -376,6 +378,20 @@ def test_sigterm_drains_the_running_requests_and_exits_0(runs):
             health(server)
     finally:
         server.close()
+
+
+def test_the_engine_keeps_the_model_out_of_garbage_collection_while_it_runs(runs):
+    """``Engine.start`` freezes the objects alive then (the model's) out of the collector's generations, and
+    ``stop`` gives them back: a test process or a library user starting and stopping engines keeps collecting."""
+    engine = Engine.load(runs["radar"], settings=EngineSettings(max_batch=2))
+    gc.unfreeze()
+    engine.start()
+    try:
+        frozen = gc.get_freeze_count()
+        assert frozen > sum(1 for _ in engine.model.parameters())
+    finally:
+        engine.stop()
+    assert gc.get_freeze_count() == 0
 
 
 def test_a_damaged_run_folder_refuses_to_start_with_the_loaders_error(runs, tmp_path):

@@ -132,47 +132,42 @@ class RadarGate(Gate):
         )
 
     def _decode(self, tokens: torch.Tensor, codes: torch.Tensor, experts: LoRAExperts) -> GateOutput:
-        """The same function for a few tokens without autograd: the router and the mix are one numpy matmul each,
-        the angles and coefficients one compiled call (``radar_decoding.py``), all from weights kept as arrays
-        while they do not change (one cache entry: each lookup costs a decoding step about a microsecond)."""
+        """The same function for a few tokens without autograd: the angles, coefficients and mix in one compiled
+        call (``radar_decoding.py``) on weights kept as arrays while they do not change."""
         from radargate.gates import radar_decoding
 
         dtype = torch.float64 if torch.float64 in (codes.dtype, experts.B.dtype) else torch.float32
         arrays = self.frozen.get(
-            f"decoding_{dtype}", lambda: self._decoding_arrays(experts, dtype), *self.parameters(), experts.B
+            f"decoding_{dtype}", lambda: self._decoding_arrays(experts, dtype),
+            self.angle.weight, self.angle.bias, self.fusion_logits, experts.B,
         )
-        logits = torch.from_numpy(_array(tokens, dtype) @ arrays.router + arrays.router_bias)
+        logits = self.router(tokens)
         weights, selected = self.stretch_weights(logits)
         phi = arrays.phi if self.fusion_from_codes is None else _array(self.fusion(codes), dtype)
-        z = _array(codes, dtype)
-        coefficients, theta = radar_decoding.kernel()(
-            z, arrays.blocks, _array(weights, dtype), phi, arrays.angle, arrays.angle_bias, self.theta_max
+        delta, theta = radar_decoding.kernel()(
+            _array(codes, dtype), _array(weights, dtype), phi, arrays.angle, arrays.angle_bias, self.theta_max,
+            arrays.blocks, arrays.scaled_b,
         )
-        tokens, n, r = z.shape
-        mixed = (z * coefficients[:, :, None]).reshape(tokens, n * r) @ arrays.scaled_b
         return GateOutput(
-            delta=torch.from_numpy(mixed), weights=weights, router_logits=logits, selected=selected,
+            delta=torch.from_numpy(delta), weights=weights, router_logits=logits, selected=selected,
             extras={"theta": torch.from_numpy(theta)},
         )
 
     def _decoding_arrays(self, experts: LoRAExperts, dtype: torch.dtype) -> _DecodingArrays:
-        def transposed(linear: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
-            return _array(linear.weight.detach().T.contiguous(), dtype), _array(linear.bias.detach().clone(), dtype)
-
         scaled_b = experts.scaled_b(dtype).detach()
         static_phi = _array(self.fusion().detach().unsqueeze(0), dtype) if self.fusion_from_codes is None else None
         return _DecodingArrays(
-            *transposed(self.router), *transposed(self.angle), static_phi,
-            _array(gram_blocks(scaled_b, self.num_experts), dtype), _array(scaled_b, dtype),
+            angle=_array(self.angle.weight.detach().T.contiguous(), dtype),
+            angle_bias=_array(self.angle.bias.detach().clone(), dtype),
+            phi=static_phi,
+            blocks=_array(gram_blocks(scaled_b, self.num_experts), dtype),
+            scaled_b=_array(scaled_b, dtype),
         )
 
 
 class _DecodingArrays(NamedTuple):
     """What :meth:`RadarGate._decode` reads of the weights, as numpy arrays in the decoding dtype."""
 
-    router: np.ndarray
-    """``[d_in, n]``: the router's weight, transposed."""
-    router_bias: np.ndarray
     angle: np.ndarray
     """``[n r, n]``: the RotationGate's weight, transposed."""
     angle_bias: np.ndarray

@@ -27,20 +27,22 @@ from radargate.gates.radar import DELTA, EPS, TAU
 
 @functools.cache
 def kernel() -> Callable | None:
-    """The compiled :func:`angles_and_coefficients`, or ``None`` where numba is not installed."""
+    """The compiled :func:`mixture_and_angles`, or ``None`` where numba is not installed."""
     if importlib.util.find_spec("numba") is None:
         return None
     import numba
 
-    return numba.njit(cache=True)(angles_and_coefficients)
+    return numba.njit(cache=True)(mixture_and_angles)
 
 
-def angles_and_coefficients(codes, blocks, weights, phi, angle_weight, angle_bias, theta_max):
-    """``(lambda, theta)``, each ``[T, n]``, for codes ``[T, n, r]``, Gram blocks ``[n, r, n r]`` (``K`` with
-    the scale), StretchGate weights ``[T, n]``, fusion ``[1, n, n]`` (shared) or ``[T, n, n]``, and the
-    RotationGate's linear map (transposed, ``[n r, n]``, and ``[n]``). Plain loops for numba; sums in float64."""
+def mixture_and_angles(codes, weights, phi, angle_weight, angle_bias, theta_max, blocks, scaled_b):
+    """``(delta, theta)``: the gate's output ``[T, d_out]`` and angles ``[T, n]`` for codes ``[T, n, r]``,
+    StretchGate weights ``[T, n]``, fusion ``[1, n, n]`` (shared) or ``[T, n, n]``, the RotationGate's linear map
+    (transposed, ``[n r, n]``, and ``[n]``), the Gram blocks ``[n, r, n r]`` (``K`` with the scale) and ``s B``
+    ``[n r, d_out]``. Plain loops for numba; sums in float64."""
     tokens, n, r = codes.shape
-    coefficients = np.empty((tokens, n), dtype=codes.dtype)
+    delta = np.zeros((tokens, scaled_b.shape[1]), dtype=codes.dtype)
+    coefficients = np.empty(n, dtype=codes.dtype)  # the mix below then runs in the codes' precision, vectorized
     theta = np.empty((tokens, n), dtype=codes.dtype)
     gram = np.empty((n, n))
     gram_phi = np.empty((n, n))  # [j, i] = <v_j, c_i>
@@ -70,21 +72,26 @@ def angles_and_coefficients(codes, blocks, weights, phi, angle_weight, angle_bia
                     total += gram[j, k] * fusion[i, k]
                 gram_phi[j, i] = total
         for i in range(n):
-            q, a = gram[i, i], gram_phi[i, i]
+            q, a_i = gram[i, i], gram_phi[i, i]  # |v_i|^2, <v_i, c_i>
             m = 0.0
             for j in range(n):
                 m += fusion[i, j] * gram_phi[j, i]
-            kappa = a / (q + TAU)
-            pp = max(m + kappa * (kappa * q - 2 * a), 0.0)
+            kappa = a_i / (q + TAU)
+            pp = max(m + kappa * (kappa * q - 2 * a_i), 0.0)
             plane = pp + DELTA**2 * m + TAU
             sigma = math.sqrt(pp / plane + EPS)
             turned = theta[t, i] * sigma
             beta = math.sin(turned) * q * ((q + TAU) * plane) ** -0.5 / sigma
             turned_weight[i] = weights[t, i] * beta
-            coefficients[t, i] = weights[t, i] * (math.cos(turned) - beta * kappa)
+            coefficients[i] = weights[t, i] * (math.cos(turned) - beta * kappa)
         for j in range(n):
             total = 0.0
             for i in range(n):
                 total += turned_weight[i] * fusion[i, j]
-            coefficients[t, j] += total
-    return coefficients, theta
+            coefficients[j] += total
+        for i in range(n):
+            for a in range(r):
+                scale = coefficients[i] * z[i, a]
+                for d in range(scaled_b.shape[1]):
+                    delta[t, d] += scale * scaled_b[i * r + a, d]
+    return delta, theta
