@@ -52,6 +52,7 @@ from torch import nn
 
 from radargate.experts import LoRAExperts, gram_blocks
 from radargate.frozen import FrozenCache
+from radargate.gates import radar_decoding
 from radargate.gates.base import Gate, GateOutput, make_router, upcast
 from radargate.gates.topk import top_k_weights
 
@@ -134,8 +135,6 @@ class RadarGate(Gate):
     def _decode(self, tokens: torch.Tensor, codes: torch.Tensor, experts: LoRAExperts) -> GateOutput:
         """The same function for a few tokens without autograd: the angles, coefficients and mix in one compiled
         call (``radar_decoding.py``) on weights kept as arrays while they do not change."""
-        from radargate.gates import radar_decoding
-
         dtype = torch.float64 if torch.float64 in (codes.dtype, experts.B.dtype) else torch.float32
         arrays = self.frozen.get(
             f"decoding_{dtype}", lambda: self._decoding_arrays(experts, dtype),
@@ -146,7 +145,7 @@ class RadarGate(Gate):
         phi = arrays.phi if self.fusion_from_codes is None else _array(self.fusion(codes), dtype)
         delta, theta = radar_decoding.kernel()(
             _array(codes, dtype), _array(weights, dtype), phi, arrays.angle, arrays.angle_bias, self.theta_max,
-            arrays.blocks, arrays.scaled_b,
+            arrays.blocks, arrays.scaled_b, (TAU, DELTA, EPS),
         )
         return GateOutput(
             delta=torch.from_numpy(delta), weights=weights, router_logits=logits, selected=selected,
@@ -237,8 +236,6 @@ DECODE_TOKENS = 64
 def _decoding(codes: torch.Tensor) -> bool:
     """Whether a call is decoding-sized: a few float32/64 tokens on the CPU, without autograd or autocast and
     outside ``torch.compile``, with numba installed (``radar_decoding.py``)."""
-    from radargate.gates import radar_decoding  # its module imports this one's constants
-
     return (
         codes.shape[0] <= DECODE_TOKENS
         and codes.device.type == "cpu"

@@ -22,8 +22,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from radargate.gates.radar import DELTA, EPS, TAU
-
 
 @functools.cache
 def kernel() -> Callable | None:
@@ -35,11 +33,13 @@ def kernel() -> Callable | None:
     return numba.njit(cache=True)(mixture_and_angles)
 
 
-def mixture_and_angles(codes, weights, phi, angle_weight, angle_bias, theta_max, blocks, scaled_b):
+def mixture_and_angles(codes, weights, phi, angle_weight, angle_bias, theta_max, blocks, scaled_b, smoothing):
     """``(delta, theta)``: the gate's output ``[T, d_out]`` and angles ``[T, n]`` for codes ``[T, n, r]``,
     StretchGate weights ``[T, n]``, fusion ``[1, n, n]`` (shared) or ``[T, n, n]``, the RotationGate's linear map
-    (transposed, ``[n r, n]``, and ``[n]``), the Gram blocks ``[n, r, n r]`` (``K`` with the scale) and ``s B``
-    ``[n r, d_out]``. Plain loops for numba; sums in float64."""
+    (transposed, ``[n r, n]``, and ``[n]``), the Gram blocks ``[n, r, n r]`` (``K`` with the scale), ``s B``
+    ``[n r, d_out]`` and ``radar.py``'s smoothing constants ``(TAU, DELTA, EPS)``. Plain loops for numba; sums in
+    float64."""
+    tau, delta_sq, eps = smoothing[0], smoothing[1] ** 2, smoothing[2]
     tokens, n, r = codes.shape
     delta = np.zeros((tokens, scaled_b.shape[1]), dtype=codes.dtype)
     coefficients = np.empty(n, dtype=codes.dtype)  # the mix below then runs in the codes' precision, vectorized
@@ -76,12 +76,12 @@ def mixture_and_angles(codes, weights, phi, angle_weight, angle_bias, theta_max,
             m = 0.0
             for j in range(n):
                 m += fusion[i, j] * gram_phi[j, i]
-            kappa = a_i / (q + TAU)
+            kappa = a_i / (q + tau)
             pp = max(m + kappa * (kappa * q - 2 * a_i), 0.0)
-            plane = pp + DELTA**2 * m + TAU
-            sigma = math.sqrt(pp / plane + EPS)
+            plane = pp + delta_sq * m + tau
+            sigma = math.sqrt(pp / plane + eps)
             turned = theta[t, i] * sigma
-            beta = math.sin(turned) * q * ((q + TAU) * plane) ** -0.5 / sigma
+            beta = math.sin(turned) * q * ((q + tau) * plane) ** -0.5 / sigma
             turned_weight[i] = weights[t, i] * beta
             coefficients[i] = weights[t, i] * (math.cos(turned) - beta * kappa)
         for j in range(n):
