@@ -3,8 +3,9 @@
 Generation calls every adapted layer once per new token with a handful of tokens, where each small torch op
 costs its dispatch (1-4 us) whatever its size. The softmax gate is five such ops; RadarGate's angles, plane
 geometry and coefficients are some forty (one layer, one token: 113 us against the softmax layer's 60 us;
-the same ops in numpy still took 95 us). Here they are one loop nest compiled by numba (the ``serve`` extra),
-compiled on first use and cached on disk: 70 us. The router and the final mix are one BLAS matmul each.
+the same ops in numpy still took 95 us). Here the angles, coefficients and the final mix are one loop nest
+compiled by numba (the ``serve`` extra), compiled on first use and cached on disk: 75 us. The router stays in
+torch, whose matmul code the base layers keep hot; numpy's matmuls were slower there, called cold between layers.
 
 It computes exactly the span path's function (``radar.py``): the Gram entries ``<v_i, v_j> = z_i K_ij z_j^T``
 from the cached ``K = s^2 B B^T`` blocks, then ``q, a, m, kappa, |p|^2``, the smooth rotation terms and
