@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import radargate.experiment.cells as cells_module
 from radargate.cli import main
@@ -233,17 +234,27 @@ def test_base_cell_is_the_untrained_model():
     assert BASE.name == "base" and BASE.method == "base"
 
 
-def test_cells_run_in_worker_processes_match_cells_run_inline(config_file, tmp_path, capfd):
+def test_cells_run_in_worker_processes_match_cells_run_inline(config_file, tmp_path, capfd, monkeypatch):
     small = ["--set=study.seeds=[0]", "--set=study.axes=[fixed_r]", "--set=study.experts=[2]"]
     inline, parallel = tmp_path / "inline", tmp_path / "parallel"
-    for folder, workers in ((inline, "1"), (parallel, "2")):
-        args = _study_args(config_file, folder, "--workers", workers, *small)
-        assert main([*args, f"--set=output_dir={folder / 'runs'}"]) == 0
+    threads = torch.get_num_threads()
+    assert main([*_study_args(config_file, inline, "--workers", "1", *small),
+                 f"--set=output_dir={inline / 'runs'}"]) == 0
+    # two threads to share out, and no OMP_NUM_THREADS (set for pytest's workers) for a worker to inherit instead
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)
+    try:
+        assert main([*_study_args(config_file, parallel, "--workers", "2", *small),
+                     f"--set=output_dir={parallel / 'runs'}"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     names = sorted(path.name for path in (inline / "reports" / "tiny_cells").glob("*.json"))
     assert names == ["base.json", "radar-n2-r2-s0-lr0.01.json", "softmax-n2-r2-s0-lr0.01.json"]
     for name in names:
         a, b = (json.loads((folder / "reports" / "tiny_cells" / name).read_text()) for folder in (inline, parallel))
         assert a["examples"] == b["examples"] and a["training"] == b["training"]
+        if name != "base.json":  # the base cell is alone in its stage, so it runs in the study's own process
+            assert b["hardware"].startswith("GPU") or ", 1 torch thread," in b["hardware"]  # 2 workers share 2
     assert "kernels-community" not in capfd.readouterr().err  # the CLI's log filter holds in the workers too
 
 

@@ -10,8 +10,13 @@ import torch
 
 
 def hardware_description() -> str:
-    """The GPU, or else the CPU, and the torch version: what a timing was measured on."""
-    device = f"GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else f"CPU: {cpu_description()}"
+    """The GPU, or else the CPU and the threads torch uses on it, and the torch version: what a timing was
+    measured on (processes that share the cores each get a share of them as threads)."""
+    if torch.cuda.is_available():
+        device = f"GPU: {torch.cuda.get_device_name(0)}"
+    else:
+        threads = torch.get_num_threads()
+        device = f"CPU: {cpu_description()}, {threads} torch thread{'s' if threads > 1 else ''}"
     return f"{device}, torch {torch.__version__}"
 
 
