@@ -15,8 +15,16 @@ from radargate.experiment.cells import Cell, CellStore, cells_directory
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.bigbench import MCExample
 from radargate.experiment.data.held_out import _rank, held_out_tasks
-from radargate.experiment.report.intervals import hierarchical_difference, paired_difference
-from radargate.experiment.report.study.robustness import Found, compare
+from radargate.experiment.report.intervals import Difference, hierarchical_difference, paired_difference
+from radargate.experiment.report.study.robustness import (
+    Comparison,
+    Found,
+    _choice_text,
+    _replay_text,
+    _search_text,
+    _verdict_text,
+    compare,
+)
 
 STUDY = ["train.steps=2", "study.methods=[topk,radar]", "study.experts=[2,4]", "study.seeds=[0,1]",
          "study.lr_grid=[1e-3,1e-2]", "study.lr_experts=2", "study.lr_extend=0", "study.unseen_tasks=[navigate]"]
@@ -56,6 +64,8 @@ def test_robustness_settings_refuse_what_the_protocol_cannot_run():
         ExperimentConfig.load(None, [*STUDY, *ROBUST, "study.robustness.seed_counts=[2]"])
     with pytest.raises(ValueError, match=r"unseen_subset names \['hyperbaton'\]"):
         ExperimentConfig.load(None, [*STUDY, *ROBUST, "study.robustness.unseen_subset=[hyperbaton]"])
+    with pytest.raises(ValueError, match=r"searched names radar, the default reading"):
+        ExperimentConfig.load(None, [*STUDY, *ROBUST, "study.robustness.searched=[radar,signed]"])
 
 
 # -- the held-out rule ---------------------------------------------------------------------------------------
@@ -112,6 +122,17 @@ def test_hierarchical_interval_holds_the_seeds_which_pooling_hides():
     assert (nested.mean, nested.low, nested.high) == (0.5, 0.0, 1.0)
 
 
+def test_hierarchical_interval_draws_a_seed_once_for_every_task():
+    """Ten one-example tasks; a's seed 0 scores 1 on each of them and its seed 1 scores 0: one training run is better
+    everywhere. Its seeds drawn once per resample, a resample takes that run twice, once or not at all: means 1, 0.5
+    or 0 with chances 1/4, 1/2, 1/4, so the interval is [0, 1]. Seeds drawn afresh per task would average ten
+    independent draws and narrow it to [0.3, 0.7], as if the lucky run were ten runs."""
+    lucky = _evaluation({(f"t{task}", "0"): 1.0 for task in range(10)})
+    unlucky = _evaluation({(f"t{task}", "0"): 0.0 for task in range(10)})
+    result = hierarchical_difference([lucky, unlucky], [unlucky], "answer_nll")
+    assert (result.mean, result.low, result.high) == (0.5, 0.0, 1.0)
+
+
 def test_hierarchical_interval_widens_where_tasks_disagree():
     """Twenty examples each in two tasks: one task all +1, the other all 0. Examples resampled, the interval is
     narrow around 0.5; tasks resampled, it spans 0 to 1 and no longer excludes zero."""
@@ -150,10 +171,10 @@ def _record(cell: Cell, config: ExperimentConfig, validation: float, test: float
             "examples": {"test": {**columns, "answer_nll": [test]}, "unseen": {**columns, "answer_nll": [unseen]}}}
 
 
-def _stores(tmp_path, validation: dict[tuple[str, float], float], *, test=None, unseen=None):
+def _stores(tmp_path, validation: dict[tuple[str, float], float], *, test=None, unseen=None, settings=()):
     """The study's search cells and the robustness search cells, written with the given validation NLL; test and
     unseen NLL set adversarially (lowest where validation is highest) unless given."""
-    config = ExperimentConfig.load(None, [*STUDY, *ROBUST, f"study.report_dir={tmp_path}"])
+    config = ExperimentConfig.load(None, [*STUDY, *ROBUST, f"study.report_dir={tmp_path}", *settings])
     study_store, derived = CellStore(cells_directory(config)), robustness.robustness_config(config)
     store = CellStore(cells_directory(derived))
     for method, lr in [(m, lr) for m in ("topk", "radar") for lr in (1e-3, 1e-2)]:
@@ -179,6 +200,15 @@ def test_best_reading_has_the_lowest_validation_nll_and_ignores_test_and_unseen_
     scores = robustness.reading_scores(config, study_store, store, rates)
     assert scores == {"radar": 1.1, "radar-sparse": 0.9, "radar-fusion": 1.0}
     assert robustness.best_reading(scores) == "radar-sparse"  # although radar-fusion has the best test and unseen NLL
+
+
+def test_the_search_is_read_at_its_own_first_seed_and_the_default_reading_at_the_studys(tmp_path):
+    searched = ("radar-sparse", "radar-fusion", "signed")
+    validation = {(method, lr): 1.0 + lr for method in searched for lr in (1e-3, 1e-2)}
+    config, study_store, store = _stores(tmp_path, validation, settings=["study.robustness.seeds=[1,2]"])
+    assert robustness.search_cells(config)[0].seed == 1
+    scores = robustness.reading_scores(config, study_store, store, robustness.rates(config, study_store, store))
+    assert scores == {"radar": 2.0, "radar-sparse": 1.001, "radar-fusion": 1.001}
 
 
 def test_no_reading_is_chosen_on_part_of_the_evidence_and_a_tie_goes_to_the_default():
@@ -236,3 +266,53 @@ def test_a_readings_search_cells_at_other_rates_are_not_taken_as_seeds():
     assert found.records("radar-sparse", 8) == []
     found.rates = {"radar-sparse": 0.003}
     assert found.records("radar-sparse", 8) == [{"failed": None, "lr": 0.003}]
+
+
+# -- the section's words -----------------------------------------------------------------------------------------
+
+
+def _fit_record(nll: list[float]) -> dict:
+    columns = {"task": ["t"] * len(nll), "id": [str(i) for i in range(len(nll))], "acc": [1.0] * len(nll),
+               "answer_nll": nll}
+    return {"failed": None, "metrics": {"fit": {}}, "examples": {"fit": columns}}
+
+
+def test_a_reading_whose_every_rate_diverged_is_out_of_the_running():
+    config = ExperimentConfig.load(None, [*STUDY, *ROBUST])
+    search = {Cell("radar-sparse", 2, config.adapter.r, 0, lr): {"failed": "diverged"} for lr in (1e-3, 1e-2)}
+    found = Found(config, rates={"radar-sparse": None, "radar-fusion": 1e-2, "signed": 1e-3},
+                  scores={"radar": 1.0, "radar-fusion": 0.9}, best="radar-fusion", search=search)
+    assert "| radar-sparse | diverged | diverged | every rate diverged: out of the running |" in _search_text(found)
+    assert "Out of the running (every rate diverged): radar-sparse." in _choice_text(found)
+    found.rates = None  # while the search runs, a reading without a rate is pending, not out
+    assert _search_text(found).endswith("| pending |") and "Out of the running" not in _choice_text(found)
+
+
+def test_the_verdict_says_by_how_much_and_on_how_many_seeds_a_reading_beats_top_k():
+    config = ExperimentConfig.load(None, [*STUDY, *ROBUST])
+    found = Found(config, rates={"radar-sparse": 1e-2}, scores={}, best=None,
+                  search={Cell("radar-sparse", 2, config.adapter.r, 0, 1e-2): {"failed": None}})
+    nll, acc = Difference("answer_nll", -0.05, -0.08, -0.02, 100), Difference("acc", 0.01, -0.02, 0.04, 100)
+    table = {("radar-sparse", "topk", 2, "test NLL"): Comparison(nll, nll),
+             ("radar-sparse", "topk", 2, "test acc"): Comparison(acc, acc)}
+    text = _verdict_text(found, table)
+    assert ("**Held-out examples**: reading radar-sparse at n=2 (test NLL -0.050 [-0.080, -0.020] / [-0.080, -0.020] "
+            "better; test acc +1.0 [-2.0, +4.0] / [-2.0, +4.0] no diff.; 1 seed) beats the top-k gate") in text
+    assert "**Fitting**: no reading of RadarGate beats the top-k gate" in text
+
+
+def test_a_replay_that_step_4_calls_for_is_reported_against_the_studys_task_cells():
+    """The best reading fits one of two tasks better than both gates (30 examples, all lower) and ties on the other."""
+    config = ExperimentConfig.load(None, [*STUDY, *ROBUST, "study.headline_tasks=[social_iqa,strategyqa]",
+                                          "study.headline_methods=[softmax,topk,radar]"])
+    study_replay = {Cell(method, 2, 4, 0, 1e-2, task=task): _fit_record([1.0] * 30)
+                    for method in ("softmax", "topk", "radar") for task in ("social_iqa", "strategyqa")}
+    replay = {Cell("radar-sparse", 2, 4, 0, 1e-2, task="social_iqa"): _fit_record([0.5] * 30),
+              Cell("radar-sparse", 2, 4, 0, 1e-2, task="strategyqa"): _fit_record([1.0] * 30)}
+    found = Found(config, rates={}, scores={}, best="radar-sparse", search={}, replay=True, replay_cells=replay,
+                  study_replay=study_replay)
+    text = _replay_text(found, {})
+    assert "so the 21-task replay ran for it" in text
+    assert "radar-sparse fits better than every other gate in 1 of 2 tasks (50%" in text
+    assert "against softmax better in 1, no detectable difference in 1, worse in 0" in text
+    assert "against radar" not in text  # the default reading's replay is the study's, not compared here

@@ -78,7 +78,7 @@ def reading_scores(config: ExperimentConfig, study_store: CellStore, store: Cell
         record = None
         if method in chosen:
             source, where = (config, study_store) if method == DEFAULT_READING else (robust, store)
-            cell = Cell(method, config.study.lr_experts, config.adapter.r, config.study.seeds[0], chosen[method])
+            cell = Cell(method, config.study.lr_experts, config.adapter.r, source.study.seeds[0], chosen[method])
             record = where.load(cell, source)
         scores[method] = validation_answer_nll(record) if record is not None else None
     return scores

@@ -54,6 +54,9 @@ class RobustnessSettings:
     def __post_init__(self) -> None:
         for method in [*self.searched, *self.compared]:
             require_choice("study.robustness methods", method, [m for m in method_names() if m not in BASELINES])
+        if "radar" in self.searched:
+            raise ValueError("study.robustness.searched names radar, the default reading: its rate and score are the "
+                             "study's own search's; search only the other readings and gates")
         for n in self.experts:
             require_int("study.robustness.experts", n, minimum=1)
         for seed in self.seeds:

@@ -88,11 +88,13 @@ def hierarchical_difference(
     a: Sequence[dict], b: Sequence[dict], metric: str, *, resamples: int = RESAMPLES, seed: int = 0
 ) -> Difference:
     """Method ``a`` minus ``b`` (evaluations, one per seed, of the same examples) with an interval that resamples
-    tasks, then each side's seeds within a task, then examples within it: a claim about tasks (generalisation)
-    needs the variation between tasks and between training runs in its interval, not only the examples'.
+    tasks and each side's seeds, then examples within each drawn task: a claim about tasks (generalisation) needs
+    the variation between tasks and between training runs in its interval, not only the examples'.
 
-    The point estimate is :func:`paired_difference`'s (every example counts once, each side averaged over its
-    seeds); each resample recomputes it from the drawn tasks, seeds and examples.
+    A seed is one training run, scored on every task, so each resample draws each side's seeds once for all of its
+    tasks: drawn afresh per task, one lucky run would count as many independent ones and its luck would shrink
+    with the number of tasks. The point estimate is :func:`paired_difference`'s (every example counts once, each
+    side averaged over its seeds); each resample recomputes it from the drawn tasks, seeds and examples.
     """
     if metric not in HIGHER_IS_BETTER:
         raise ValueError(f"metric={metric!r} is unknown; choose one of {', '.join(HIGHER_IS_BETTER)}")
@@ -105,13 +107,15 @@ def hierarchical_difference(
                  / sum(x.shape[1] for x in sides[0]))
     rng = np.random.default_rng(seed)
     drawn = rng.integers(len(tasks), size=(resamples, len(tasks)))
+    seeds_drawn = [rng.integers(len(side), size=(resamples, len(side))) for side in (a, b)]  # per side, all tasks
     totals, counts = np.zeros(resamples), np.zeros(resamples)
     for index in range(len(tasks)):
         where = np.nonzero(drawn == index)  # (resample, slot) pairs that drew this task
         if not where[0].size:
             continue
         draws = where[0].size
-        seed_means = [_resampled_seed_means(side[index], draws, rng) for side in sides]  # [draws, examples]
+        seed_means = [side[index][picked[where[0]]].mean(1)  # [draws, examples]: each resample's seeds averaged
+                      for side, picked in zip(sides, seeds_drawn, strict=True)]
         examples = seed_means[0].shape[1]
         picked = rng.integers(examples, size=(draws, examples))
         sums = np.take_along_axis(seed_means[0] - seed_means[1], picked, axis=1).sum(1)
@@ -139,9 +143,3 @@ def _per_task_table(evaluations: Sequence[dict], metric: str) -> dict[str, tuple
         table[task] = (ids, np.array([examples[i] for i in ids], dtype=float).T)
     return table
 
-
-def _resampled_seed_means(values: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
-    """``draws`` resamples of the seeds (rows of ``values``: ``[seeds, examples]``), each averaged per example."""
-    seeds = values.shape[0]
-    picked = rng.integers(seeds, size=(draws, seeds))
-    return values[picked].mean(1)

@@ -21,6 +21,7 @@ from radargate.experiment.report.comparison import markdown_table
 from radargate.experiment.report.format import VERDICT_SHORT, number, signed_difference, validation_text
 from radargate.experiment.report.intervals import Difference, hierarchical_difference, paired_difference
 from radargate.experiment.report.study.gathered import Gathered
+from radargate.experiment.report.study.headline import replay_counts, task_records
 from radargate.experiment.report.study.rows import cell_row
 
 PROTOCOL = "docs/robustness-protocol.md"
@@ -68,6 +69,10 @@ class Found:
     decisive: dict[Cell, dict | None] = field(default_factory=dict)
     softmax: dict[int, list[dict]] = field(default_factory=dict)
     replay: bool | None = None
+    replay_cells: dict[Cell, dict | None] = field(default_factory=dict)
+    """The best reading's replay cells (once step 4 calls for them)."""
+    study_replay: dict[Cell, dict | None] = field(default_factory=dict)
+    """The study's own replay cells: the gates the best reading's replay is compared with."""
 
     def records(self, method: str, n: int) -> list[dict]:
         """Finished cells of ``method`` at ``n``: decisive cells where it has them, else its search cell at the
@@ -80,8 +85,10 @@ class Found:
                 if c.method == method and c.n == n and c.lr == rate and r and not r["failed"]]
 
 
-def gather(config: ExperimentConfig, study_store: CellStore, softmax: dict[int, list[dict]]) -> Found:
-    """Read every cell the protocol has planned so far (``softmax``: the study's softmax cells by n)."""
+def gather(config: ExperimentConfig, study_store: CellStore, softmax: dict[int, list[dict]],
+           study_replay: dict[Cell, dict | None]) -> Found:
+    """Read every cell the protocol has planned so far (``softmax``: the study's softmax cells by n;
+    ``study_replay``: the study's replay cells)."""
     derived = robustness.robustness_config(config)
     store = CellStore(cells_directory(derived))
     rates = robustness.rates(config, study_store, store)
@@ -90,10 +97,12 @@ def gather(config: ExperimentConfig, study_store: CellStore, softmax: dict[int, 
     scores = robustness.reading_scores(config, study_store, store, provisional) if provisional else {}
     best = robustness.best_reading(scores) if rates is not None else None
     search = {cell: store.load(cell, derived) for cell in robustness.search_cells(config, store)}
-    found = Found(config, rates, scores, best, search, softmax=softmax)
+    found = Found(config, rates, scores, best, search, softmax=softmax, study_replay=study_replay)
     if best is not None:
         found.decisive = {cell: store.load(cell, derived) for cell in robustness.decisive_cells(config, best, rates)}
         found.replay = robustness.replay_called_for(config, store, best, found.decisive)
+    if found.replay:
+        found.replay_cells = {cell: store.load(cell, derived) for cell in robustness.replay_cells(config, best, rates)}
     return found
 
 
@@ -121,11 +130,11 @@ def robustness_section(study: Gathered, study_store: CellStore) -> str:
         return ""
     softmax = {n: study.seeds_of("fixed_r", "softmax", n) for n in config.study.robustness.experts
                if "fixed_r" in study.sweep}
-    found = gather(config, study_store, softmax)
+    found = gather(config, study_store, softmax, study.headline)
     table = _comparisons(found)
     parts = ["## Robustness: other readings of RadarGate, and the premise alone", _protocol_text(found),
              _verdict_text(found, table), _search_text(found), _choice_text(found), _table_text(found, table),
-             _contrast_text(found), _replay_text(found), _completeness_text(found)]
+             _contrast_text(found), _replay_text(found, table), _completeness_text(found)]
     return "\n\n".join(part for part in parts if part)
 
 
@@ -148,6 +157,8 @@ def _comparisons(found: Found) -> dict[tuple[str, str, int, str], Comparison]:
                 if not mine or not theirs:
                     continue
                 for label, split, metric, which in claims:
+                    if reference == "softmax" and split == "unseen" and not which:
+                        continue  # softmax scored the study six only: its unseen claims are the subset's
                     result = compare(mine, theirs, split, metric, subset if which else None)
                     if result is not None:
                         table[(method, reference, n, label)] = result
@@ -195,7 +206,7 @@ def _verdict_text(found: Found, table: dict) -> str:
         return "\n\n".join([*lines, "No comparison has finished yet."])
     bullets = []
     for group, claims in GROUPS:
-        winners = [f"{method} at n={n}" for method in readings for n in experts
+        winners = [_winner_text(found, table, method, n, claims) for method in readings for n in experts
                    if _beats(table, method, "topk", n, claims)]
         measured = [(m, n) for m in readings for n in experts if _beats(table, m, "topk", n, claims) is not None]
         text = (f"reading {', '.join(winners)} beats the top-k gate" if winners
@@ -206,15 +217,21 @@ def _verdict_text(found: Found, table: dict) -> str:
     return "\n\n".join([*lines, "\n".join(bullets), _partial_note(found)])
 
 
+def _winner_text(found: Found, table: dict, method: str, n: int, claims: list[tuple]) -> str:
+    """``radar-sparse at n=8 (test NLL -0.021 [...] / [...] better; ...; 3 seeds)``: by how much, on how many runs."""
+    margins = "; ".join(f"{label} {table[(method, 'topk', n, label)].text()}" for label, *_ in claims)
+    seeds = len(found.records(method, n))
+    return f"{method} at n={n} ({margins}; {seeds} seed{'s' if seeds > 1 else ''})"
+
+
 def _cone_text(found: Found, table: dict, experts: list[int]) -> str:
     """Whether signed (out of the cone, no rotation) beats the weighted-sum gates, and how it stands against the
     rotating readings."""
     parts = []
     for n in experts:
-        against = [f"{ref}: test NLL {VERDICT_SHORT[r.verdict]}, unseen NLL {VERDICT_SHORT[u.verdict]}"
-                   for ref in ("topk", "softmax")
-                   if (r := table.get(("signed", ref, n, "test NLL"))) and (u := table.get(("signed", ref, n,
-                                                                                             "unseen NLL")))]
+        against = [f"{ref}: test NLL {VERDICT_SHORT[r.verdict]}, {unseen} {VERDICT_SHORT[u.verdict]}"
+                   for ref, unseen in (("topk", "unseen NLL"), ("softmax", "unseen NLL, study six"))
+                   if (r := table.get(("signed", ref, n, "test NLL"))) and (u := table.get(("signed", ref, n, unseen)))]
         rotating = [f"{m}: test NLL {VERDICT_SHORT[r.verdict]}" for m in ("radar", found.best)
                     if m and (r := table.get(("signed", m, n, "test NLL")))]
         if against or rotating:
@@ -243,15 +260,22 @@ def _search_text(found: Found) -> str:
                  found.config.adapter.r, found.config.study.seeds[0], lr)) in found.search else "not tried"
                  for lr in rates]
         chosen = (found.rates or {}).get(method)
-        rows.append([method, *texts, number(chosen, "g") if chosen else "pending"])
+        rows.append([method, *texts, number(chosen, "g") if chosen else _unchosen(found, method)])
     header = ["method", *(f"lr {lr:g}: val NLL / acc %" for lr in rates), "chosen"]
     return "### Step 1: learning rates\n\n" + markdown_table(header, rows)
 
 
+def _unchosen(found: Found, method: str) -> str:
+    return "every rate diverged: out of the running" if found.rates is not None else "pending"
+
+
 def _choice_text(found: Found) -> str:
     scores = ", ".join(f"{method} {number(score, '.4f')}" for method, score in found.scores.items())
+    out = [m for m in robustness.settings(found.config).searched if m in READINGS and m not in found.scores]
     chosen = (f"The best reading is **{found.best}**." if found.best else
               "No reading is chosen until every reading's search has finished.")
+    if out and found.rates is not None:
+        chosen += f" Out of the running (every rate diverged): {', '.join(out)}."
     return (f"### Step 2: the best reading\n\nValidation answer NLL at each reading's chosen rate (n="
             f"{found.config.study.lr_experts}, seed {found.config.study.seeds[0]}): {scores or 'none yet'}. {chosen}")
 
@@ -266,8 +290,9 @@ def _table_text(found: Found, table: dict) -> str:
                        for label in labels)])
     header = ["comparison", "n", "seeds", *labels]
     return ("### Step 3: every reading and signed against top-k and softmax\n\nThe readings not chosen in step 2 "
-            "have their search cell only (one seed). Softmax's cells are the study's (its unseen tasks: the study "
-            "six).\n\n" + (markdown_table(header, rows) if rows else "No finished pairs yet."))
+            "have their search cell only (one seed). Softmax's cells are the study's: it scored the study six alone, "
+            "so against it the unseen claims are those of the study six.\n\n"
+            + (markdown_table(header, rows) if rows else "No finished pairs yet."))
 
 
 def _contrast_text(found: Found) -> str:
@@ -284,24 +309,37 @@ def _contrast_text(found: Found) -> str:
             "layers and seeds: " + "; ".join(parts) + ".")
 
 
-def _replay_text(found: Found) -> str:
+def _replay_text(found: Found, table: dict) -> str:
+    title = "### Step 4: the replay"
     if found.best is None:
-        return "### Step 4: the replay\n\nDecided once the best reading is chosen and its cells at the smallest n ran."
+        return f"{title}\n\nDecided once the best reading is chosen and its cells at the smallest n ran."
     if found.best == robustness.DEFAULT_READING:
-        why = "The best reading is the default one, whose replay is the study's own (section above)."
-    elif found.replay is None:
-        why = "Decided once the best reading's and top-k's cells at the smallest n have all run."
-    elif found.replay:
-        why = (f"{found.best} beats top-k on test answer NLL at the smallest n, so the 21-task replay runs for it "
-               "(cells in the robustness folder; the study command runs them).")
-    else:
-        why = (f"Not run: {found.best} does not beat top-k on test answer NLL at the smallest n (seeds pooled), the "
-               "protocol's condition for it.")
-    return f"### Step 4: the replay\n\n{why}"
+        return f"{title}\n\nThe best reading is the default one, whose replay is the study's own (section above)."
+    if found.replay is None:
+        return f"{title}\n\nDecided once the best reading's and top-k's cells at the smallest n have all run."
+    n = min(robustness.settings(found.config).experts)
+    test = table.get((found.best, "topk", n, "test NLL"))
+    measured = (f" (test answer NLL, {found.best} minus top-k at n={n}: {test.text()}; the condition reads the first, "
+                "examples', interval, seeds pooled, as step 4 registered it; the verdict words above follow the "
+                "second)") if test else ""
+    if not found.replay:
+        return (f"{title}\n\nNot run: {found.best} does not beat top-k on test answer NLL at the smallest n{measured}, "
+                "the protocol's condition for it.")
+    return "\n\n".join([title, f"{found.best} beats top-k on test answer NLL at the smallest n{measured}, so the "
+                          "21-task replay ran for it, against the study's own softmax and top-k task cells.",
+                          _replay_counts(found) or "No task of the replay has finished yet."])
+
+
+def _replay_counts(found: Found) -> str | None:
+    study = found.config.study
+    others = [m for m in study.headline_methods if m in ("softmax", "topk")]
+    by_task = [{**{m: r for m, r in task_records(found.study_replay, task).items() if m in others},
+                **task_records(found.replay_cells, task)} for task in study.headline_tasks]
+    return replay_counts(by_task, found.best, others, experts=study.headline_experts)
 
 
 def _completeness_text(found: Found) -> str:
-    cells = {**found.search, **found.decisive}
+    cells = {**found.search, **found.decisive, **found.replay_cells}
     done = sum(record is not None for record in cells.values())
     failed = [cell.name for cell, record in cells.items() if record and record["failed"]]
     text = f"{done} of the {len(cells)} cells planned so far have finished"
