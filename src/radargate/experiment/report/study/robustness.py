@@ -2,7 +2,7 @@
 (``docs/robustness-protocol.md``) followed step by step, the plain verdict first.
 
 Every comparison carries two 95% intervals: the study's (examples resampled, each side averaged over its seeds)
-and a hierarchical one (tasks, then seeds, then examples: ``report.intervals.hierarchical_difference``); the
+and a hierarchical one (tasks and seeds, then examples: ``report.intervals.hierarchical_difference``); the
 verdict words follow the hierarchical one, which is the wider claim. Against the softmax gate, whose cells are
 the study's own, the unseen comparison keeps the examples both scored (the study's six unseen tasks).
 """
@@ -186,8 +186,9 @@ def _protocol_text(found: Found) -> str:
             f"(up to {settings.max_unseen_per_task} examples each; the study's six as the subset \"study six\"); (4) "
             "the paper's 21-task replay for the best reading only if it beats top-k on test answer NLL at the "
             "smallest n. Each entry below is the difference (method minus reference; accuracy in points, answer NLL "
-            "in nats, lower better) with two 95% intervals: examples resampled / tasks, then seeds, then examples "
-            "resampled. The verdict word follows the second.")
+            "in nats, lower better) with two 95% intervals: examples resampled / tasks and each side's seeds (a seed "
+            "drawn once for all tasks: the protocol's amendment 1), then examples resampled. The verdict word "
+            "follows the second.")
 
 
 def _beats(table: dict, method: str, reference: str, n: int, claims: list[tuple]) -> bool | None:
