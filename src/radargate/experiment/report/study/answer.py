@@ -19,8 +19,8 @@ def answer_section(found: Gathered) -> str:
         return "## The answer\n\nNo sweep cells yet (the learning-rate search has not finished)."
     large = sorted(n for n in found.config.study.experts if n >= 8) or sorted(found.config.study.experts)[-1:]
     lines = ["## The answer", "",
-             f"RadarGate against the weighted-sum gates at n >= 8 (axis {axis}, each expert rank "
-             f"{found.config.adapter.r}):", ""]
+             f"RadarGate (the default reading, docs/radargate.md) against the weighted-sum gates at n >= 8 (axis "
+             f"{axis}, each expert rank {found.config.adapter.r}):", ""]
     tally: dict[str, int] = defaultdict(int)
     by_reference: dict[str, dict[str, int]] = {"softmax": defaultdict(int), "topk": defaultdict(int)}
     split_by_seed = []
@@ -59,6 +59,11 @@ def answer_section(found: Gathered) -> str:
     headline = headline_counts(found)
     if headline:
         lines += ["", headline]
+    if found.config.study.robustness is not None:
+        lines += ["", "This answer is about the default reading of RadarGate. Whether it holds for the other readings "
+                      "of the paper's abstract, and whether leaving the convex cone without rotating does as well, is "
+                      "the next section's question, answered by a protocol registered before its cells ran; its "
+                      "verdict comes first there."]
     return "\n".join(lines)
 
 
