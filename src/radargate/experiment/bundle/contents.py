@@ -38,7 +38,9 @@ def bundle_files(config: ExperimentConfig, cache_dir: str | Path | None = None) 
             f"model.name={name!r} is neither the default {DEFAULT_MODEL!r} nor a local folder; a bundle carries "
             "only those (save a hub model with save_pretrained into a folder and name that folder)"
         )
-    tasks = list(dict.fromkeys([*config.data.tasks, *config.study.unseen_tasks, *config.study.headline_tasks]))
+    robustness = config.study.robustness
+    tasks = list(dict.fromkeys([*config.data.tasks, *config.study.unseen_tasks, *config.study.headline_tasks,
+                                *(robustness.unseen_tasks if robustness else [])]))
     files.update({f"cache/{path}": source for path, source in offline_files(tasks, cache_dir).items()})
     return files
 
