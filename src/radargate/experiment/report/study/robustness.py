@@ -239,8 +239,8 @@ def _cone_text(found: Found, table: dict, experts: list[int]) -> str:
             parts.append(f"n={n}, signed against " + "; ".join(dict.fromkeys(against + rotating)))
     if not parts:
         return "not measured yet."
-    return ("; ".join(parts) + ". (signed minus the other; \"better\" against a rotating reading means leaving the "
-            "cone without rotating does better than rotating.)")
+    return ("; ".join(parts).removesuffix(".") + ". (signed minus the other; \"better\" against a rotating reading "
+            "means leaving the cone without rotating does better than rotating.)")
 
 
 def _partial_note(found: Found) -> str:
