@@ -261,12 +261,12 @@ def _search_text(found: Found) -> str:
                  found.config.adapter.r, found.config.study.seeds[0], lr)) in found.search else "not tried"
                  for lr in rates]
         chosen = (found.rates or {}).get(method)
-        rows.append([method, *texts, number(chosen, "g") if chosen else _unchosen(found, method)])
+        rows.append([method, *texts, number(chosen, "g") if chosen else _unchosen(found)])
     header = ["method", *(f"lr {lr:g}: val NLL / acc %" for lr in rates), "chosen"]
     return "### Step 1: learning rates\n\n" + markdown_table(header, rows)
 
 
-def _unchosen(found: Found, method: str) -> str:
+def _unchosen(found: Found) -> str:
     return "every rate diverged: out of the running" if found.rates is not None else "pending"
 
 
