@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,9 +32,14 @@ from transformers import (
 )
 
 from radargate import MoLoRAConfig, MoLoRAModel, get_molora_model
-from radargate.experiment.loading import load_model_and_tokenizer
+from radargate.experiment.data import cache_root
+from radargate.experiment.data.bigbench import fetch_bigbench
+from radargate.experiment.loading import default_model_cache_path, load_model_and_tokenizer
+from tests.bigbench_fixture import write_fixture_sdist
 
 VOCAB = 64
+REAL_CACHE_ENV = "RADARGATE_TEST_REAL_CACHE"
+"""The user's own cache root, for the tests of facts about the real BIG-bench tasks (``real_cache``)."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -46,6 +53,25 @@ def pytest_configure(config: pytest.Config) -> None:
     if "PYTEST_XDIST_WORKER" in os.environ:  # every worker's temporary folder sits in the session's
         config.stash[MACHINE] = Machine(Path(config.option.basetemp).parent)
         config.add_cleanup(config.stash[MACHINE].close)
+    if REAL_CACHE_ENV not in os.environ:  # the first process; xdist's workers and subprocesses inherit it
+        config.add_cleanup(use_fixture_cache())
+
+
+def use_fixture_cache():
+    """Point ``RADARGATE_CACHE`` at a fresh cache whose BIG-bench is the stand-in (``tests/bigbench_fixture``).
+
+    The default model and GSM8K stay in the user's cache (linked), so they are fetched once, not per run.
+    Returns the clean-up.
+    """
+    real = cache_root()
+    folder = Path(tempfile.mkdtemp(prefix="radargate-test-cache-"))
+    for shared in (default_model_cache_path(real), real / "gsm8k"):
+        shared.mkdir(parents=True, exist_ok=True)
+        (folder / shared.name).symlink_to(shared, target_is_directory=True)
+    write_fixture_sdist(folder / "bigbench")
+    os.environ[REAL_CACHE_ENV] = str(real)
+    os.environ["RADARGATE_CACHE"] = str(folder)
+    return lambda: shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
@@ -204,6 +230,17 @@ def write_tiny_config(folder, tiny_model_dir):
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
+
+
+@pytest.fixture(scope="session")
+def real_cache() -> Path:
+    """The user's cache root with the real BIG-bench sdist; where it cannot be had, the test is skipped saying why."""
+    root = Path(os.environ[REAL_CACHE_ENV])
+    try:
+        fetch_bigbench(root)
+    except RuntimeError as error:
+        pytest.skip(f"the real BIG-bench sdist is not in {root} and cannot be fetched ({error})")
+    return root
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""BIG-bench loader: real tasks from the cached sdist (fetched on first run), splits, prompts and errors."""
+"""BIG-bench loader: splits, prompts and errors on the stand-in sdist (``tests/bigbench_fixture``), and the facts
+of the real tasks (counts, pinned splits, real prompts) on the real sdist where it can be had (``real_cache``)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,18 @@ from hypothesis import strategies as st
 
 import radargate.experiment.data as data
 from radargate.experiment.data import bigbench as bb
+from tests import bigbench_fixture as fixture
 
 
 @pytest.fixture(scope="module")
 def suite() -> dict[str, list[bb.MCExample]]:
+    """The default suite from the stand-in sdist (the tests' cache)."""
     return bb.load_tasks(bb.DEFAULT_SUITE)
+
+
+@pytest.fixture(scope="module")
+def real_suite(real_cache: Path) -> dict[str, list[bb.MCExample]]:
+    return bb.load_tasks(bb.DEFAULT_SUITE, real_cache)
 
 
 def fake(task: str, text: str, n_choices: int = 2) -> bb.MCExample:
@@ -29,7 +37,7 @@ def fake(task: str, text: str, n_choices: int = 2) -> bb.MCExample:
 texts = st.lists(st.text(max_size=12), min_size=1, max_size=60, unique=True)
 
 
-# ------------------------------------------------------------------------------------------ real data
+# ------------------------------------------------------------------------------------ the loader
 
 
 def test_default_suite_is_indexed_multiple_choice_and_loads(suite: dict[str, list[bb.MCExample]]) -> None:
@@ -45,21 +53,12 @@ def test_default_suite_is_indexed_multiple_choice_and_loads(suite: dict[str, lis
     assert suite["logical_deduction/three_objects"][0].family == "logical_deduction"
 
 
-def test_example_counts_after_deduplication(suite: dict[str, list[bb.MCExample]]) -> None:
-    # Raw counts 1954/2290/2865/1000; the rest are exact duplicates, dropped as BIG-bench does.
-    counts = {name: len(examples) for name, examples in suite.items()}
-    assert counts == {
-        "social_iqa": 1935,
-        "strategyqa": 2289,
-        "winowhy": 2862,
-        "logical_deduction/three_objects": 300,
-        "logical_deduction/five_objects": 500,
-        "logical_deduction/seven_objects": 700,
-        "date_understanding": 369,
-        "sports_understanding": 986,
-        "elementary_math_qa/question_only": 7688,
-        "intent_recognition": 693,
-    }
+def test_exact_duplicates_are_dropped(suite: dict[str, list[bb.MCExample]]) -> None:
+    # The stand-in repeats each plain task's first example once; comparisons may repeat by chance too.
+    raw = json.loads((bb.fetch_bigbench().parent / "tasks" / "social_iqa" / "task.json").read_text())["examples"]
+    distinct = {json.dumps(e, sort_keys=True) for e in raw}
+    assert len(raw) == fixture.EXAMPLES_PER_TASK + 1
+    assert len(suite["social_iqa"]) == len(distinct) < len(raw)
 
 
 def test_list_tasks_has_subtask_names_and_no_parents() -> None:
@@ -68,12 +67,13 @@ def test_list_tasks_has_subtask_names_and_no_parents() -> None:
     assert "logical_deduction" not in names
     assert "ascii_word_recognition" not in names  # generative only
     assert "ascii_word_recognition" in bb.list_tasks(multiple_choice_only=False)
-    assert names == sorted(names) and len(names) > 300
+    assert names == sorted(names)
 
 
 def test_index_is_cached_next_to_the_tarball() -> None:
     tarball = bb.fetch_bigbench()
     index = tarball.parent / "index.json"
+    bb.list_tasks()
     before = index.stat().st_mtime_ns
     bb.list_tasks()
     assert index.stat().st_mtime_ns == before
@@ -81,35 +81,24 @@ def test_index_is_cached_next_to_the_tarball() -> None:
 
 
 def test_prompt_with_task_prefix_and_output_prefix(suite: dict[str, list[bb.MCExample]]) -> None:
-    example = next(e for e in suite["sports_understanding"] if e.input == "Jamal Murray was perfect from the line")
-    assert example.prompt == (
-        "Determine whether the following statement or statements are plausible or implausible:"
-        "\nStatement: Jamal Murray was perfect from the line\nPlausible/implausible? "
-    )
-    assert sorted(example.choices) == ["implausible", "plausible"]
-    assert example.choices[example.answer] == "plausible"
+    example = next(e for e in suite[fixture.PREFIXED_TASK] if e.input.startswith("Is "))
+    assert example.prompt == f"Decide whether the statement is true or false:\nStatement: {example.input}\nTrue/false? "
+    a, b = map(int, example.input.removeprefix("Is ").removesuffix("?").split(" larger than "))
+    assert example.choices[example.answer] == ("yes" if a > b else "no")
 
 
 def test_prompt_with_appended_choices_uses_default_prefixes(suite: dict[str, list[bb.MCExample]]) -> None:
-    example = next(e for e in suite["social_iqa"] if e.input.startswith("Tracy didn't go home that evening"))
+    example = next(e for e in suite["social_iqa"] if len(e.choices) == 4)
     choice_lines = "".join(f"\n  choice: {c}" for c in example.choices)
     assert example.prompt == f"Q: {example.input}{choice_lines}\nA: "
-    assert example.choices[example.answer] == "Find somewhere to go"
+    a, b = map(int, example.input.removeprefix("What is ").removesuffix("?").split(" plus "))
+    assert example.choices[example.answer] == str(a + b)
 
 
 def test_choices_not_appended_when_the_task_says_so(suite: dict[str, list[bb.MCExample]]) -> None:
-    example = suite["date_understanding"][0]
+    example = next(e for e in suite[fixture.UNAPPENDED_TASK] if len(e.choices) == 4)
     assert example.prompt == "Q: " + example.input + "\nA: "
     assert not any(choice in example.prompt for choice in example.choices)
-
-
-def test_shuffled_choices_remove_the_first_position_bias(suite: dict[str, list[bb.MCExample]]) -> None:
-    # date_understanding lists the right answer first in 364 of 369 examples.
-    original = bb.load_task("date_understanding", shuffle_choices=False)
-    assert sum(e.answer == 0 for e in original) > 350
-    shuffled = suite["date_understanding"]
-    assert max(Counter(e.answer for e in shuffled).values()) < 150
-    assert [e.choices[e.answer] for e in shuffled] == [e.choices[e.answer] for e in original]
 
 
 def test_scoring_pairs_move_trailing_space_to_the_choices(suite: dict[str, list[bb.MCExample]]) -> None:
@@ -124,6 +113,75 @@ def test_task_outside_the_suite_is_extracted_on_demand() -> None:
     examples = bb.load_task("anachronisms")
     assert len(examples) > 100
     assert all(e.task == "anachronisms" for e in examples)
+    assert (bb.fetch_bigbench().parent / "tasks" / "anachronisms" / "task.json").is_file()
+
+
+# ------------------------------------------------------------------------------ the real tasks
+
+
+def test_the_real_default_suite_loads(real_cache: Path, real_suite: dict[str, list[bb.MCExample]]) -> None:
+    assert set(bb.DEFAULT_SUITE) <= set(bb.list_tasks(real_cache))
+    assert len(bb.list_tasks(real_cache)) > 300
+    assert all(len({e.id for e in examples}) == len(examples) for examples in real_suite.values())
+
+
+def test_example_counts_after_deduplication(real_suite: dict[str, list[bb.MCExample]]) -> None:
+    # Raw counts 1954/2290/2865/1000; the rest are exact duplicates, dropped as BIG-bench does.
+    counts = {name: len(examples) for name, examples in real_suite.items()}
+    assert counts == {
+        "social_iqa": 1935,
+        "strategyqa": 2289,
+        "winowhy": 2862,
+        "logical_deduction/three_objects": 300,
+        "logical_deduction/five_objects": 500,
+        "logical_deduction/seven_objects": 700,
+        "date_understanding": 369,
+        "sports_understanding": 986,
+        "elementary_math_qa/question_only": 7688,
+        "intent_recognition": 693,
+    }
+
+
+def test_real_prompt_with_task_prefix_and_output_prefix(real_suite: dict[str, list[bb.MCExample]]) -> None:
+    example = next(e for e in real_suite["sports_understanding"] if e.input == "Jamal Murray was perfect from the line")
+    assert example.prompt == (
+        "Determine whether the following statement or statements are plausible or implausible:"
+        "\nStatement: Jamal Murray was perfect from the line\nPlausible/implausible? "
+    )
+    assert sorted(example.choices) == ["implausible", "plausible"]
+    assert example.choices[example.answer] == "plausible"
+
+
+def test_real_prompt_with_appended_choices(real_suite: dict[str, list[bb.MCExample]]) -> None:
+    example = next(e for e in real_suite["social_iqa"] if e.input.startswith("Tracy didn't go home that evening"))
+    choice_lines = "".join(f"\n  choice: {c}" for c in example.choices)
+    assert example.prompt == f"Q: {example.input}{choice_lines}\nA: "
+    assert example.choices[example.answer] == "Find somewhere to go"
+
+
+def test_shuffled_choices_remove_the_first_position_bias(real_cache: Path,
+                                                         real_suite: dict[str, list[bb.MCExample]]) -> None:
+    # date_understanding lists the right answer first in 364 of 369 examples.
+    original = bb.load_task("date_understanding", real_cache, shuffle_choices=False)
+    assert sum(e.answer == 0 for e in original) > 350
+    shuffled = real_suite["date_understanding"]
+    assert max(Counter(e.answer for e in shuffled).values()) < 150
+    assert [e.choices[e.answer] for e in shuffled] == [e.choices[e.answer] for e in original]
+
+
+def test_split_sizes_are_pinned_across_machines(real_suite: dict[str, list[bb.MCExample]]) -> None:
+    # Golden numbers: a change here means every saved result was made on different splits.
+    splits = bb.split_examples(real_suite["date_understanding"])
+    assert {s: len(v) for s, v in splits.items()} == {"train": 297, "validation": 32, "test": 40}
+    splits = bb.split_examples(real_suite["date_understanding"], seed=1)
+    assert {s: len(v) for s, v in splits.items()} != {"train": 297, "validation": 32, "test": 40}
+
+
+def test_a_study_config_gives_small_suite_tasks_100_test_examples(real_suite) -> None:
+    examples = (example for task in real_suite.values() for example in task)
+    splits = bb.split_examples(examples, max_per_split={"test": 100}, min_test_per_task=100)
+    per_task = {task: sum(e.task == task for e in splits["test"]) for task in real_suite}
+    assert per_task == dict.fromkeys(real_suite, 100)  # every default task has at least 300 examples
 
 
 # ------------------------------------------------------------------------------------------- errors
@@ -199,14 +257,6 @@ def test_suite_splits_are_deterministic_disjoint_and_complete(suite: dict[str, l
     assert bb.split_examples(shuffled) == first
 
 
-def test_split_sizes_are_pinned_across_machines(suite: dict[str, list[bb.MCExample]]) -> None:
-    # Golden numbers: a change here means every saved result was made on different splits.
-    splits = bb.split_examples(suite["date_understanding"])
-    assert {s: len(v) for s, v in splits.items()} == {"train": 297, "validation": 32, "test": 40}
-    splits = bb.split_examples(suite["date_understanding"], seed=1)
-    assert {s: len(v) for s, v in splits.items()} != {"train": 297, "validation": 32, "test": 40}
-
-
 def test_shared_inputs_share_a_split(suite: dict[str, list[bb.MCExample]]) -> None:
     examples = suite["logical_deduction/three_objects"]
     by_input: dict[str, set[str]] = {}
@@ -276,10 +326,3 @@ def test_a_small_task_s_test_split_is_topped_up_from_its_training_examples(size:
     assert not {e.id for e in topped["train"]} & {e.id for e in topped["test"]}
     rng.shuffle(examples)
     assert bb.split_examples(examples, min_test_per_task=minimum) == topped  # independent of order
-
-
-def test_a_study_config_gives_small_suite_tasks_100_test_examples(suite) -> None:
-    examples = (example for task in suite.values() for example in task)
-    splits = bb.split_examples(examples, max_per_split={"test": 100}, min_test_per_task=100)
-    per_task = {task: sum(e.task == task for e in splits["test"]) for task in suite}
-    assert per_task == dict.fromkeys(suite, 100)  # every default task has at least 300 examples
