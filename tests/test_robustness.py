@@ -53,6 +53,16 @@ def test_a_reading_refuses_an_adapter_setting_that_contradicts_it():
     with pytest.raises(ValueError, match=r"adapter\.gate='topk' contradicts method='radar-fusion'"):
         ExperimentConfig.load(None, ["method=radar-fusion", "adapter.gate=topk"])
     assert ExperimentConfig.load(None, ["method=radar-sparse", "adapter.stretch=topk"]).adapter.stretch == "topk"
+    with pytest.raises(ValueError, match=r"adapter\.stretch='softplus' contradicts method='radar'.*"
+                                         r"set method: radar-softplus"):
+        ExperimentConfig.load(None, ["method=radar", "adapter.stretch=softplus"])
+
+
+@pytest.mark.parametrize("start", ["radar-sparse", "radar-fusion", "radar-softplus"])
+def test_switching_method_never_carries_one_readings_setting_into_another(start):
+    config = ExperimentConfig.load(None, [f"method={start}"])
+    for method in ("radar", "radar-sparse", "radar-fusion", "radar-softplus"):
+        assert config.for_method(method).adapter == ExperimentConfig.load(None, [f"method={method}"]).adapter
 
 
 def test_robustness_settings_refuse_what_the_protocol_cannot_run():

@@ -13,7 +13,7 @@ import yaml
 from radargate.config import MoLoRAConfig
 from radargate.experiment.config.data import DataSettings
 from radargate.experiment.config.model import ModelSettings
-from radargate.experiment.config.names import READINGS, gate_of, method_names
+from radargate.experiment.config.names import READINGS, gate_of, method_names, reading_settings
 from radargate.experiment.config.parsing import apply_override, build, parse_yaml
 from radargate.experiment.config.study import CompareSettings, StudySettings
 from radargate.experiment.config.train import EvalSettings, TrainSettings
@@ -45,7 +45,7 @@ class ExperimentConfig:
             raise ValueError(f"name={self.name!r} is not allowed; use a non-empty name without '/'")
         gate = gate_of(self.method)
         if gate is not None:
-            settings = {"gate": gate, **READINGS.get(self.method, {})}
+            settings = {"gate": gate, **reading_settings(self.method)}
             if any(getattr(self.adapter, key) != value for key, value in settings.items()):
                 self.adapter = dataclasses.replace(self.adapter, **settings)
 
@@ -107,9 +107,15 @@ def _with_gate_from_method(values: dict[str, Any]) -> dict[str, Any]:
             f"adapter.gate={adapter['gate']!r} contradicts method={method!r}; the method names what a run "
             f"trains (a gate, a reading of radar, lora or base): set method: {adapter['gate']} and drop adapter.gate"
         )
-    implied = READINGS.get(method, {})
+    implied = reading_settings(method)
     for key, value in implied.items():
         if key in adapter and adapter[key] != value:
             raise ValueError(f"adapter.{key}={adapter[key]!r} contradicts method={method!r}, which is the radar gate "
-                             f"with {key}={value!r}; drop adapter.{key} or set method: radar")
+                             f"with {key}={value!r}; drop adapter.{key}{_reading_hint(key, adapter[key])}")
     return {**values, "adapter": {**adapter, "gate": gate, **implied}} if gate is not None else values
+
+
+def _reading_hint(key: str, value: object) -> str:
+    """Where a method of its own has the setting a config asked for, say which."""
+    methods = [method for method in ("radar", *READINGS) if reading_settings(method)[key] == value]
+    return f" or set method: {' or '.join(methods)}" if methods else ""

@@ -19,6 +19,17 @@ READINGS: dict[str, dict[str, str]] = {
 and tables tell them apart: the ``radar`` gate with these adapter settings (``radar`` itself is the default reading)."""
 
 
+DEFAULT_READING: dict[str, str] = {"stretch": "softmax", "fusion": "static"}
+"""The settings of ``radar`` itself, the default reading: every reading sets all of these keys, so switching
+methods (``ExperimentConfig.for_method``) never carries one reading's setting into another."""
+
+
+def reading_settings(method: str) -> dict[str, str]:
+    """The adapter settings a method fixes besides its gate: all of ``DEFAULT_READING`` for ``radar`` and its
+    readings, nothing for the other methods."""
+    return {**DEFAULT_READING, **READINGS.get(method, {})} if gate_of(method) == "radar" else {}
+
+
 def method_names() -> tuple[str, ...]:
     """Every method a run may train: the baselines, the gates, the readings."""
     return (*BASELINES, *GATES, *READINGS)
