@@ -17,6 +17,7 @@ import radargate.experiment.train as train_module
 from radargate.cli import main
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.bigbench import MCExample
+from radargate.experiment.data.custom import load_splits
 from radargate.experiment.data.gsm8k import GSM8KExample, is_correct
 from radargate.experiment.evaluate import _accuracies, answer_of_completion, evaluate_examples, score_choices
 from radargate.experiment.methods import load_trained
@@ -272,3 +273,16 @@ def test_the_saved_adapter_holds_the_trained_weights(config_file, tmp_path, meth
     assert all(torch.equal(saved[name], tensor) for name, tensor in trained.items())
     up_projections = [tensor for name, tensor in trained.items() if name.endswith((".B", "lora_B.weight"))]
     assert up_projections and all(tensor.abs().max() > 0 for tensor in up_projections)  # trained, not B = 0
+
+
+def test_eval_scores_a_run_in_the_precision_it_trained_in(config_file, tmp_path, capsys):
+    """``radargate eval`` autocasts as training and its own evaluation did (``train.precision``)."""
+    args = ["--set", "train.steps=2", "--set", "train.precision=bf16"]
+    assert main(["train", "--config", str(config_file), *args]) == 0
+    run_dir = tmp_path / "runs" / "tiny"
+    trained = json.loads((run_dir / "result.json").read_text())["test"]
+    assert main(["eval", "--run", str(run_dir), "--output", str(tmp_path / "eval.json")]) == 0
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert [e["answer_nll"] for e in evaluated["examples"]] == [e["answer_nll"] for e in trained["examples"]]
+    in_float32 = evaluate_examples(*load_trained(run_dir)[:2], load_splits(ExperimentConfig.load(config_file))["test"])
+    assert [e["answer_nll"] for e in in_float32["examples"]] != [e["answer_nll"] for e in trained["examples"]]

@@ -25,10 +25,9 @@ from radargate import __version__
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.bigbench import load_suite
 from radargate.experiment.data.custom import load_splits
-from radargate.experiment.evaluate import METRICS, evaluate_examples
+from radargate.experiment.evaluate import METRICS, autocast_dtype, evaluate_examples
 from radargate.experiment.methods import load_trained
 from radargate.experiment.run import config_differences, run_or_record_failure
-from radargate.experiment.train import autocast_dtype
 from radargate.files import atomic_write_json
 from radargate.hardware import hardware_description
 

@@ -130,6 +130,18 @@ def _pad(sequences: list[list[int]], pad: int, device, *, left: bool) -> tuple[t
     return ids.to(device), mask.to(device)
 
 
+def mixed_precision(setting: str) -> str:
+    """``train.precision`` resolved: ``auto`` is bf16 on a GPU that has it, else no mixed precision."""
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def autocast_dtype(setting: str) -> torch.dtype | None:
+    """The autocast dtype that evaluation uses to match training's mixed precision."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision(setting))
+
+
 def evaluate_examples(
     model,
     tokenizer,
@@ -291,9 +303,9 @@ def evaluate_run(
     model, tokenizer, config = model_to_evaluate(run_dir, config_path, overrides)
     examples = _examples_to_evaluate(config, tasks)[split]
     check_lengths(tokenizer, examples, config.data.max_length)
-    result = evaluate_examples(
-        model, tokenizer, examples, batch_size=config.eval.batch_size, max_length=config.data.max_length
-    )
+    result = evaluate_examples(model, tokenizer, examples, batch_size=config.eval.batch_size,
+                               max_length=config.data.max_length,
+                               autocast_dtype=autocast_dtype(config.train.precision))
     if gsm8k:
         result["gsm8k"] = evaluate_gsm8k(model, tokenizer, load_gsm8k_test()[:gsm8k])
     return config.method, result

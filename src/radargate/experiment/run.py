@@ -24,11 +24,11 @@ import torch
 from radargate.errors import TrainingDiverged
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.custom import Example, check_lengths, load_splits
-from radargate.experiment.evaluate import evaluate_examples
+from radargate.experiment.evaluate import autocast_dtype, evaluate_examples
 from radargate.experiment.methods import build_model, describe_adapter, trainable_parameters, trains_anything
 from radargate.experiment.model_card import write_model_card
 from radargate.experiment.routing import summarize_routing
-from radargate.experiment.train import TrainState, autocast_dtype, fit, processes
+from radargate.experiment.train import TrainState, fit, processes
 from radargate.files import atomic_write_json, atomic_write_text
 from radargate.model import MoLoRAModel
 

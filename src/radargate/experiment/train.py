@@ -44,7 +44,7 @@ from radargate.errors import TrainingDiverged
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.batching import EncodedSequence, answer_logprobs, collate
 from radargate.experiment.data.custom import Example, encode_example, sampling_weights
-from radargate.experiment.evaluate import evaluate_examples
+from radargate.experiment.evaluate import autocast_dtype, evaluate_examples, mixed_precision
 from radargate.experiment.methods import save_adapter, trainable_parameters
 from radargate.experiment.tracking import start_trackers, step_metrics
 from radargate.files import atomic_write_bytes, atomic_write_directory, atomic_write_text, latest_directory, strict_json
@@ -237,17 +237,6 @@ def make_optimizer(name: str, parameters: list[torch.nn.Parameter], *, lr: float
     if name == "sgd":
         return torch.optim.SGD(parameters, lr=lr, momentum=SGD_MOMENTUM, weight_decay=weight_decay)
     raise ValueError(f"train.optimizer={name!r} is unknown; choose one of adamw, sgd")
-
-
-def mixed_precision(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
-
-def autocast_dtype(setting: str) -> torch.dtype | None:
-    """The autocast dtype that evaluation uses to match training's mixed precision."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision(setting))
 
 
 class _Trainer:
