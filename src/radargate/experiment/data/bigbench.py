@@ -1,7 +1,10 @@
 """BIG-bench JSON tasks as multiple-choice examples with deterministic splits, offline.
 
 **Source.** The JSON tasks (Apache-2.0) ship inside the PyPI sdist ``bigbench==1.0.0`` (358 MB), which is
-downloaded once with pip and read straight out of the tarball, never installed. Cache layout, under
+downloaded once through the index's Simple API and read straight out of the tarball, never installed. Since
+2026-12 the index this project's machines reach no longer serves it (only 0.0.1, without tasks): it loads where
+the sdist is already cached, placed there by hand, or bundled, and elsewhere stops with the index's answer.
+Cache layout, under
 ``<cache>/bigbench/`` (``<cache>`` as in :func:`radargate.experiment.data.cache_root`)::
 
     bigbench-1.0.0.tar.gz       the sdist, sha256-checked after download

