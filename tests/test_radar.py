@@ -64,11 +64,13 @@ def test_span_space_equals_materialized_in_float64(generator, reading, num_exper
 
 
 @pytest.mark.parametrize("reading", READINGS, ids=lambda r: "-".join(r.values()))
-@pytest.mark.parametrize("tokens", [0, 1, 3, radar.DECODE_TOKENS, radar.DECODE_TOKENS + 1])
-def test_decoding_equals_the_reference(generator, monkeypatch, reading, tokens):
+@pytest.mark.parametrize(("tokens", "num_experts"), [(0, 4), (1, 4), (3, 4), (radar.DECODE_TOKENS, 4),
+                                                     (radar.DECODE_TOKENS + 1, 4), (3, 1)])
+def test_decoding_equals_the_reference(generator, monkeypatch, reading, tokens, num_experts):
     """A few tokens without autograd take the compiled decoding path (``radar_decoding.py``): float64 against the
     materialised reference, float32 against the torch path, outputs, weights and angles alike; more tokens,
-    autograd, the geometry statistics or a missing numba stay in torch."""
+    autograd, the geometry statistics or a missing numba stay in torch. A single expert too (no fusion at all)."""
+    reading = {**reading, "num_experts": num_experts, "top_k": min(2, num_experts)}
     calls = []
     decoding = radar._decoding
     monkeypatch.setattr(radar, "_decoding", lambda codes: calls.append(decoding(codes)) or calls[-1])

@@ -90,7 +90,8 @@ class RadarGate(Gate):
         ``codes`` ``[T, n, r]``."""
         n = self.num_experts
         if n == 1:
-            return upcast(torch.zeros_like(self.fusion_logits))
+            shape = (1, 1) if self.fusion_from_codes is None else (codes.shape[0], 1, 1)
+            return upcast(self.fusion_logits.new_zeros(shape))
         logits = self.fusion_logits
         if self.fusion_from_codes is not None:
             logits = logits + self.fusion_from_codes(codes.flatten(1)).view(codes.shape[0], n, n)
