@@ -210,6 +210,16 @@ def test_full_disk_during_a_report_keeps_the_previous_report(config_file, runs, 
     assert not list((runs / "tiny").glob(".*.tmp"))
 
 
+@pytest.mark.xdist_group("faults-compared")
+def test_a_damaged_result_file_is_named_when_compare_reads_it_back(config_file, runs, compared):
+    shutil.copytree(compared, runs)
+    result = runs / "tiny" / "radar" / "result.json"
+    result.write_text(result.read_text()[:50])
+    refused = radargate(*compare_args(config_file))
+    assert refused.returncode == 2, refused.stderr
+    assert f"{result} is not valid JSON" in refused.stderr and "Traceback" not in refused.stderr
+
+
 def read_only(path: Path) -> None:
     for item in [path, *path.rglob("*")]:
         item.chmod(item.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))

@@ -85,6 +85,15 @@ def test_learning_rates_come_from_the_search_cell_files(config_file, tmp_path):
     assert learning_rates(grid_only, store) == {"softmax": 1e-3, "radar": 3e-3}
 
 
+def test_a_damaged_cell_file_is_an_error_that_names_it(config_file, tmp_path):
+    config = ExperimentConfig.load(config_file, [*STUDY, f"study.report_dir={tmp_path}"])
+    store, cell = CellStore(cells_directory(config)), BASE
+    store.path(cell).parent.mkdir(parents=True)
+    store.path(cell).write_text('{"config": {"name": "tin')  # cut off mid-write by something other than radargate
+    with pytest.raises(ValueError, match=rf"{re.escape(str(store.path(cell)))} is not valid JSON .*move it away"):
+        store.load(cell, config)
+
+
 def test_a_best_rate_at_the_grid_edge_is_searched_beyond_it(config_file, tmp_path):
     def load(extend: int) -> ExperimentConfig:
         return ExperimentConfig.load(config_file, [*STUDY, "study.lr_grid=[1e-3,3e-3,1e-2]", "study.lr_experts=2",

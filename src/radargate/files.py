@@ -92,6 +92,14 @@ def finite_or_none(value: Any) -> Any:
     return value
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON file's value; a damaged one is a ValueError that names the file (a bare JSONDecodeError does not)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); it is damaged: move it away or restore it") from None
+
+
 def atomic_write_json(path: str | Path, value: Any) -> None:
     atomic_write_text(path, strict_json(value, indent=1) + "\n")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from radargate.checkpoint import load_tensors, save_tensors
-from radargate.files import atomic_write_text
+from radargate.files import atomic_write_text, read_json
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -53,7 +53,7 @@ def read_peft_adapter(path: str | Path) -> PeftAdapter:
     config_path = path / ADAPTER_CONFIG
     if not config_path.is_file():
         raise FileNotFoundError(f"{path} is not a PEFT adapter folder: {ADAPTER_CONFIG} is missing")
-    settings = json.loads(config_path.read_text())
+    settings = read_json(config_path)
     if settings.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"adapter {path} has peft_type={settings['peft_type']!r}; only LORA adapters can be experts")
     if settings.get("rank_pattern") or settings.get("alpha_pattern"):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from radargate.experiment.data.custom import load_splits
 from radargate.experiment.evaluate import METRICS, autocast_dtype, evaluate_examples
 from radargate.experiment.methods import load_trained
 from radargate.experiment.run import config_differences, run_or_record_failure
-from radargate.files import atomic_write_json
+from radargate.files import atomic_write_json, read_json
 from radargate.hardware import hardware_description
 
 FORMAT = 1
@@ -85,7 +84,7 @@ class CellStore:
         path = self.path(cell)
         if not path.is_file():
             return None
-        record = json.loads(path.read_text())
+        record = read_json(path)
         # read back through the config class, as a resumed run is: a setting added since fills its default
         saved = ExperimentConfig.from_dict(record["config"]).to_dict()
         changed = config_differences(saved, cell.config(study).to_dict())

@@ -13,7 +13,6 @@ process alone writes the folder's files (the run folder must be on a filesystem 
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from radargate.experiment.methods import build_model, describe_adapter, trainabl
 from radargate.experiment.model_card import write_model_card
 from radargate.experiment.routing import summarize_routing
 from radargate.experiment.train import TrainState, fit, processes
-from radargate.files import atomic_write_json, atomic_write_text
+from radargate.files import atomic_write_json, atomic_write_text, read_json
 from radargate.model import MoLoRAModel
 
 RESULT_NAME = "result.json"
@@ -177,7 +176,7 @@ def run_method(
     result_path = run_dir / RESULT_NAME
     if resume and result_path.is_file():
         check_same_run(run_dir, config)
-        result = json.loads(result_path.read_text())
+        result = read_json(result_path)
         if result.get("failed"):
             raise TrainingDiverged(f"{result['failed']} (recorded in {result_path}; remove {run_dir} to train again)")
         return result

@@ -523,7 +523,10 @@ class _Trainer:
             )
         parameters = trainable_parameters(self.unwrapped)
         if weights.keys() != parameters.keys():
-            raise ValueError(f"checkpoint {directory} does not match this model's trainable parameters")
+            missing = ", ".join(sorted(parameters.keys() - weights.keys())[:3]) or "none"
+            unexpected = ", ".join(sorted(weights.keys() - parameters.keys())[:3]) or "none"
+            raise ValueError(f"checkpoint {directory} does not match this model's trainable parameters (missing: "
+                             f"{missing}; not in the model: {unexpected})")
         with torch.no_grad():
             for name, parameter in parameters.items():
                 copy_whole_into(parameter, weights[name])
