@@ -207,6 +207,7 @@ def test_default_model_files_are_not_packed_only_its_tasks() -> None:
 
 def test_the_robustness_studys_unseen_tasks_are_packed() -> None:
     config = ExperimentConfig.load(None, [f"data.tasks=[{PIPELINE_TASKS[0]}]", *OVERRIDES, "study.lr_grid=[1e-3]",
+                                          "study.lr_extend=0",
                                           f"study.robustness.unseen_tasks=[{PIPELINE_TASKS[0]},navigate]",
                                           f"study.robustness.unseen_subset=[{PIPELINE_TASKS[0]}]"])
     assert "cache/bigbench/tasks/navigate/task.json" in bundle.bundle_files(config)

@@ -63,6 +63,12 @@ def test_eval_harness_cli_scores_a_trained_run_offline(config_file, tmp_path, ca
     assert main(["eval", "--run", str(tmp_path / "runs" / "tiny"), "--harness", "radargate_nonexistent",
                  "--harness-include", str(out)]) == 2
     assert "unknown lm-eval tasks ['radargate_nonexistent']" in capsys.readouterr().err
+    run = str(tmp_path / "runs" / "tiny")
+    assert main(["eval", "--run", run, "--harness", "radargate_sports_understanding", "--split", "validation",
+                 "--gsm8k", "2"]) == 2  # radargate's own data flags would be dropped: refused, not ignored
+    assert "--split and --gsm8k cannot be used with --harness" in capsys.readouterr().err
+    assert main(["eval", "--run", run, "--limit", "3"]) == 2
+    assert "--limit and --harness-include can only be used with --harness" in capsys.readouterr().err
 
 
 def test_a_users_multiple_choice_source_exports_and_scores_the_same_in_lm_eval(tmp_path, tiny_model_dir):

@@ -241,8 +241,9 @@ def test_the_study_command_runs_the_protocol_and_reports_it(config_file, tmp_pat
     """Through the CLI on the tiny model: the search cells, the choice, the decisive cells (the chosen reading's
     search cell reused), the report's section; a second run trains nothing."""
     settings = ["train.steps=2", "study.methods=[radar]", "study.experts=[2]", "study.seeds=[0]",
-                "study.axes=[fixed_r]", "study.lr_grid=[1e-2]", "study.lr_experts=2", "study.unseen_tasks=[navigate]",
-                "study.max_unseen_per_task=3", f"study.report_dir={tmp_path / 'reports'}",
+                "study.axes=[fixed_r]", "study.lr_grid=[1e-2]", "study.lr_extend=0", "study.lr_experts=2",
+                "study.unseen_tasks=[navigate]", "study.max_unseen_per_task=3",
+                f"study.report_dir={tmp_path / 'reports'}",
                 "study.robustness.searched=[radar-sparse,signed]", "study.robustness.compared=[radar,signed]",
                 "study.robustness.experts=[2]", "study.robustness.seeds=[0]", "study.robustness.seed_counts=[1]",
                 "study.robustness.unseen_tasks=[navigate,snarks]", "study.robustness.unseen_subset=[navigate]",

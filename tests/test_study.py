@@ -235,6 +235,8 @@ def test_commit_commits_each_cell_file_alone(config_file, tmp_path):
 def test_bad_study_settings_are_named(config_file):
     with pytest.raises(ValueError, match=r"study\.methods='gpt' is unknown"):
         ExperimentConfig.load(config_file, ["study.methods=[gpt]"])
+    with pytest.raises(ValueError, match=r"study\.lr_extend=1 needs two or more rates in study\.lr_grid"):
+        ExperimentConfig.load(config_file, ["study.lr_grid=[1e-3]"])
     with pytest.raises(ValueError, match=r"study\.lr_grid holds lr=-0\.001"):
         ExperimentConfig.load(config_file, ["study.lr_grid=[-1e-3]"])
     assert main(["study", "--config", str(config_file), "--workers=0"]) == 2

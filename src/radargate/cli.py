@@ -184,6 +184,7 @@ def _eval(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else None
     if output is not None and output.exists():
         raise FileExistsError(f"{output} exists; choose another --output path")
+    _refuse_flags_that_do_not_apply(args)
     if args.harness:
         return _eval_with_harness(args, output)
     method, result = evaluate_run(args.run, args.config, overrides=args.overrides, tasks=args.tasks,
@@ -194,6 +195,18 @@ def _eval(args: argparse.Namespace) -> int:
     if output is not None:
         atomic_write_json(output, result)
     return 0
+
+
+def _refuse_flags_that_do_not_apply(args: argparse.Namespace) -> None:
+    """``--harness`` scores lm-eval tasks; radargate's own flags for choosing data would be silently dropped."""
+    if args.harness:
+        given = [flag for flag, value in (("--tasks", args.tasks), ("--split", args.split != "test"),
+                                          ("--gsm8k", args.gsm8k)) if value]
+        if given:
+            raise ValueError(f"{' and '.join(given)} cannot be used with --harness, which scores the lm-eval tasks "
+                             "it names; drop them, or drop --harness")
+    elif args.limit is not None or args.harness_include:
+        raise ValueError("--limit and --harness-include can only be used with --harness")
 
 
 def _eval_with_harness(args: argparse.Namespace, output: Path | None) -> int:

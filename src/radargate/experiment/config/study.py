@@ -132,6 +132,9 @@ class StudySettings:
             require_choice("study.headline_methods", method, [m for m in method_names() if m != "base"])
         require_int("study.lr_experts", self.lr_experts, minimum=1)
         require_int("study.lr_extend", self.lr_extend, minimum=0)
+        if len(self.lr_grid) == 1 and self.lr_extend:
+            raise ValueError(f"study.lr_extend={self.lr_extend} needs two or more rates in study.lr_grid (a step "
+                             "beyond the grid is the grid's own ratio); give more rates, or set study.lr_extend: 0")
         require_int("study.headline_experts", self.headline_experts, minimum=1)
         if self.headline_steps is not None:
             require_int("study.headline_steps", self.headline_steps, minimum=1)
