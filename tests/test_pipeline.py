@@ -5,6 +5,8 @@ random Llama saved to disk and loaded through transformers' ordinary path."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -278,7 +280,10 @@ def test_the_saved_adapter_holds_the_trained_weights(config_file, tmp_path, meth
 def test_eval_scores_a_run_in_the_precision_it_trained_in(config_file, tmp_path, capsys):
     """``radargate eval`` autocasts as training and its own evaluation did (``train.precision``)."""
     args = ["--set", "train.steps=2", "--set", "train.precision=bf16"]
-    assert main(["train", "--config", str(config_file), *args]) == 0
+    # a process of its own: accelerate fixes the precision of the first run in a process
+    trained = subprocess.run([sys.executable, "-m", "radargate.cli", "train", "--config", str(config_file), *args],
+                             capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr
     run_dir = tmp_path / "runs" / "tiny"
     trained = json.loads((run_dir / "result.json").read_text())["test"]
     assert main(["eval", "--run", str(run_dir), "--output", str(tmp_path / "eval.json")]) == 0

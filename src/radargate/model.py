@@ -30,7 +30,7 @@ from radargate.checkpoint import (
     save_tensors,
 )
 from radargate.config import MoLoRAConfig
-from radargate.files import atomic_write_json, atomic_write_text
+from radargate.files import atomic_write_directory, atomic_write_json, atomic_write_text
 from radargate.frozen import FrozenCache
 from radargate.injection import attach_experts
 from radargate.layer import Conv1D, MoLoRALinear
@@ -404,24 +404,28 @@ class MoLoRAModel(nn.Module):
             "task_type": "CAUSAL_LM" if callable(can_generate) and can_generate() else None,
             "base_model_name_or_path": getattr(getattr(base, "config", None), "name_or_path", None) or None,
         }
-        folders = [directory / f"expert_{index}" for index in range(config.num_experts)]
-        for index, folder in enumerate(folders):
-            write_peft_adapter(self.expert_adapter(index, folder), **peft_settings)
+        names = [f"expert_{index}" for index in range(config.num_experts)]
         gate_tensors = {
             f"{name}.gate.{key}": value
             for name, layer in self._layers.items()
             for key, value in layer.gate.state_dict().items()
         }
-        save_tensors(directory / GATE_WEIGHTS, gate_tensors, {CONFIG_METADATA_KEY: config.to_json()})
-        atomic_write_json(directory / GATE_CONFIG, {
-            "gate": config.gate,
-            "num_experts": config.num_experts,
-            "experts": [folder.name for folder in folders],
-            "modules": sorted(self._layers),
-            "weights": GATE_WEIGHTS,
-            "molora_config": config.to_dict(),
-        })
-        return folders
+
+        def write(fresh: Path) -> None:  # the whole folder appears at once, or the previous one stays
+            for index, name in enumerate(names):
+                write_peft_adapter(self.expert_adapter(index, fresh / name), **peft_settings)
+            save_tensors(fresh / GATE_WEIGHTS, gate_tensors, {CONFIG_METADATA_KEY: config.to_json()})
+            atomic_write_json(fresh / GATE_CONFIG, {
+                "gate": config.gate,
+                "num_experts": config.num_experts,
+                "experts": names,
+                "modules": sorted(self._layers),
+                "weights": GATE_WEIGHTS,
+                "molora_config": config.to_dict(),
+            })
+
+        atomic_write_directory(directory, write)
+        return [directory / name for name in names]
 
     def _check_adapter_fits(self, adapter: PeftAdapter) -> None:
         foreign = sorted(set(adapter.factors) - set(self._layers))

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from radargate.experiment.data.bigbench import MCExample
-from radargate.files import atomic_write_text
+from radargate.files import atomic_write_directory
 
 TASK_PREFIX = "radargate_"
 
@@ -53,11 +53,17 @@ def export_tasks(examples: Sequence[MCExample], out_dir: str | Path, split: str)
     by_task: dict[str, list[MCExample]] = {}
     for example in examples:
         by_task.setdefault(example.task, []).append(example)
-    for task, members in by_task.items():
-        folder = out_dir / task_name(task)
-        data = folder / f"{split}.jsonl"
-        atomic_write_text(data, "".join(json.dumps(_document(example)) + "\n" for example in members))
-        atomic_write_text(folder / f"{task_name(task)}.yaml", yaml.safe_dump(_task_config(task, data, split)))
+
+    def write(fresh: Path) -> None:  # the whole folder appears at once; each YAML names its data's final path
+        for task, members in by_task.items():
+            name = task_name(task)
+            (fresh / name).mkdir()
+            (fresh / name / f"{split}.jsonl").write_text(
+                "".join(json.dumps(_document(example)) + "\n" for example in members))
+            config = _task_config(task, out_dir / name / f"{split}.jsonl", split)
+            (fresh / name / f"{name}.yaml").write_text(yaml.safe_dump(config))
+
+    atomic_write_directory(out_dir, write)
     return [task_name(task) for task in by_task]
 
 

@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.loading import DEFAULT_MODEL, load_model_and_tokenizer
 from radargate.experiment.quantization import disable_cpu_repacking, quantized_loading
+from radargate.files import atomic_write_directory
 from radargate.gates import GATES
 from radargate.model import MoLoRAModel, get_molora_model
 from radargate.peft_interop import ADAPTER_WEIGHTS
@@ -169,7 +170,8 @@ def save_adapter(model: torch.nn.Module, directory: Path) -> None:
         model.save_pretrained(directory)
     elif isinstance(model, PeftModel):
         adapter = {name: whole(tensor) for name, tensor in model.state_dict().items() if "lora_" in name}
-        model.save_pretrained(directory, state_dict=adapter, is_main_process=is_main_process())
+        if is_main_process():  # PEFT writes file by file: the folder is swapped in whole
+            atomic_write_directory(directory, lambda fresh: model.save_pretrained(fresh, state_dict=adapter))
 
 
 def generating_model(model: torch.nn.Module) -> torch.nn.Module:
