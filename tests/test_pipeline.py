@@ -21,7 +21,13 @@ from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.bigbench import MCExample
 from radargate.experiment.data.custom import load_splits
 from radargate.experiment.data.gsm8k import GSM8KExample, is_correct
-from radargate.experiment.evaluate import _accuracies, answer_of_completion, evaluate_examples, score_choices
+from radargate.experiment.evaluate import (
+    _aggregate,
+    _choice_records,
+    answer_of_completion,
+    evaluate_examples,
+    score_choices,
+)
 from radargate.experiment.methods import load_trained
 from radargate.experiment.run import train
 from radargate.experiment.train import BatchSchedule, skipped_steps_verdict
@@ -64,14 +70,14 @@ def test_accuracy_is_argmax_plain_and_per_byte():
     # continuations are " x" (2 bytes) and " yyyy" (5): example b per byte is -1.0 vs -1.2, still wrong
     scores = [[-1.0, -5.0], [-2.0, -6.0], [-3.0, -1.0]]
     answer_tokens = [1, 2, 1]  # the correct answer's token count: its NLL per token is -score / count
-    result = _accuracies(examples, scores, answer_tokens)
+    result = _aggregate(_choice_records(examples, scores, answer_tokens))
     assert result["per_task"]["t"] == {"acc": 0.5, "acc_norm": 0.5, "answer_nll": (1.0 + 3.0) / 2, "n": 2}
     assert result["per_task"]["u"] == {"acc": 1.0, "acc_norm": 1.0, "answer_nll": 1.0, "n": 1}
     assert result["macro_acc"] == 0.75 and result["macro_answer_nll"] == 1.5 and result["n"] == 3
     assert [(r["id"], r["acc"], r["answer_nll"]) for r in result["examples"]] == [
         ("a", 1.0, 1.0), ("b", 0.0, 3.0), ("c", 1.0, 1.0)]
     scores[1] = [-2.0, -4.0]  # per byte: " x" -1.0 vs " yyyy" -0.8 -> normalised picks the long answer
-    assert _accuracies(examples, scores, answer_tokens)["per_task"]["t"]["acc_norm"] == 1.0
+    assert _aggregate(_choice_records(examples, scores, answer_tokens))["per_task"]["t"]["acc_norm"] == 1.0
 
 
 def test_answer_nll_is_the_correct_answers_mean_token_nll(tokenizer):

@@ -323,7 +323,7 @@ def test_a_replay_that_step_4_calls_for_is_reported_against_the_studys_task_cell
     found = Found(config, rates={}, scores={}, best="radar-sparse", search={}, replay=True, replay_cells=replay,
                   study_replay=study_replay)
     text = _replay_text(found, {})
-    assert "so the 21-task replay ran for it" in text
+    assert "so the 2-task replay ran for it" in text
     assert "radar-sparse fits better than every other gate in 1 of 2 tasks (50%" in text
     assert "against softmax better in 1, no detectable difference in 1, worse in 0" in text
     assert "against radar" not in text  # the default reading's replay is the study's, not compared here

@@ -31,7 +31,6 @@ from radargate.files import atomic_write_json, read_json
 from radargate.hardware import hardware_description
 
 FORMAT = 1
-EVALUATIONS = ("fit", "test", "unseen")
 NLL_DIGITS = 5
 
 

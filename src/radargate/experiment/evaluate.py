@@ -201,10 +201,6 @@ METRICS = ("acc", "acc_norm", "answer_nll")
 """Per-example metrics, averaged per task and then over tasks (``macro_<metric>``)."""
 
 
-def _accuracies(examples: Sequence[MCExample], scores: list[list[float]], answer_lengths: Sequence[int]) -> dict:
-    return _aggregate(_choice_records(examples, scores, answer_lengths))
-
-
 def _choice_records(
     examples: Sequence[MCExample], scores: list[list[float]], answer_lengths: Sequence[int]
 ) -> list[dict]:

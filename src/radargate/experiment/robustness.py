@@ -103,8 +103,7 @@ def decisive_cells(config: ExperimentConfig, best: str, chosen: Mapping[str, flo
             for method in methods if chosen.get(method) is not None]
 
 
-def replay_called_for(config: ExperimentConfig, store: CellStore, best: str, decisive: Mapping[Cell, dict | None]
-                      ) -> bool | None:
+def replay_called_for(config: ExperimentConfig, best: str, decisive: Mapping[Cell, dict | None]) -> bool | None:
     """Step 4's condition: the best reading beats top-k on test answer NLL at the smallest n (seeds pooled, the
     interval below zero). ``None`` until those cells have all run; ``False`` for the default reading, whose
     replay is the study's own."""

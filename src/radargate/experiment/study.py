@@ -84,7 +84,7 @@ def _run_robustness(config: ExperimentConfig, study_store: CellStore, study_runn
             return
         decisive = robustness.decisive_cells(config, best, chosen)
         runner.run(decisive)
-        if robustness.replay_called_for(config, store, best, {cell: store.load(cell, derived) for cell in decisive}):
+        if robustness.replay_called_for(config, best, {cell: store.load(cell, derived) for cell in decisive}):
             runner.run(robustness.replay_cells(config, best, chosen))
     finally:
         study_runner.left += runner.left

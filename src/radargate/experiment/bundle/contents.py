@@ -76,7 +76,7 @@ def bundled_sources(config: ExperimentConfig) -> tuple[dict[str, Path], Experime
     return files, dataclasses.replace(config, data=data)
 
 
-def model_path(config: ExperimentConfig, files: Mapping[str, Any]) -> str:
+def model_path(files: Mapping[str, Any]) -> str:
     """How the model arrives: its folder under ``model/``, or for the default the wheel it is built from."""
     folders = {path.split("/")[1] for path in files if path.startswith("model/")}
     return f"model/{folders.pop()}" if folders else f"{DEFAULT_MODEL} (wheel {DEFAULT_MODEL_WHEEL})"

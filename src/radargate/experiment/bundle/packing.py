@@ -49,7 +49,7 @@ def pack(
             manifest.update({
                 "format": MANIFEST_FORMAT, "radargate_version": __version__, "part_size": part_size,
                 "parts": parts, "files": contents, "config": config.to_dict(),
-                "model": model_path(config, files), "wheels": sorted(p for p in files if p.startswith("wheels/")),
+                "model": model_path(files), "wheels": sorted(p for p in files if p.startswith("wheels/")),
             })
             atomic_write_json(folder / MANIFEST, manifest)
             atomic_write_text(folder / "SHA256SUMS", "".join(f"{p['sha256']}  {p['name']}\n" for p in parts))

@@ -40,4 +40,4 @@ def validation_text(record: dict | None) -> str:
     if record["failed"]:
         return "diverged"
     last = record["metrics"]["validation"][-1] if record["metrics"]["validation"] else {}
-    return f"{number(last.get('macro_answer_nll'), '.3f')} / {percent(last.get('macro_acc') or 0)}"
+    return f"{number(last.get('macro_answer_nll'), '.3f')} / {percent(last.get('macro_acc'))}"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from typing import Any
@@ -52,6 +53,12 @@ def _examples_per_task(record: dict | None, split: str) -> str:
     return ", ".join(f"{task} {values['n']}" for task, values in per_task.items()) + f" ({scores['n']} in all)"
 
 
+def _validation_nll(records: list[dict]) -> float:
+    """The mean last validation answer NLL of a method's cells; infinite (ranked last) where none has one."""
+    value = mean(r["metrics"]["validation"][-1].get("macro_answer_nll") for r in records if r["metrics"]["validation"])
+    return math.inf if value is None else value
+
+
 def _budget_text(found: Gathered) -> str:
     """Whether the budget teaches the tasks: the best method at the search's n against the base model."""
     axis = next(iter(found.sweep), None)
@@ -63,8 +70,7 @@ def _budget_text(found: Gathered) -> str:
     candidates = {m: records for m, records in candidates.items() if records}
     if not candidates:
         return "Whether the budget learns is shown once the sweep's cells have run."
-    best = min(candidates, key=lambda m: mean(r["metrics"]["validation"][-1].get("macro_answer_nll")
-                                               for r in candidates[m] if r["metrics"]["validation"]) or 0.0)
+    best = min(candidates, key=lambda m: _validation_nll(candidates[m]))
     nll = difference(candidates[best], [found.base], "test", "answer_nll")
     acc = difference(candidates[best], [found.base], "test", "acc")
     curves = "; ".join(f"{m} " + " -> ".join(f"{v['macro_answer_nll']:.3f}" for v in records[0]["metrics"]["validation"]

@@ -100,7 +100,7 @@ def gather(config: ExperimentConfig, study_store: CellStore, softmax: dict[int, 
     found = Found(config, rates, scores, best, search, softmax=softmax, study_replay=study_replay)
     if best is not None:
         found.decisive = {cell: store.load(cell, derived) for cell in robustness.decisive_cells(config, best, rates)}
-        found.replay = robustness.replay_called_for(config, store, best, found.decisive)
+        found.replay = robustness.replay_called_for(config, best, found.decisive)
     if found.replay:
         found.replay_cells = {cell: store.load(cell, derived) for cell in robustness.replay_cells(config, best, rates)}
     return found
@@ -184,7 +184,8 @@ def _protocol_text(found: Found) -> str:
             f"and signed train at n in {settings.experts} with the first {settings.seed_counts} of seeds "
             f"{settings.seeds}, scored zero-shot on {len(settings.unseen_tasks)} unseen tasks chosen by a written rule "
             f"(up to {settings.max_unseen_per_task} examples each; the study's six as the subset \"study six\"); (4) "
-            "the paper's 21-task replay for the best reading only if it beats top-k on test answer NLL at the "
+            f"the paper's {len(found.config.study.headline_tasks)}-task replay for the best reading only if it beats "
+            "top-k on test answer NLL at the "
             "smallest n. Each entry below is the difference (method minus reference; accuracy in points, answer NLL "
             "in nats, lower better) with two 95% intervals: examples resampled / tasks and each side's seeds (a seed "
             "drawn once for all tasks: the protocol's amendment 1), then examples resampled. The verdict word "
@@ -327,7 +328,8 @@ def _replay_text(found: Found, table: dict) -> str:
         return (f"{title}\n\nNot run: {found.best} does not beat top-k on test answer NLL at the smallest n{measured}, "
                 "the protocol's condition for it.")
     return "\n\n".join([title, f"{found.best} beats top-k on test answer NLL at the smallest n{measured}, so the "
-                          "21-task replay ran for it, against the study's own softmax and top-k task cells.",
+                          f"{len(found.config.study.headline_tasks)}-task replay ran for it, against the study's own "
+                          "softmax and top-k task cells.",
                           _replay_counts(found) or "No task of the replay has finished yet."])
 
 
