@@ -212,6 +212,7 @@ def _refuse_flags_that_do_not_apply(args: argparse.Namespace) -> None:
 def _eval_with_harness(args: argparse.Namespace, output: Path | None) -> int:
     from radargate.experiment.harness import evaluate_with_harness
     from radargate.experiment.methods import model_to_evaluate
+    from radargate.experiment.report.format import percent
     from radargate.files import atomic_write_json
 
     model, tokenizer, config = model_to_evaluate(args.run, args.config, args.overrides)
@@ -219,14 +220,12 @@ def _eval_with_harness(args: argparse.Namespace, output: Path | None) -> int:
                                     batch_size=config.eval.batch_size, limit=args.limit)
     print("| lm-eval task | acc (%) | acc_norm (%) |\n| --- | --- | --- |")
     for task, metrics in results.items():
-        print(f"| {task} | {_percent(metrics.get('acc'))} | {_percent(metrics.get('acc_norm'))} |")
+        print(f"| {task} | {percent(metrics.get('acc'))} | {percent(metrics.get('acc_norm'))} |")
     if output is not None:
         atomic_write_json(output, results)
     return 0
 
 
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def _export_tasks(args: argparse.Namespace) -> int:

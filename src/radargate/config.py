@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from radargate.gates import GATES
-from radargate.validation import require_choice, require_int, require_number
+from radargate.validation import require_bool, require_choice, require_int, require_number
 
 STRETCH_NAMES = ("softmax", "softplus", "topk")
 FUSION_NAMES = ("static", "input")
@@ -106,8 +106,7 @@ class MoLoRAConfig:
         require_choice("fusion", self.fusion, FUSION_NAMES)
         require_choice("radar_impl", self.radar_impl, RADAR_IMPLS)
         for name in ("topk_renormalize", "train_experts", "radar_recompute"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; use true or false")
+            require_bool(name, getattr(self, name))
 
     def _check_targets(self) -> None:
         targets = self.target_modules

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from radargate.frozen import FrozenCache
+from radargate.precision import gram_dtype
 
 
 class LoRAExperts(nn.Module):
@@ -83,7 +84,7 @@ class LoRAExperts(nn.Module):
         ``(n r)^2``, independent of ``d_out``. Computed in float32 (or float64), also under autocast.
         Without autograd (evaluation, generation) the ``B B^T`` blocks are computed once per weight update.
         """
-        dtype = torch.float64 if torch.float64 in (codes.dtype, self.B.dtype) else torch.float32
+        dtype = gram_dtype(codes, self.B)
         if torch.is_autocast_enabled(codes.device.type):  # gate math in at least float32
             with torch.autocast(codes.device.type, enabled=False):
                 return self.gram(codes)

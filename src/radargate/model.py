@@ -206,9 +206,7 @@ class MoLoRAModel(nn.Module):
     def force_expert(self, index: int) -> Iterator[None]:
         """Inside the block every layer uses expert ``index`` alone, at full weight (the gate is bypassed):
         what that expert does by itself, and what ``export_experts`` writes as its PEFT adapter."""
-        n = self.molora_config.num_experts
-        if not 0 <= index < n:
-            raise ValueError(f"expert index={index} is out of range; choose 0 <= index < num_experts={n}")
+        self._check_expert_index(index)
         for layer in self._layers.values():
             layer.forced_expert = index
         try:
@@ -374,13 +372,16 @@ class MoLoRAModel(nn.Module):
 
     # -- experts out, as PEFT adapters -----------------------------------------------------------
 
+    def _check_expert_index(self, index: int) -> None:
+        n = self.molora_config.num_experts
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+            raise ValueError(f"expert index={index!r} is out of range; choose 0 <= index < num_experts={n}")
+
     def expert_adapter(self, index: int, path: str | Path) -> PeftAdapter:
         """Expert ``index`` of every layer as one LoRA adapter (to be written at ``path``): ``A_i`` and ``B_i``
         with the mixture's ``r`` and scale, so its delta is ``s B_i A_i x``, the layer's under
         :meth:`force_expert`. The inverse of :meth:`load_peft_experts`."""
-        n = self.molora_config.num_experts
-        if not 0 <= index < n:
-            raise ValueError(f"expert index={index} is out of range; choose 0 <= index < num_experts={n}")
+        self._check_expert_index(index)
         factors = {
             name: (layer.experts.A[index].detach(), layer.experts.B[index].detach())
             for name, layer in self._layers.items()

@@ -18,3 +18,8 @@ def float32_if_half(dtype: torch.dtype) -> torch.dtype:
     their weights in at least float32.
     """
     return torch.float32 if dtype in HALF_PRECISION else dtype
+
+
+def gram_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """Float64 where any input is (the float64 reference checks), else float32: expert geometry is never half."""
+    return torch.float64 if any(tensor.dtype == torch.float64 for tensor in tensors) else torch.float32

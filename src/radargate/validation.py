@@ -11,6 +11,12 @@ def require_int(name: str, value: object, *, minimum: int) -> None:
         raise ValueError(f"{name}={value!r} is not allowed; it must be an integer >= {minimum}")
 
 
+def require_bool(name: str, value: object) -> None:
+    """YAML's ``yes``/``no`` arrive as text where the field is not a bool: only true and false are accepted."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is not allowed; use true or false")
+
+
 def require_number(
     name: str,
     value: object,

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from radargate.experiment.data.bigbench import MCExample
+from radargate.experiment.methods import generating_model
 from radargate.files import atomic_write_directory
 
 TASK_PREFIX = "radargate_"
@@ -108,25 +109,11 @@ def evaluate_with_harness(
     if unknown:
         where = f"lm-eval or {include_path}" if include_path else "lm-eval (exported tasks need --harness-include)"
         raise ValueError(f"unknown lm-eval tasks {unknown}: not in {where}")
-    language_model = HFLM(pretrained=_transformers_model(model), tokenizer=tokenizer, batch_size=batch_size,
+    language_model = HFLM(pretrained=generating_model(model), tokenizer=tokenizer, batch_size=batch_size,
                           add_bos_token=_adds_bos(tokenizer))
     output = simple_evaluate(model=language_model, tasks=list(tasks), task_manager=manager, limit=limit,
                              log_samples=False)
     return {task: _plain_metrics(values) for task, values in output["results"].items()}
-
-
-def _transformers_model(model):
-    """The transformers model that runs the forward pass: a MoLoRAModel's or PEFT model's base carries the
-    adapter layers in place, and lm-eval expects a ``PreTrainedModel``."""
-    from peft import PeftModel
-
-    from radargate.model import MoLoRAModel
-
-    if isinstance(model, MoLoRAModel):
-        return model.base_model
-    if isinstance(model, PeftModel):
-        return model.get_base_model()
-    return model
 
 
 def _adds_bos(tokenizer) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from radargate.experiment.config import BASELINES, ExperimentConfig
+from radargate.experiment.report.format import percent
 from radargate.files import atomic_write_text
 
 CARD_NAME = "README.md"
@@ -85,12 +86,12 @@ def _results(result: dict[str, Any]) -> list[str]:
     test = result.get("test")
     if test:
         lines += [
-            f"Test split, {test['n']} examples: macro accuracy {_percent(test.get('macro_acc'))}%, "
-            f"length-normalised {_percent(test.get('macro_acc_norm'))}%, "
+            f"Test split, {test['n']} examples: macro accuracy {percent(test.get('macro_acc'))}%, "
+            f"length-normalised {percent(test.get('macro_acc_norm'))}%, "
             f"answer NLL {_nats(test.get('macro_answer_nll'))} nats/token (accuracy only where a task has choices).",
             "",
             "| task | n | acc (%) | acc_norm (%) | answer NLL |", "| --- | --- | --- | --- | --- |",
-            *[f"| {task} | {row['n']} | {_percent(row.get('acc'))} | {_percent(row.get('acc_norm'))} | "
+            *[f"| {task} | {row['n']} | {percent(row.get('acc'))} | {percent(row.get('acc_norm'))} | "
               f"{_nats(row.get('answer_nll'))} |" for task, row in test.get("per_task", {}).items()],
             "",
         ]
@@ -117,9 +118,6 @@ def _usage(config: ExperimentConfig, mixture: bool) -> list[str]:
     ]
 
 
-def _percent(value: float | None) -> str:
-    """Completion and chat data have no choices, so no accuracy: ``-``."""
-    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def _nats(value: float | None) -> str:

@@ -55,6 +55,7 @@ from radargate.frozen import FrozenCache
 from radargate.gates import radar_decoding
 from radargate.gates.base import Gate, GateOutput, make_router, upcast
 from radargate.gates.topk import top_k_weights
+from radargate.precision import gram_dtype
 
 TAU = 1e-12
 """Absolute floor on squared norms: an expert output with ``|v|^2 << TAU`` counts as zero."""
@@ -136,7 +137,7 @@ class RadarGate(Gate):
     def _decode(self, tokens: torch.Tensor, codes: torch.Tensor, experts: LoRAExperts) -> GateOutput:
         """The same function for a few tokens without autograd: the angles, coefficients and mix in one compiled
         call (``radar_decoding.py``) on weights kept as arrays while they do not change."""
-        dtype = torch.float64 if torch.float64 in (codes.dtype, experts.B.dtype) else torch.float32
+        dtype = gram_dtype(codes, experts.B)
         arrays = self.frozen.get(
             f"decoding_{dtype}", lambda: self._decoding_arrays(experts, dtype),
             self.angle.weight, self.angle.bias, self.fusion_logits, experts.B,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from radargate.experiment.loading import DEFAULT_MODEL
 from radargate.precision import DTYPES
-from radargate.validation import require_choice
+from radargate.validation import require_bool, require_choice
 
 QUANT_BITS = (4, 8)
 QUANT_TYPES = ("nf4", "fp4")
@@ -35,8 +35,7 @@ class QuantizationSettings:
             raise ValueError(f"model.quantization.bits={self.bits!r} is not allowed; choose 4 or 8")
         require_choice("model.quantization.quant_type", self.quant_type, QUANT_TYPES)
         require_choice("model.quantization.compute_dtype", self.compute_dtype, ("auto", *DTYPES))
-        if not isinstance(self.double_quant, bool):
-            raise ValueError(f"model.quantization.double_quant={self.double_quant!r} is not allowed; use true or false")
+        require_bool("model.quantization.double_quant", self.double_quant)
         four_bit_only = {"quant_type": "nf4", "compute_dtype": "auto", "double_quant": False}
         changed = [name for name, default in four_bit_only.items() if getattr(self, name) != default]
         if self.bits == 8 and changed:

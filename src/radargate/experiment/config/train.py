@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
-from radargate.validation import require_choice, require_int, require_number
+from radargate.validation import require_bool, require_choice, require_int, require_number
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
@@ -48,8 +48,7 @@ class TrainSettings:
     of every mixture layer into ``<run>/tracking/``. Empty (the default): none."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"train.compile={self.compile!r} is not allowed; use true or false")
+        require_bool("train.compile", self.compile)
         for tracker in self.report_to:
             require_choice("train.report_to", tracker, sorted(LOGGER_TYPE_TO_CLASS))
         for name in ("steps", "batch_size", "grad_accum", "save_every", "max_nonfinite_steps"):

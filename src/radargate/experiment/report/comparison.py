@@ -8,12 +8,13 @@ three decimals.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from radargate.experiment.report import plots
-from radargate.experiment.report.format import MISSING, number, percent
+from radargate.experiment.report.format import MISSING, number, percent, signed_difference
 from radargate.experiment.report.intervals import Difference, paired_difference
 from radargate.experiment.routing import summarize_contrast
 from radargate.files import atomic_write_text
@@ -89,10 +90,9 @@ def differences_section(results: Mapping) -> str:
 
 
 def _difference_row(name: str, reference: str, split: str, difference: Difference) -> list[str]:
-    scale, spec = (100, "+.1f") if difference.metric == "acc" else (1, "+.3f")
-    return [f"{name} - {reference}", split, difference.metric, format(scale * difference.mean, spec),
-            f"[{scale * difference.low:{spec}}, {scale * difference.high:{spec}}]", str(difference.n),
-            difference.verdict]
+    signed = functools.partial(signed_difference, difference.metric)
+    return [f"{name} - {reference}", split, difference.metric, signed(difference.mean),
+            f"[{signed(difference.low)}, {signed(difference.high)}]", str(difference.n), difference.verdict]
 
 
 def _failures_section(results: Mapping) -> str:
