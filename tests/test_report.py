@@ -107,7 +107,24 @@ def test_missing_pieces_render_as_dashes(results):
     rows = {row[0]: row[1:] for row in table_rows(comparison_table(results), "method")}
     assert rows["base"] == ["0", "-", "-", "-", "35.0", "39.1", "-", "0.0", "-"]
     sparse = {"methods": {"x": {"method": "x"}}}
-    assert table_rows(comparison_table(sparse), "method") == [["x", *["-"] * 9]]
+    assert table_rows(comparison_table(sparse), "method") == [["x", *["-"] * 7]]  # no accuracy: NLL columns
+
+
+def test_data_without_choices_is_reported_by_answer_nll_alone(tmp_path):
+    """Completion and chat data (the quickstart's GSM8K) have no accuracy: no column or figure of dashes for it."""
+    def scored(nll: float) -> dict:
+        return {"test": {"per_task": {"gsm8k": {"acc": None, "acc_norm": None, "answer_nll": nll, "n": 20}},
+                         "macro_acc": None, "macro_acc_norm": None, "macro_answer_nll": nll, "n": 20},
+                "validation": [{"step": 32, "macro_acc": None, "macro_answer_nll": nll + 0.1}]}
+    results = {"name": "q", "tasks": ["gsm8k"], "methods": {"lora": scored(1.04), "radar": scored(1.121)}}
+    table = comparison_table(results)
+    assert "acc" not in table.splitlines()[0] and "| val answer NLL (last eval) |" in table
+    assert {row[0]: row[4:6] for row in table_rows(table, "method")} == {"lora": ["1.140", "1.040"],
+                                                                         "radar": ["1.221", "1.121"]}
+    text = write_report(results, tmp_path).read_text()
+    assert table_rows(text, "task") == [["gsm8k", "1.040", "1.121", "20"], ["**macro**", "1.040", "1.121", "20"]]
+    assert "## Test answer NLL per task" in text and "accuracy" not in text.lower().replace("accuracy in points", "")
+    assert not (tmp_path / "plots" / "task_accuracy.png").exists()
 
 
 # -- the report ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from radargate.experiment.report import plots
-from radargate.experiment.report.format import MISSING, number, percent, signed_difference
+from radargate.experiment.report.format import MISSING, is_number, number, percent, signed_difference
 from radargate.experiment.report.intervals import Difference, paired_difference
 from radargate.experiment.routing import summarize_contrast
 from radargate.files import atomic_write_text
@@ -42,26 +42,46 @@ def write_report(results: Mapping, run_dir: str | Path) -> Path:
 
 
 def comparison_table(results: Mapping) -> str:
-    """One row per method: size, training loss and time, fit, validation and test scores."""
-    header = ["method", "trainable params", "final train loss", "fit answer NLL", "val macro acc (%, last eval)",
-              "test macro acc (%)", "test macro acc_norm (%)", "test answer NLL", "train time (s)", "tokens/s"]
-    rows = []
-    for name, method in results.get("methods", {}).items():
-        test, fit = method.get("test") or {}, method.get("fit") or {}
-        validation = method.get("validation") or []
-        rows.append([
-            f"{name} (failed)" if method.get("failed") else name,
-            _count(method.get("trainable_params")),
-            number(method.get("final_train_loss"), ".3f"),
-            number(fit.get("macro_answer_nll"), ".3f"),
-            percent(validation[-1].get("macro_acc") if validation else None),
-            percent(test.get("macro_acc")),
-            percent(test.get("macro_acc_norm")),
-            number(test.get("macro_answer_nll"), ".3f"),
-            number(method.get("train_time_s"), ".1f"),
-            number(method.get("tokens_per_s"), ",.0f"),
-        ])
-    return markdown_table(header, rows)
+    """One row per method: size, training loss and time, fit, validation and test scores (accuracies only where
+    the data has choices: completion and chat data are scored by answer NLL alone)."""
+    columns = _TABLE_COLUMNS if _has_accuracy(results) else _NLL_COLUMNS
+    rows = [[f"{name} (failed)" if method.get("failed") else name, *(cell(method) for _, cell in columns)]
+            for name, method in results.get("methods", {}).items()]
+    return markdown_table(["method", *(header for header, _ in columns)], rows)
+
+
+def _has_accuracy(results: Mapping) -> bool:
+    """Whether any method was scored by accuracy (multiple-choice data)."""
+    return any(is_number((method.get("test") or {}).get("macro_acc")) for method in results.get("methods", {}).values())
+
+
+def _last_validation(method: Mapping, metric: str) -> object:
+    validation = method.get("validation") or []
+    return validation[-1].get(metric) if validation else None
+
+
+_SIZE_AND_FIT = [
+    ("trainable params", lambda m: _count(m.get("trainable_params"))),
+    ("final train loss", lambda m: number(m.get("final_train_loss"), ".3f")),
+    ("fit answer NLL", lambda m: number((m.get("fit") or {}).get("macro_answer_nll"), ".3f")),
+]
+_TEST_NLL_AND_SPEED = [
+    ("test answer NLL", lambda m: number((m.get("test") or {}).get("macro_answer_nll"), ".3f")),
+    ("train time (s)", lambda m: number(m.get("train_time_s"), ".1f")),
+    ("tokens/s", lambda m: number(m.get("tokens_per_s"), ",.0f")),
+]
+_TABLE_COLUMNS = [
+    *_SIZE_AND_FIT,
+    ("val macro acc (%, last eval)", lambda m: percent(_last_validation(m, "macro_acc"))),
+    ("test macro acc (%)", lambda m: percent((m.get("test") or {}).get("macro_acc"))),
+    ("test macro acc_norm (%)", lambda m: percent((m.get("test") or {}).get("macro_acc_norm"))),
+    *_TEST_NLL_AND_SPEED,
+]
+_NLL_COLUMNS = [
+    *_SIZE_AND_FIT,
+    ("val answer NLL (last eval)", lambda m: number(_last_validation(m, "macro_answer_nll"), ".3f")),
+    *_TEST_NLL_AND_SPEED,
+]
 
 
 REFERENCES = ("base", "softmax", "topk")
@@ -131,20 +151,23 @@ def _splits_line(splits: Mapping[str, int] | None) -> str | None:
 
 
 def _per_task_section(results: Mapping) -> str:
-    """Tasks by methods, test accuracy (%); ``n`` lists each distinct count the methods report."""
+    """Tasks by methods, test accuracy (%), or answer NLL where no method has an accuracy; ``n`` lists each distinct
+    count the methods report."""
     methods = {name: method["test"] for name, method in results.get("methods", {}).items() if method.get("test")}
     if not methods:
         return ""
+    metric, title, shown = (("acc", "Test accuracy per task (%)", percent) if _has_accuracy(results)
+                            else ("answer_nll", "Test answer NLL per task", lambda value: number(value, ".3f")))
     per_task = [test.get("per_task", {}) for test in methods.values()]
     tasks = list(dict.fromkeys([*(results.get("tasks") or []), *(task for rows in per_task for task in rows)]))
     rows = [
-        [task, *(percent(rows.get(task, {}).get("acc")) for rows in per_task),
+        [task, *(shown(rows.get(task, {}).get(metric)) for rows in per_task),
          _counts([rows.get(task, {}).get("n") for rows in per_task])]
         for task in tasks
     ]
-    rows.append(["**macro**", *(percent(test.get("macro_acc")) for test in methods.values()),
+    rows.append(["**macro**", *(shown(test.get(f"macro_{metric}")) for test in methods.values()),
                  _counts([test.get("n") for test in methods.values()])])
-    return "## Test accuracy per task (%)\n\n" + markdown_table(["task", *methods, "n"], rows)
+    return f"## {title}\n\n" + markdown_table(["task", *methods, "n"], rows)
 
 
 def _figures_section(results: Mapping, run_dir: Path) -> str:
@@ -154,7 +177,7 @@ def _figures_section(results: Mapping, run_dir: Path) -> str:
     if any(histories.values()):
         plots.plot_loss_curves(histories, run_dir / PLOTS_DIR / "loss_curves.png")
         lines.append(f"![Training loss per step]({PLOTS_DIR}/loss_curves.png)")
-    if any(method.get("test") for method in methods.values()):
+    if _has_accuracy(results):
         plots.plot_task_accuracy(methods, run_dir / PLOTS_DIR / "task_accuracy.png")
         lines.append(f"![Test accuracy per task]({PLOTS_DIR}/task_accuracy.png)")
     return "## Figures\n\n" + "\n\n".join(lines) if lines else ""
