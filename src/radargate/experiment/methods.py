@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import SafetensorError, safe_open
+from transformers import PreTrainedTokenizerBase
 
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.loading import DEFAULT_MODEL, load_model_and_tokenizer
@@ -53,13 +54,13 @@ def attach_method(base: torch.nn.Module, config: ExperimentConfig) -> torch.nn.M
     return get_molora_model(base, adapter)
 
 
-def build_model(config: ExperimentConfig):
+def build_model(config: ExperimentConfig) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """Load the base model and tokenizer and attach the method's adapter."""
     base, tokenizer = load_base(config)
     return attach_method(base, config), tokenizer
 
 
-def load_base(config: ExperimentConfig):
+def load_base(config: ExperimentConfig) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """The base model and tokenizer of ``config.model``, quantized if it says so; a name that cannot be loaded
     is a ``ValueError`` naming it (transformers' own ``OSError`` would read as a disk problem)."""
     dtype = DTYPES[config.model.dtype]
@@ -85,7 +86,8 @@ TRAINED_SETTINGS = ("method", "model", "adapter", "train")
 """What made a trained run's weights: evaluation overrides may not change them."""
 
 
-def model_to_evaluate(run_dir: str | Path | None, config_path: str | Path | None, overrides: Sequence[str] = ()):
+def model_to_evaluate(run_dir: str | Path | None, config_path: str | Path | None, overrides: Sequence[str] = ()
+                      ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, ExperimentConfig]:
     """What ``radargate eval`` scores: a trained run (``run_dir``), else the untrained base model of a config."""
     if run_dir is not None:
         return load_trained(run_dir, overrides)
@@ -93,7 +95,8 @@ def model_to_evaluate(run_dir: str | Path | None, config_path: str | Path | None
     return (*build_model(config), config)
 
 
-def load_trained(run_dir: str | Path, overrides: Sequence[str] = ()):
+def load_trained(run_dir: str | Path, overrides: Sequence[str] = ()
+                 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, ExperimentConfig]:
     """The model, tokenizer and config of a finished run, from its ``config.yaml`` and ``adapter/``.
 
     ``overrides`` (``--set``) may change how it is evaluated (data, eval), not what was trained.

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from radargate.errors import TrainingDiverged
 from radargate.experiment.config import ExperimentConfig
@@ -41,7 +42,7 @@ def train(
     run_dir: Path | None = None,
     show_progress: bool = True,
     splits: dict[str, list[Example]] | None = None,
-):
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, TrainState]:
     """Train ``config.method`` in its run folder and return ``(model, tokenizer, state)``.
 
     ``splits`` saves reloading the data when the caller already has ``load_splits(config)``.

@@ -229,7 +229,8 @@ WHOLE_ON_CPU = StateDictOptions(full_state_dict=True, cpu_offload=True)
 leaves it on the main process alone, the one that writes)."""
 
 
-def make_optimizer(name: str, parameters: list[torch.nn.Parameter], *, lr: float, weight_decay: float):
+def make_optimizer(name: str, parameters: list[torch.nn.Parameter], *, lr: float, weight_decay: float
+                   ) -> torch.optim.Optimizer:
     """``train.optimizer``: AdamW, or SGD with momentum ``SGD_MOMENTUM`` (an update linear in the
     gradients, so runs that cut the same batch differently stay equal to float rounding)."""
     if name == "adamw":

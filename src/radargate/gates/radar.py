@@ -361,7 +361,8 @@ def _materialized(codes, experts, weights, phi, theta):
     return delta, gram, geometry
 
 
-def rotate_outputs(outputs: torch.Tensor, phi: torch.Tensor, theta: torch.Tensor):
+def rotate_outputs(outputs: torch.Tensor, phi: torch.Tensor, theta: torch.Tensor
+                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Steps 2 and 4 on materialised outputs ``[T, n, d_out]`` (``Phi`` shared ``[n, n]`` or ``[T, n, n]``):
     returns the rotated outputs and the per-expert geometry ``(q, a, m, kappa, cos_term, beta)``, each ``[T, n]``."""
     partners = phi @ outputs  # [n, n] or [T, n, n] times [T, n, d_out]
