@@ -4,6 +4,7 @@ each claim backed by its interval, with what the answer rests on and what could 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 from radargate.experiment.evaluate import mean
 from radargate.experiment.report.format import signed_difference
@@ -14,57 +15,86 @@ from radargate.experiment.report.study.rows import cell_row
 
 
 def answer_section(found: Gathered) -> str:
+    """RadarGate's default reading against the weighted-sum gates at n >= 8: every claim's intervals, their tally,
+    where seeds disagree, and the checks and counts that qualify them."""
     axis = "fixed_r" if "fixed_r" in found.sweep else next(iter(found.sweep), None)
     if axis is None:
         return "## The answer\n\nNo sweep cells yet (the learning-rate search has not finished)."
     large = sorted(n for n in found.config.study.experts if n >= 8) or sorted(found.config.study.experts)[-1:]
-    lines = ["## The answer", "",
-             f"RadarGate (the default reading, docs/radargate.md) against the weighted-sum gates at n >= 8 (axis "
-             f"{axis}, each expert rank {found.config.adapter.r}):", ""]
-    tally: dict[str, int] = defaultdict(int)
-    by_reference: dict[str, dict[str, int]] = {"softmax": defaultdict(int), "topk": defaultdict(int)}
-    split_by_seed = []
+    claims = _claims(found, axis, large)
+    paragraphs = [
+        f"RadarGate (the default reading, docs/radargate.md) against the weighted-sum gates at n >= 8 (axis "
+        f"{axis}, each expert rank {found.config.adapter.r}):",
+        "\n".join(claims.lines), _tally_text(claims), _seed_text(claims.split_by_seed), _completeness(found, axis),
+        _learning_rate_check(found, axis), _rotation_line(found, axis), _growth_text(found, axis),
+        headline_counts(found), _robustness_pointer(found),
+    ]
+    return "\n\n".join(["## The answer", *(paragraph for paragraph in paragraphs if paragraph)])
+
+
+@dataclass
+class _Claims:
+    """Each claim's line, the verdicts counted overall and per gate, and the verdicts the seeds do not share."""
+
+    lines: list[str] = field(default_factory=list)
+    tally: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    by_reference: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {"softmax": defaultdict(int), "topk": defaultdict(int)})
+    split_by_seed: list[str] = field(default_factory=list)
+
+
+def _claims(found: Gathered, axis: str, large: list[int]) -> _Claims:
+    claims = _Claims()
     for label, split, metric in CLAIMS:
         parts = []
         for n in large:
             for reference in ("softmax", "topk"):
                 result = difference(found.sides(axis, "radar", n), found.sides(axis, reference, n), split, metric)
-                if result is not None:
-                    tally[result.verdict] += 1
-                    by_reference[reference][result.verdict] += 1
-                    parts.append(f"n={n} vs {reference} {describe(result)}")
-                    if result.verdict != "no detectable difference":
-                        split_by_seed += _seed_disagreement(found, axis, reference, n, (label, split, metric))
-        lines.append(f"- **{label}**: " + ("; ".join(parts) if parts else "not measured yet") + ".")
-    total = sum(tally.values())
-    if total:
-        lines += ["", f"Of these {total} comparisons RadarGate is better in {tally['better']}, worse in "
-                      f"{tally['worse']}, and not detectably different in {tally['no detectable difference']}. "
-                      f"{_plainly(tally, by_reference)} By gate: "
-                      + "; ".join(f"against {reference} better in {counts['better']}, worse in {counts['worse']}"
-                                  for reference, counts in by_reference.items() if counts) + "."]
-    if split_by_seed:
-        lines += ["", "The intervals resample examples, not training runs. These verdicts are not shared by the seeds: "
-                      "seed against seed, the difference changes sign, so the verdict rests on the seed as much as "
-                      "on the gate: "
-                      + "; ".join(split_by_seed) + "."]
-    lines += ["", _completeness(found, axis)]
-    for extra in (_learning_rate_check(found, axis), _rotation_line(found, axis)):
-        if extra:
-            lines += ["", extra]
+                if result is None:
+                    continue
+                claims.tally[result.verdict] += 1
+                claims.by_reference[reference][result.verdict] += 1
+                parts.append(f"n={n} vs {reference} {describe(result)}")
+                if result.verdict != "no detectable difference":
+                    claims.split_by_seed += _seed_disagreement(found, axis, reference, n, (label, split, metric))
+        claims.lines.append(f"- **{label}**: " + ("; ".join(parts) if parts else "not measured yet") + ".")
+    return claims
+
+
+def _tally_text(claims: _Claims) -> str:
+    tally, total = claims.tally, sum(claims.tally.values())
+    if not total:
+        return ""
+    return (f"Of these {total} comparisons RadarGate is better in {tally['better']}, worse in {tally['worse']}, and "
+            f"not detectably different in {tally['no detectable difference']}. "
+            f"{_plainly(tally, claims.by_reference)} By gate: "
+            + "; ".join(f"against {reference} better in {counts['better']}, worse in {counts['worse']}"
+                        for reference, counts in claims.by_reference.items() if counts) + ".")
+
+
+def _seed_text(split_by_seed: list[str]) -> str:
+    if not split_by_seed:
+        return ""
+    return ("The intervals resample examples, not training runs. These verdicts are not shared by the seeds: seed "
+            "against seed, the difference changes sign, so the verdict rests on the seed as much as on the gate: "
+            + "; ".join(split_by_seed) + ".")
+
+
+def _growth_text(found: Gathered, axis: str) -> str:
     growth = growth_lines(found, axis, ("fit", "answer_nll"), ("test", "answer_nll"), ("unseen", "answer_nll"))
-    if growth:
-        lines += ["", "Does its margin over each gate grow with n (margin at the largest n minus margin at the "
-                      "smallest, answer NLL; negative = RadarGate pulls ahead)?", "", *growth]
-    headline = headline_counts(found)
-    if headline:
-        lines += ["", headline]
-    if found.config.study.robustness is not None:
-        lines += ["", "This answer is about the default reading of RadarGate. Whether it holds for the other readings "
-                      "of the paper's abstract, and whether leaving the convex cone without rotating does as well, is "
-                      "the next section's question, answered by a protocol registered before its cells ran; its "
-                      "verdict comes first there."]
-    return "\n".join(lines)
+    if not growth:
+        return ""
+    return "\n".join(["Does its margin over each gate grow with n (margin at the largest n minus margin at the "
+                      "smallest, answer NLL; negative = RadarGate pulls ahead)?", "", *growth])
+
+
+def _robustness_pointer(found: Gathered) -> str:
+    if found.config.study.robustness is None:
+        return ""
+    return ("This answer is about the default reading of RadarGate. Whether it holds for the other readings of the "
+            "paper's abstract, and whether leaving the convex cone without rotating does as well, is the next "
+            "section's question, answered by a protocol registered before its cells ran; its verdict comes first "
+            "there.")
 
 
 def _seed_disagreement(found: Gathered, axis: str, reference: str, n: int, claim: tuple[str, str, str]) -> list[str]:
