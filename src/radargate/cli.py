@@ -41,11 +41,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"radargate {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    for add_commands in (_add_train_command, _add_eval_command, _add_comparison_commands, _add_export_commands,
+                         _add_serve_command, _add_listing_commands, _add_bundle_command):
+        add_commands(commands)
+    return parser
 
+
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
+    """``train``: one method."""
     train = commands.add_parser("train", help="train one method (config key `method`) and evaluate it")
     _add_config_arguments(train)
     train.add_argument("--resume", action="store_true", help="continue the run in the run folder exactly")
 
+
+def _add_comparison_commands(commands: argparse._SubParsersAction) -> None:
+    """``compare`` and ``study``: several methods side by side."""
+    compare = commands.add_parser("compare", help="train and evaluate several methods side by side")
+    _add_config_arguments(compare)
+
+    study = commands.add_parser("study", help="the resumable scaling sweep (methods x experts x seeds) and its report")
+    _add_config_arguments(study)
+    study.add_argument("--workers", type=int, default=1, help="cells trained at once, each in its own process "
+                       "(a GPU has room for several; default 1)")
+    study.add_argument("--time-limit", type=float, metavar="SECONDS",
+                       help="start no new cell after this many seconds (finished cells are kept; run again to go on)")
+    study.add_argument("--commit", action="store_true", help="git-commit each cell's result file as it lands")
+    study.add_argument("--report-only", action="store_true",
+                       help="train nothing: rebuild the report from the cell files alone")
+
+
+def _add_eval_command(commands: argparse._SubParsersAction) -> None:
+    """``eval``: radargate's own scoring, or lm-evaluation-harness's."""
     evaluate = commands.add_parser("eval", help="evaluate a trained run (or the base model) on its tasks")
     source = evaluate.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="a run folder written by `radargate train` (or a method folder of compare)")
@@ -64,19 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, help="with --harness: at most this many documents per task")
     _add_overrides(evaluate, "with --run only evaluation settings (data, eval) may change")
 
-    compare = commands.add_parser("compare", help="train and evaluate several methods side by side")
-    _add_config_arguments(compare)
 
-    study = commands.add_parser("study", help="the resumable scaling sweep (methods x experts x seeds) and its report")
-    _add_config_arguments(study)
-    study.add_argument("--workers", type=int, default=1, help="cells trained at once, each in its own process "
-                       "(a GPU has room for several; default 1)")
-    study.add_argument("--time-limit", type=float, metavar="SECONDS",
-                       help="start no new cell after this many seconds (finished cells are kept; run again to go on)")
-    study.add_argument("--commit", action="store_true", help="git-commit each cell's result file as it lands")
-    study.add_argument("--report-only", action="store_true",
-                       help="train nothing: rebuild the report from the cell files alone")
-
+def _add_export_commands(commands: argparse._SubParsersAction) -> None:
+    """``export-tasks`` and ``export-experts``."""
     export_tasks = commands.add_parser("export-tasks", help="write a config's multiple-choice split (BIG-bench or "
                                        "your own data) as lm-eval tasks (YAML + JSONL), for lm_eval --include_path")
     _add_config_arguments(export_tasks)
@@ -89,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run", metavar="RUN", help="a run folder written by `radargate train` (a gate method)")
     export.add_argument("out", metavar="OUT", help="new (or empty) folder for the adapters and the gates")
 
+
+def _add_serve_command(commands: argparse._SubParsersAction) -> None:
+    """``serve``: OpenAI's API over a run or a config's base model."""
     serve = commands.add_parser("serve", help="serve a trained run (or a config's base model) over OpenAI's API, "
                                 "with /metrics and a routing page at /")
     served = serve.add_mutually_exclusive_group(required=True)
@@ -108,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                        help=f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_ENV}; none if unset)")
 
+
+def _add_listing_commands(commands: argparse._SubParsersAction) -> None:
+    """``gates`` and ``tasks``."""
     commands.add_parser("gates", help="list the registered gates")
     tasks = commands.add_parser("tasks", help="list the BIG-bench multiple-choice tasks (fetches BIG-bench once)")
     tasks.add_argument("--held-out", type=int, metavar="FAMILIES",
@@ -115,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "many task families it neither trains on nor replays (radargate.experiment.data.held_out)")
     _add_config_arguments(tasks)
 
+
+def _add_bundle_command(commands: argparse._SubParsersAction) -> None:
+    """``bundle pack`` and ``bundle unpack``."""
     bundle = commands.add_parser("bundle", help="pack what a run needs offline into parts (<= 48 MiB), or unpack")
     verbs = bundle.add_subparsers(dest="bundle_command", required=True)
     pack = verbs.add_parser("pack", help="model, task files and wheels of a config, as parts with a sha256 manifest")
@@ -126,7 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
     unpack = verbs.add_parser("unpack", help="verify every part against the manifest, then extract")
     unpack.add_argument("--dir", required=True, help="the folder written by `radargate bundle pack`")
     unpack.add_argument("--to", required=True, help="new (or empty) folder to extract into")
-    return parser
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
