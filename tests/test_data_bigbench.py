@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import radargate.experiment.data as data
+from radargate.cli import main
 from radargate.experiment.data import bigbench as bb
 from tests import bigbench_fixture as fixture
 
@@ -207,9 +209,19 @@ def test_generative_task_is_rejected() -> None:
 
 def test_unreachable_index_raises_clearly_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("RADARGATE_INDEX_URL", "http://127.0.0.1:9/simple")  # discard port: refused at once
-    with pytest.raises(RuntimeError, match=r"could not read the package index page http://127\.0\.0\.1:9/simple/bigbench/"):
+    with pytest.raises(RuntimeError, match=r"could not read the package index page http://127\.0\.0\.1:9/simple/bigbench/"
+                       rf".*or put the file into {re.escape(str(tmp_path / 'bigbench'))} by hand"):
         bb.fetch_bigbench(tmp_path)
     assert list((tmp_path / "bigbench").iterdir()) == []
+
+
+def test_the_cli_reports_data_it_cannot_fetch_in_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("RADARGATE_CACHE", str(tmp_path))  # an empty cache: BIG-bench must be fetched
+    monkeypatch.setenv("RADARGATE_INDEX_URL", "http://127.0.0.1:9/simple")
+    assert main(["tasks"]) == 1  # the work failed, not the input
+    error = capsys.readouterr().err
+    assert error.startswith("radargate tasks: error: could not read the package index page")
+    assert f"put the file into {tmp_path / 'bigbench'} by hand" in error and len(error.splitlines()) == 1
 
 
 def test_download_with_wrong_hash_is_discarded(tmp_path: Path, monkeypatch) -> None:

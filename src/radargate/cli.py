@@ -14,7 +14,7 @@
     radargate serve --config configs/quickstart.yaml                         # the config's base model
 
 Exit status: 0 done; 1 the work failed (training diverged, a file could not be written or read, a quantized
-base without bitsandbytes);
+base without bitsandbytes, data the package index no longer serves);
 2 bad input (an unknown setting or name, a value of the wrong type, a missing or corrupt file).
 """
 
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from radargate import __version__
-from radargate.errors import QuantizationUnavailable, TrainingDiverged
+from radargate.errors import DataUnavailable, QuantizationUnavailable, TrainingDiverged
 from radargate.gates import GATES
 from radargate.logs import quiet_bitsandbytes_kernel_hint
 
@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         return _fail(args.command, str(error), status=2)
-    except (TrainingDiverged, QuantizationUnavailable) as error:
+    except (TrainingDiverged, QuantizationUnavailable, DataUnavailable) as error:
         return _fail(args.command, str(error), status=1)
     except OSError as error:
         where = f" {error.filename}" if error.filename else ""

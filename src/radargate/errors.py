@@ -9,3 +9,8 @@ class TrainingDiverged(RuntimeError):
 
 class QuantizationUnavailable(RuntimeError):
     """``model.quantization`` is set, but bitsandbytes is missing or cannot run on this device."""
+
+
+class DataUnavailable(RuntimeError):
+    """A data or model file that comes from the package index cannot be had: the index is unreachable, no longer
+    lists it, or serves something else."""

