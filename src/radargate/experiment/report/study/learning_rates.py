@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
+from radargate.experiment.cells import Cell
 from radargate.experiment.report.comparison import markdown_table
 from radargate.experiment.report.format import validation_text
 from radargate.experiment.report.study.gathered import Gathered
@@ -13,19 +16,20 @@ def learning_rate_section(found: Gathered) -> str:
         return (f"## Learning rates\n\nOne rate for every method: {found.config.train.lr:g} (no `study.lr_grid`). "
                 "A convex gate (softmax, top-k) hands each expert about 1/n of the update, so one shared rate "
                 "may favour some n; this study does not correct for it.")
-    rates = sorted({cell.lr for cell in found.lr_search})
-    header = ["method", *(f"lr {lr:g}: val NLL / acc %" for lr in rates), "chosen"]
     searched = {(cell.method, cell.lr): record for cell, record in found.lr_search.items()}
-    rows, edges = [], []
-    for method in dict.fromkeys(cell.method for cell in found.lr_search):
-        texts = [validation_text(searched[method, lr]) if (method, lr) in searched else "not tried" for lr in rates]
+
+    def chosen_text(method: str) -> str:
         chosen = (found.rates or {}).get(method)
-        so_far = " so far" if any(searched[method, lr] is None for lr in rates if (method, lr) in searched) else ""
-        rows.append([method, *texts,
-                     f"{chosen:g}{so_far}" if chosen else ("pending" if found.rates is None else "none")])
+        so_far = " so far" if any(record is None for (m, _), record in searched.items() if m == method) else ""
+        return f"{chosen:g}{so_far}" if chosen else ("pending" if found.rates is None else "none")
+
+    header, rows = rate_table(found.lr_search, chosen_text)
+    edges = []
+    for method in dict.fromkeys(cell.method for cell in found.lr_search):
         own = [lr for m, lr in searched if m == method]
-        if chosen in (min(own), max(own)) and len(own) > 1:
+        if (found.rates or {}).get(method) in (min(own), max(own)) and len(own) > 1:
             edges.append(method)
+    rates = sorted({cell.lr for cell in found.lr_search})
     beyond = sorted(set(rates) - set(study.lr_grid))
     extended = (f" A method whose best rate lies at an end of the grid is also tried at the next rate out "
                 f"({', '.join(f'{lr:g}' for lr in beyond)}; up to {study.lr_extend} beyond each end)."
@@ -44,3 +48,14 @@ def learning_rate_section(found: Gathered) -> str:
         + edge_note, "",
         markdown_table(header, rows),
     ])
+
+
+def rate_table(search: Mapping[Cell, dict | None], chosen: Callable[[str], str]) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of a learning-rate search: per method, each rate's validation answer NLL / accuracy
+    (``not tried`` where the method did not try it), then ``chosen(method)``."""
+    rates = sorted({cell.lr for cell in search})
+    searched = {(cell.method, cell.lr): record for cell, record in search.items()}
+    rows = [[method, *(validation_text(searched[method, lr]) if (method, lr) in searched else "not tried"
+                       for lr in rates), chosen(method)]
+            for method in dict.fromkeys(cell.method for cell in search)]
+    return ["method", *(f"lr {lr:g}: val NLL / acc %" for lr in rates), "chosen"], rows

@@ -18,10 +18,11 @@ from radargate.experiment.config import READINGS, ExperimentConfig
 from radargate.experiment.evaluate import mean
 from radargate.experiment.plan import learning_rates
 from radargate.experiment.report.comparison import markdown_table
-from radargate.experiment.report.format import VERDICT_SHORT, number, signed_difference, validation_text
+from radargate.experiment.report.format import VERDICT_SHORT, number, signed_difference
 from radargate.experiment.report.intervals import Difference, hierarchical_difference, paired_difference
 from radargate.experiment.report.study.gathered import Gathered
 from radargate.experiment.report.study.headline import replay_counts, task_records
+from radargate.experiment.report.study.learning_rates import rate_table
 from radargate.experiment.report.study.rows import cell_row
 
 PROTOCOL = "docs/robustness-protocol.md"
@@ -255,15 +256,11 @@ def _partial_note(found: Found) -> str:
 
 
 def _search_text(found: Found) -> str:
-    rates = sorted({cell.lr for cell in found.search})
-    rows = []
-    for method in dict.fromkeys(cell.method for cell in found.search):
-        texts = [validation_text(found.search[cell]) if (cell := Cell(method, found.config.study.lr_experts,
-                 found.config.adapter.r, found.config.study.seeds[0], lr)) in found.search else "not tried"
-                 for lr in rates]
+    def chosen_text(method: str) -> str:
         chosen = (found.rates or {}).get(method)
-        rows.append([method, *texts, number(chosen, "g") if chosen else _unchosen(found)])
-    header = ["method", *(f"lr {lr:g}: val NLL / acc %" for lr in rates), "chosen"]
+        return number(chosen, "g") if chosen else _unchosen(found)
+
+    header, rows = rate_table(found.search, chosen_text)
     return "### Step 1: learning rates\n\n" + markdown_table(header, rows)
 
 
