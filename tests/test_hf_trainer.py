@@ -197,3 +197,15 @@ def test_sft_trainer_trains_on_a_chat_dataset(tmp_path):
     after = adapter_weights(model)
     assert any(not torch.equal(after[name], value) for name, value in before.items())
     assert sorted(path.name for path in (tmp_path / "checkpoint-6").glob("*.safetensors")) == [WEIGHTS_NAME]
+
+
+def test_a_process_that_does_not_save_still_joins_the_adapters_gathering(tmp_path, monkeypatch):
+    """The Trainer calls ``_save`` on every process; under FSDP2 ``save_pretrained`` gathers the shards, so a
+    process that writes nothing must still call it, or the saving process waits forever."""
+    model = mixture()
+    trainer = MoLoRATrainer(model=model, args=arguments(tmp_path), train_dataset=token_dataset())
+    calls = []
+    monkeypatch.setattr(model, "save_pretrained", lambda directory, *, is_main_process: calls.append(is_main_process))
+    monkeypatch.setattr(TrainingArguments, "should_save", property(lambda self: False))
+    trainer.save_model(str(tmp_path / "elsewhere"))
+    assert calls == [False] and not (tmp_path / "elsewhere").exists()

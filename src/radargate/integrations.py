@@ -113,12 +113,15 @@ class MoLoRATrainerMixin:
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """``save_pretrained`` of the experts and gates (and the tokenizer and training arguments, as the
-        Trainer saves them); ``state_dict`` (a full one, from FSDP or DeepSpeed) is not used."""
+        Trainer saves them); ``state_dict`` (a full one, from FSDP or DeepSpeed) is not used. Every process
+        calls ``save_pretrained``: under FSDP2 it gathers the shards, a collective the saving process alone
+        would wait on forever; only ``should_save`` writes."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir, is_main_process=self.args.should_save)
         if not self.args.should_save:
             return
-        os.makedirs(output_dir, exist_ok=True)
-        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
