@@ -215,6 +215,14 @@ def test_a_package_data_set_travels_as_its_wheel_and_the_unused_default_suite_st
     assert f"cache/bigbench/tasks/{PIPELINE_TASKS[0]}/task.json" in files  # the study's unseen task is
 
 
+def test_a_config_of_own_data_without_a_study_packs_no_big_bench(tmp_path, tiny_model_dir) -> None:
+    config = ExperimentConfig.load(Path(__file__).parents[1] / "configs" / "custom_data.yaml",
+                                   [f"model.name={tiny_model_dir}"])
+    files = bundle.bundle_files(config)
+    assert not [path for path in files if path.startswith("cache/bigbench")]  # the study's default tasks stay home
+    assert any(path.startswith("data/quiz/") for path in files)
+
+
 def test_the_robustness_studys_unseen_tasks_are_packed() -> None:
     config = ExperimentConfig.load(None, [f"data.tasks=[{PIPELINE_TASKS[0]}]", *OVERRIDES, "study.lr_grid=[1e-3]",
                                           "study.lr_extend=0",

@@ -297,3 +297,18 @@ def test_eval_scores_a_run_in_the_precision_it_trained_in(config_file, tmp_path,
     assert [e["answer_nll"] for e in evaluated["examples"]] == [e["answer_nll"] for e in trained["examples"]]
     in_float32 = evaluate_examples(*load_trained(run_dir)[:2], load_splits(ExperimentConfig.load(config_file))["test"])
     assert [e["answer_nll"] for e in in_float32["examples"]] != [e["answer_nll"] for e in trained["examples"]]
+
+
+def test_a_run_that_cannot_start_leaves_no_folder_so_the_corrected_command_just_runs(config_file, tmp_path, capsys):
+    args = ["train", "--config", str(config_file), "--set", "train.steps=1"]
+    assert main([*args, "--set", "adapter.target_modules=[foo_proj]"]) == 2
+    assert "foo_proj" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "tiny").exists()
+    assert main(args) == 0
+
+
+@pytest.mark.parametrize("count", ["-3", "0", "two"])
+def test_eval_refuses_a_gsm8k_count_that_is_not_a_positive_number(count, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--run", "anywhere", "--gsm8k", count])
+    assert exit_info.value.code == 2 and f"argument --gsm8k: {count!r} is not allowed" in capsys.readouterr().err

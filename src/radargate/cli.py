@@ -79,7 +79,7 @@ def _add_eval_command(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--tasks", nargs="+", help="BIG-bench multiple-choice tasks, or some of the config's "
                           "data.sources by name (default: the run's tasks)")
     evaluate.add_argument("--split", choices=("train", "validation", "test"), default="test")
-    evaluate.add_argument("--gsm8k", type=int, default=0, metavar="N",
+    evaluate.add_argument("--gsm8k", type=_positive_int, default=0, metavar="N",
                           help="also score the first N GSM8K test problems by generation (exact final number)")
     evaluate.add_argument("--output", help="also write the results as JSON here (refuses to overwrite)")
     evaluate.add_argument("--harness", nargs="+", metavar="TASK",
@@ -151,6 +151,16 @@ def _add_bundle_command(commands: argparse._SubParsersAction) -> None:
     unpack = verbs.add_parser("unpack", help="verify every part against the manifest, then extract")
     unpack.add_argument("--dir", required=True, help="the folder written by `radargate bundle pack`")
     unpack.add_argument("--to", required=True, help="new (or empty) folder to extract into")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; give a whole number >= 1")
+    return value
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -48,12 +48,13 @@ def train(
     ``splits`` saves reloading the data when the caller already has ``load_splits(config)``.
     """
     run_dir = Path(run_dir or config.run_dir)
-    prepare_run_dir(run_dir, config, resume)
+    refuse_another_run(run_dir, config, resume)
     torch.manual_seed(config.train.seed)
     random.seed(config.train.seed)
     model, tokenizer = build_model(config)
     splits = splits or load_splits(config)
     check_lengths(tokenizer, (example for split in splits.values() for example in split), config.data.max_length)
+    write_run_config(run_dir, config)  # only now: a run that cannot start (a bad model, data) leaves no folder
     if not trains_anything(config):
         return model, tokenizer, TrainState()
     model, state = fit(config, model, tokenizer, splits, run_dir, resume=resume, show_progress=show_progress)
@@ -62,21 +63,24 @@ def train(
     return model, tokenizer, state
 
 
-def prepare_run_dir(run_dir: Path, config: ExperimentConfig, resume: bool) -> None:
-    """Make the run folder with its ``config.yaml``; an existing run is an error unless resumed with the
-    same settings. Every process checks before the main process writes, so all refuse or none does."""
-    saved = run_dir / "config.yaml"
-    if saved.is_file():
+def refuse_another_run(run_dir: Path, config: ExperimentConfig, resume: bool) -> None:
+    """An existing run is an error unless resumed with the same settings (every process checks, so all refuse or
+    none does)."""
+    if (run_dir / "config.yaml").is_file():
         if not resume:
             raise FileExistsError(
                 f"{run_dir} already holds a run; pass --resume to continue it, or choose another name"
             )
         check_same_run(run_dir, config)
+
+
+def write_run_config(run_dir: Path, config: ExperimentConfig) -> None:
+    """Make the run folder with its ``config.yaml``, once every process has passed ``refuse_another_run``."""
     group = processes()
     group.wait_for_everyone()
     if group.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(saved, config.to_yaml())
+        atomic_write_text(run_dir / "config.yaml", config.to_yaml())
     group.wait_for_everyone()
 
 

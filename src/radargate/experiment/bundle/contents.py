@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from radargate.experiment.bundle.wheels import DEFAULT_MODEL_WHEEL, is_default_model
-from radargate.experiment.config import ExperimentConfig
+from radargate.experiment.config import ExperimentConfig, StudySettings
 from radargate.experiment.data import gsm8k
 from radargate.experiment.data.bigbench import offline_files
 from radargate.experiment.loading import DEFAULT_MODEL
@@ -47,11 +47,13 @@ def bundle_files(config: ExperimentConfig, cache_dir: str | Path | None = None) 
 
 
 def _task_files(config: ExperimentConfig, cache_dir: str | Path | None) -> dict[str, Path | bytes]:
-    """The BIG-bench tasks the config reads (``data.tasks`` only without ``data.sources``) as a bundled cache."""
-    robustness = config.study.robustness
+    """The BIG-bench tasks the config reads, as a bundled cache: ``data.tasks`` unless ``data.sources`` replace
+    them, and the study's tasks where the config sets up a study (a ``study`` section other than the default)."""
+    study = config.study
     trained = [] if config.data.sources else config.data.tasks
-    tasks = list(dict.fromkeys([*trained, *config.study.unseen_tasks, *config.study.headline_tasks,
-                                *(robustness.unseen_tasks if robustness else [])]))
+    studied = [] if study == StudySettings() else [
+        *study.unseen_tasks, *study.headline_tasks, *(study.robustness.unseen_tasks if study.robustness else [])]
+    tasks = list(dict.fromkeys([*trained, *studied]))
     return {f"cache/{path}": source for path, source in offline_files(tasks, cache_dir).items()} if tasks else {}
 
 
