@@ -1,12 +1,12 @@
 """The ``radargate`` command line: thin, parses arguments, calls one harness function per verb, prints.
 
-    radargate train   --config configs/quickstart.yaml [--set train.steps=50] [--resume]
+    radargate train   --config configs/quickstart.yaml [--set train.steps=50] [--resume]   # runs/quickstart/
+    radargate compare --config configs/quickstart.yaml [--set compare.methods=[lora,radar]]   # runs/quickstart/<m>/
     radargate eval    --run runs/quickstart/radar [--tasks TASK ...] [--split test] [--set eval.batch_size=8]
-    radargate compare --config configs/quickstart.yaml [--set compare.methods=[lora,radar]]
     radargate study   --config configs/study.yaml
-    radargate eval    --run runs/quickstart/radar --harness radargate_winowhy --harness-include lm_eval_tasks/
-    radargate export-tasks --config configs/quickstart.yaml --out lm_eval_tasks/   # for lm_eval --include_path
-    radargate gates | radargate tasks
+    radargate export-tasks --config configs/custom_data.yaml --out lm_eval_tasks/   # multiple-choice splits
+    radargate eval    --run runs/custom_data --harness radargate_quiz --harness-include lm_eval_tasks/
+    radargate gates | radargate tasks   # tasks: the BIG-bench sdist, where it can be had
     radargate export-experts runs/quickstart/radar experts/   # each expert as a PEFT LoRA adapter, and the gates
     radargate bundle pack   --config configs/study_full.yaml --out bundle/   # everything a run needs offline
     radargate bundle unpack --dir bundle/ --to /tmp/radargate                # verify every part, then extract
