@@ -82,6 +82,10 @@ def test_a_users_multiple_choice_source_exports_and_scores_the_same_in_lm_eval(t
     out = tmp_path / "tasks"
     assert main(["export-tasks", "--config", str(config_path), "--out", str(out)]) == 0
     assert sorted(path.name for path in out.iterdir()) == ["radargate_quiz"]  # completion and chat have no choices
+    chosen = tmp_path / "chosen"  # --tasks names sources of such a config, as eval's does
+    assert main(["export-tasks", "--config", str(config_path), "--out", str(chosen), "--tasks", "quiz"]) == 0
+    assert (chosen / "radargate_quiz" / "test.jsonl").read_text() == (out / "radargate_quiz" / "test.jsonl").read_text()
+    assert main(["export-tasks", "--config", str(config_path), "--out", str(tmp_path / "x"), "--tasks", "quix"]) == 2
     model, tokenizer, config = model_to_evaluate(None, config_path)
     quiz = [example for example in load_splits(config)["test"] if example.task == "quiz"]
     ours = evaluate_examples(model, tokenizer, quiz, batch_size=4, max_length=config.data.max_length)

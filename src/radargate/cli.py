@@ -21,7 +21,6 @@ base without bitsandbytes, data the package index no longer serves);
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -97,7 +96,8 @@ def _add_export_commands(commands: argparse._SubParsersAction) -> None:
                                        "your own data) as lm-eval tasks (YAML + JSONL), for lm_eval --include_path")
     _add_config_arguments(export_tasks)
     export_tasks.add_argument("--out", required=True, help="new folder for the task folders")
-    export_tasks.add_argument("--tasks", nargs="+", help="BIG-bench tasks (default: the config's)")
+    export_tasks.add_argument("--tasks", nargs="+", help="BIG-bench tasks, or some of the config's data.sources by "
+                              "name (default: the config's)")
     export_tasks.add_argument("--split", choices=("train", "validation", "test"), default="test")
 
     export = commands.add_parser("export-experts", help="write each expert of a trained mixture as a PEFT LoRA "
@@ -264,13 +264,11 @@ def _eval_with_harness(args: argparse.Namespace, output: Path | None) -> int:
 
 def _export_tasks(args: argparse.Namespace) -> int:
     from radargate.experiment.config import ExperimentConfig
-    from radargate.experiment.data.custom import load_splits
+    from radargate.experiment.evaluate import task_splits
     from radargate.experiment.harness import export_tasks, multiple_choice_only
 
     config = ExperimentConfig.load(args.config, args.overrides)
-    if args.tasks:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, tasks=list(args.tasks)))
-    names = export_tasks(multiple_choice_only(load_splits(config)[args.split]), args.out, args.split)
+    names = export_tasks(multiple_choice_only(task_splits(config, args.tasks)[args.split]), args.out, args.split)
     print(f"wrote {len(names)} lm-eval tasks to {args.out}: {' '.join(names)}")
     print(f"score them with: lm_eval --model hf --model_args pretrained=... --include_path {args.out} "
           f"--tasks {','.join(names)}")

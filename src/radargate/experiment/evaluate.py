@@ -297,7 +297,7 @@ def evaluate_run(
     Returns the method's name and the results.
     """
     model, tokenizer, config = model_to_evaluate(run_dir, config_path, overrides)
-    examples = _examples_to_evaluate(config, tasks)[split]
+    examples = task_splits(config, tasks)[split]
     check_lengths(tokenizer, examples, config.data.max_length)
     result = evaluate_examples(model, tokenizer, examples, batch_size=config.eval.batch_size,
                                max_length=config.data.max_length,
@@ -307,8 +307,9 @@ def evaluate_run(
     return config.method, result
 
 
-def _examples_to_evaluate(config: ExperimentConfig, tasks: Sequence[str] | None) -> dict[str, list[Example]]:
-    """The splits of ``tasks``: BIG-bench tasks by default, the config's own sources when it has them."""
+def task_splits(config: ExperimentConfig, tasks: Sequence[str] | None) -> dict[str, list[Example]]:
+    """The splits of ``tasks`` (``--tasks`` of eval and export-tasks): BIG-bench task names for a BIG-bench config,
+    source names for a config with ``data.sources``; ``None``: the config's own."""
     data = config.data
     if not data.sources:
         return load_suite(tasks or data.tasks, seed=data.split_seed, max_per_split=data.caps,
