@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from radargate.cli import main
 from radargate.config import MoLoRAConfig
-from radargate.experiment.config import ExperimentConfig, method_names
+from radargate.experiment.config import READINGS, ExperimentConfig, method_names
 from radargate.gates import GATES
 
 
@@ -240,3 +240,12 @@ def test_the_yaml_file_may_use_plain_yaml_1_1_looking_values(tmp_path):
     path.write_text(yaml.safe_dump({"train": {"lr": "3e-4", "precision": "no"}}) + "name: off\n")
     config = ExperimentConfig.load(path)
     assert (config.train.lr, config.train.precision, config.name) == (3e-4, "no", "off")
+
+
+def test_gates_lists_every_method_a_config_may_name(capsys):
+    assert main(["gates"]) == 0
+    printed = capsys.readouterr().out
+    listed = {line.split()[0] for line in printed.splitlines() if line and not line.startswith(("Other", "Baselines"))}
+    assert listed == set(GATES) | set(READINGS)
+    assert "radar-sparse   the radar gate with adapter.stretch=topk" in printed
+    assert "Baselines: lora (PEFT's LoRA at rank num_experts * r), base (the untrained model)" in printed

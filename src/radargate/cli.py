@@ -332,9 +332,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _gates(args: argparse.Namespace) -> int:
+    from radargate.experiment.config.names import READINGS
+
     for name, gate in GATES.items():
         summary = (sys.modules[gate.__module__].__doc__ or "").strip().splitlines()
-        print(f"{name:10s} {summary[0] if summary else ''}")
+        print(f"{name:14s} {summary[0] if summary else ''}")
+    print("\nOther readings of RadarGate, methods of their own (docs/radargate.md):")
+    for name, settings in READINGS.items():
+        changed = ", ".join(f"adapter.{key}={value}" for key, value in settings.items())
+        print(f"{name:14s} the radar gate with {changed}")
+    print("\nBaselines: lora (PEFT's LoRA at rank num_experts * r), base (the untrained model)")
     return 0
 
 
