@@ -260,8 +260,6 @@ def _eval_with_harness(args: argparse.Namespace, output: Path | None) -> int:
     return 0
 
 
-
-
 def _export_tasks(args: argparse.Namespace) -> int:
     from radargate.experiment.config import ExperimentConfig
     from radargate.experiment.evaluate import task_splits

