@@ -60,13 +60,13 @@ def pytest_configure(config: pytest.Config) -> None:
 def use_fixture_cache():
     """Point ``RADARGATE_CACHE`` at a fresh cache whose BIG-bench is the stand-in (``tests/bigbench_fixture``).
 
-    The default model and GSM8K stay in the user's cache (linked), so they are fetched once, not per run.
-    Returns the clean-up.
+    The default model and GSM8K stay in the user's cache (linked), so they are fetched once, not per run. On a
+    fresh machine the links point at nothing yet: the first worker to need the model or GSM8K fetches it into the
+    user's cache (the loaders follow the link), the others wait for it (the loaders' locks). Returns the clean-up.
     """
-    real = cache_root()
+    real = cache_root().absolute()  # a relative link would point inside the test cache
     folder = Path(tempfile.mkdtemp(prefix="radargate-test-cache-"))
     for shared in (default_model_cache_path(real), real / "gsm8k"):
-        shared.mkdir(parents=True, exist_ok=True)
         (folder / shared.name).symlink_to(shared, target_is_directory=True)
     write_fixture_sdist(folder / "bigbench")
     os.environ[REAL_CACHE_ENV] = str(real)

