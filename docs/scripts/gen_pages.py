@@ -13,6 +13,7 @@ drift.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def config_page() -> str:
             lines += [f"{intro} (`{section.cls.__module__}.{section.cls.__name__}`)", ""]
         lines += ["| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
         for field in section.fields:
-            lines.append(f"| `{field.key}` | `{cell(field.type)}` | `{cell(field.default)}` | {cell(field.allowed)} | "
+            lines.append(f"| `{field.key}` | {code(field.type)} | {code(field.default)} | {cell(field.allowed)} | "
                          f"{cell(markdown(field.description) or reference.MISSING)} |")
     return "\n".join(lines) + "\n"
 
@@ -100,6 +101,9 @@ def api_page() -> str:
         "The library is what `import radargate` needs (it imports nothing from the experiment harness); the",
         "guide is [using the library](../library.md).",
     ]
+    lines += ["", "::: radargate", "    options:", "      members: false", "",  # its names are documented at home
+              "`import radargate` gives " + ", ".join(f"[`{name}`][{home}]" for name, home in reference.api_exports())
+              + "."]
     for module in reference.API_MODULES:
         lines += ["", f"::: {module}"]
     return "\n".join(lines) + "\n"
@@ -115,7 +119,13 @@ def markdown(text: str) -> str:
 
 
 def cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Text for a table cell: a ``|`` outside code would end the cell (inside code, Python-Markdown keeps it)."""
+    parts = re.split(r"(`[^`]*`)", text.replace("\n", " "))
+    return "".join(part if part.startswith("`") else part.replace("|", "\\|") for part in parts)
+
+
+def code(text: str) -> str:
+    return f"`{text}`" if text else ""
 
 
 main()

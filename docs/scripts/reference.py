@@ -44,8 +44,8 @@ COPIED_PAGES = {  # made by the code under reports/ and benchmarks/; the site sh
 COPIED_FOLDERS = {"reports/study_plots": "reports/study_plots", "reports/study_full_plots": "reports/study_full_plots"}
 GENERATED_PAGES = ("reference/cli.md", "reference/config.md", "reference/api.md", *COPIED_PAGES.values())
 
-API_MODULES = (  # the library (below the harness), then the integrations and the harness's config
-    "radargate", "radargate.config", "radargate.model", "radargate.layer", "radargate.experts", "radargate.gates",
+API_MODULES = (  # after ``radargate`` itself: the library (below the harness), the integrations, the harness's config
+    "radargate.config", "radargate.model", "radargate.layer", "radargate.experts", "radargate.gates",
     "radargate.gates.base", "radargate.gates.radar", "radargate.gates.signed", "radargate.gates.softmax",
     "radargate.gates.topk", "radargate.gates.uniform", "radargate.losses", "radargate.stats", "radargate.injection",
     "radargate.peft_interop", "radargate.checkpoint", "radargate.integrations", "radargate.errors",
@@ -254,6 +254,19 @@ def _constant_strings(node: ast.expr) -> list[str] | None:
 def _self_attributes(node: ast.expr) -> list[str]:
     return [n.attr for n in ast.walk(node)
             if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "self"]
+
+
+def api_exports() -> list[tuple[str, str]]:
+    """``radargate.__all__``, each name with the full path of where it is defined (documented there)."""
+    import radargate
+
+    found = []
+    for name in radargate.__all__:
+        value = getattr(radargate, name)
+        home = getattr(value, "__module__", None)
+        if home and home != "radargate" and not name.startswith("_"):
+            found.append((name, f"{home}.{name}"))
+    return found
 
 
 # ---- pages copied into the site --------------------------------------------------------------------------------
