@@ -61,7 +61,7 @@ def cli_page() -> str:
     for command in found:
         lines += ["", f"## `{command.name}` {{#{anchor(command.name)}}}", ""]
         if command.help:
-            lines += [command.help[0].upper() + command.help[1:] + ".", ""]
+            lines += [cell(command.help[0].upper() + command.help[1:]) + ".", ""]
         lines += ["```text", reference.help_text(command.parser).rstrip(), "```"]
     return "\n".join(lines) + "\n"
 
@@ -85,10 +85,15 @@ def config_page() -> str:
         lines += ["", f"## `{title}` {{#{anchor(title)}}}", ""]
         intro = section.summary or described.get(section.key.removesuffix("[]"), "")
         if intro:
-            lines += [f"{intro} (`{section.cls.__module__}.{section.cls.__name__}`)", ""]
+            lines += [intro, ""]
+        lines += [f"Defined by `{section.cls.__module__}.{section.cls.__name__}`.", ""]
         lines += ["| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
+        sections_by_key = {s.key.removesuffix("[]"): s.key for s in sections}
         for field in section.fields:
-            lines.append(f"| `{field.key}` | {code(field.type)} | {code(field.default)} | {cell(field.allowed)} | "
+            default = code(field.default)
+            if field.key in sections_by_key:  # a section of its own: point at its table
+                default = f"[its section](#{anchor(sections_by_key[field.key])})" + (f": {default}" if default else "")
+            lines.append(f"| `{field.key}` | {code(field.type)} | {default} | {cell(field.allowed)} | "
                          f"{cell(markdown(field.description) or reference.MISSING)} |")
     return "\n".join(lines) + "\n"
 
@@ -121,7 +126,8 @@ def markdown(text: str) -> str:
 def cell(text: str) -> str:
     """Text for a table cell: a ``|`` outside code would end the cell (inside code, Python-Markdown keeps it)."""
     parts = re.split(r"(`[^`]*`)", text.replace("\n", " "))
-    return "".join(part if part.startswith("`") else part.replace("|", "\\|") for part in parts)
+    return "".join(part if part.startswith("`") else
+                   part.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;") for part in parts)
 
 
 def code(text: str) -> str:

@@ -143,7 +143,7 @@ def _default_text(item: dataclasses.Field, inner: type | None) -> str:
     else:
         return "(required)"
     if inner is not None and dataclasses.is_dataclass(value):
-        return "(its section's defaults)"
+        return ""  # a section: its own table gives its defaults
     if isinstance(value, float):
         return repr(round(value, 6))
     text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
