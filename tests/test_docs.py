@@ -197,6 +197,7 @@ def command_lines(body: str) -> list[list[str]]:
     return invocations
 
 
+COMMANDS = reference.commands()
 SHELL = [(f"{where}: {' '.join(args)}", args) for where, body in blocks("bash") for args in command_lines(body)]
 
 
@@ -215,6 +216,10 @@ def test_command_in_the_docs_parses(where, args, capsys):
         parsed = build_parser().parse_args(args[1:])
     except SystemExit:
         pytest.fail(f"{where}: radargate refuses it: {capsys.readouterr().err.strip().splitlines()[-1]}")
+    parser = max((c.parser for c in COMMANDS if " ".join(args).startswith(c.name)), key=lambda p: len(p.prog))
+    options = {option for action in parser._actions for option in action.option_strings}
+    abbreviated = [token for token in args if token.startswith("--") and token.split("=")[0] not in options]
+    assert abbreviated == [], f"{where}: not options of {parser.prog} as written (argparse took a prefix)"
     config = getattr(parsed, "config", None)
     if config and "..." not in config and not Path(config).is_absolute():
         assert (ROOT / config).is_file(), f"{where}: no config file {config}"
