@@ -81,15 +81,6 @@ def config_sections() -> list[Section]:
     return sections
 
 
-def library_config() -> Section:
-    """``MoLoRAConfig`` as the library sees it (the same class is the ``adapter`` section)."""
-    from radargate.config import MoLoRAConfig
-
-    sections: list[Section] = []
-    _walk(MoLoRAConfig, "", sections)
-    return sections[0]
-
-
 def _walk(cls: type, key: str, sections: list[Section]) -> None:
     docs = field_docstrings(cls)
     allowed = allowed_values(cls)
