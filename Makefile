@@ -3,14 +3,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo bench test lint clean
+.PHONY: demo bench test lint docs clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned (here pip's index serves the CPU build; README says how to get it elsewhere).
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,trl,tracking,harness,quant,serve]'
+	$(PY) -m pip install -q -e '.[dev,trl,tracking,harness,quant,serve,docs]'
 	touch $(STAMP)
 
 # The main job: train PEFT LoRA, the softmax gate and RadarGate briefly on SmolLM2-135M and
@@ -35,6 +35,11 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# The documentation site (mkdocs-material, mkdocs.yml) into site/, strictly: a broken link, a missing page or a page
+# left out of the nav is an error. The reference pages are generated from the code as it builds (docs/scripts/).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(PY) -m mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -1,4 +1,6 @@
-"""The ``radargate`` command line: thin, parses arguments, calls one harness function per verb, prints.
+"""radargate trains mixtures of LoRA experts (RadarGate and the common gates) on a Hugging Face language model,
+compares them with PEFT's LoRA, evaluates, studies and serves them, each run described by one YAML config.
+Examples (`radargate COMMAND --help` for the options of each; the guides: docs/):
 
     radargate train   --config configs/quickstart.yaml [--set train.steps=50] [--resume]   # runs/quickstart/
     radargate compare --config configs/quickstart.yaml [--set compare.methods=[lora,radar]]   # runs/quickstart/<m>/
@@ -35,6 +37,8 @@ API_KEY_ENV = "RADARGATE_API_KEY"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; this module stays thin: it parses arguments, calls one harness function per verb
+    and prints (the module docstring is ``radargate --help``'s opening)."""
     parser = argparse.ArgumentParser(
         prog="radargate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -77,7 +81,8 @@ def _add_eval_command(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--config", help="a YAML config: evaluates its model without training (method base)")
     evaluate.add_argument("--tasks", nargs="+", help="BIG-bench multiple-choice tasks, or some of the config's "
                           "data.sources by name (default: the run's tasks)")
-    evaluate.add_argument("--split", choices=("train", "validation", "test"), default="test")
+    evaluate.add_argument("--split", choices=("train", "validation", "test"), default="test",
+                          help="which split of the tasks to score (default test)")
     evaluate.add_argument("--gsm8k", type=_positive_int, default=0, metavar="N",
                           help="also score the first N GSM8K test problems by generation (exact final number)")
     evaluate.add_argument("--output", help="also write the results as JSON here (refuses to overwrite)")
@@ -98,7 +103,8 @@ def _add_export_commands(commands: argparse._SubParsersAction) -> None:
     export_tasks.add_argument("--out", required=True, help="new folder for the task folders")
     export_tasks.add_argument("--tasks", nargs="+", help="BIG-bench tasks, or some of the config's data.sources by "
                               "name (default: the config's)")
-    export_tasks.add_argument("--split", choices=("train", "validation", "test"), default="test")
+    export_tasks.add_argument("--split", choices=("train", "validation", "test"), default="test",
+                              help="which split to write (default test)")
 
     export = commands.add_parser("export-experts", help="write each expert of a trained mixture as a PEFT LoRA "
                                  "adapter (OUT/expert_<i>/), and its gates (OUT/gate.safetensors, gate_config.json)")

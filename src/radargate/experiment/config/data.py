@@ -26,7 +26,9 @@ class SourceSettings:
     train_path: str = ""
     """Instead of ``path``: one file per split (``validation_path`` and ``test_path`` may be left empty)."""
     validation_path: str = ""
+    """With ``train_path``: the validation split's file (may be left empty)."""
     test_path: str = ""
+    """With ``train_path``: the test split's file (may be left empty)."""
     hub: str = ""
     """Instead of a path: a dataset name on the Hugging Face Hub, read with ``datasets.load_dataset``."""
     subset: str = ""
@@ -40,11 +42,17 @@ class SourceSettings:
     the ``split_column`` of each row; ``hash``: the content-hash split of BIG-bench; ``auto``: ``own`` when the data
     has splits, else ``hash``."""
     split_column: str = "split"
+    """With ``split: column``: the column naming each row's split (``train``, ``validation`` or ``test``)."""
     prompt_field: str = "prompt"
+    """``completion`` rows: the column of the prompt."""
     completion_field: str = "completion"
+    """``completion`` rows: the column of the completion (what is trained and scored)."""
     messages_field: str = "messages"
+    """``chat`` rows: the column of the messages (``role`` and ``content`` each)."""
     question_field: str = "question"
+    """``multiple_choice`` rows: the column of the question."""
     choices_field: str = "choices"
+    """``multiple_choice`` rows: the column of the choices (a list; in CSV, a JSON list)."""
     answer_field: str = "answer"
     """The right choice's 0-based index, or its text."""
     weight: float = 1.0
@@ -52,7 +60,9 @@ class SourceSettings:
     max_train: int | None = None
     """Caps on this source's splits; ``None``: ``data.max_<split>_per_task``."""
     max_validation: int | None = None
+    """Cap on this source's validation split; ``None``: ``data.max_validation_per_task``."""
     max_test: int | None = None
+    """Cap on this source's test split; ``None``: ``data.max_test_per_task``."""
 
     def __post_init__(self) -> None:
         label = f"data.sources[{self.name or '?'}]"
@@ -85,8 +95,11 @@ class DataSettings:
     split_seed: int = 0
     """Seed of the content-hash splits (``radargate.experiment.data.bigbench``)."""
     max_train_per_task: int | None = 1000
+    """Most training examples per task (those of smallest hash position); ``None``: all."""
     max_validation_per_task: int | None = 50
+    """Most validation examples per task; ``None``: all."""
     max_test_per_task: int | None = 100
+    """Most test examples per task; ``None``: all."""
     max_length: int = 256
     """Longest tokenised prompt + answer; longer BIG-bench prompts lose their beginning, longer rows of
     ``sources`` are an error."""

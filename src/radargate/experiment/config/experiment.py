@@ -27,17 +27,25 @@ class ExperimentConfig:
     name: str = "run"
     """Results go to ``<output_dir>/<name>/``."""
     output_dir: str = "runs"
+    """The folder that holds the run folders."""
     method: str = "radar"
     """What ``radargate train`` trains: ``lora``, ``base`` (nothing), a gate name, or a reading of RadarGate
     (``READINGS``). The one source of truth for the gate: ``adapter.gate`` (and a reading's settings) follow
     it and may only repeat it."""
     model: ModelSettings = field(default_factory=ModelSettings)
+    """The base model: which, in which dtype, quantized or not."""
     data: DataSettings = field(default_factory=DataSettings)
+    """What the run trains and is scored on: BIG-bench tasks or your own sources, their splits and caps."""
     adapter: MoLoRAConfig = field(default_factory=MoLoRAConfig)
+    """The mixture of LoRA experts (the library's ``MoLoRAConfig``); ``method`` sets its gate."""
     train: TrainSettings = field(default_factory=TrainSettings)
+    """How one run trains."""
     eval: EvalSettings = field(default_factory=EvalSettings)
+    """How a run is scored after training."""
     compare: CompareSettings = field(default_factory=CompareSettings)
+    """The methods ``radargate compare`` runs side by side."""
     study: StudySettings = field(default_factory=StudySettings)
+    """The scaling sweep of ``radargate study``."""
 
     def __post_init__(self) -> None:
         require_choice("method", self.method, method_names())

@@ -12,6 +12,7 @@ from radargate.validation import require_choice, require_int
 @dataclass
 class CompareSettings:
     methods: list[str] = field(default_factory=lambda: ["lora", "softmax", "radar"])
+    """The methods trained and compared, each with the same data, budget and seed."""
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -40,7 +41,9 @@ class RobustnessSettings:
     compared: list[str] = field(default_factory=lambda: ["topk", "radar", "signed"])
     """Methods run beside the best reading; a method the study itself searched keeps the study's rate."""
     experts: list[int] = field(default_factory=lambda: [8, 32])
+    """Numbers of experts the compared methods run at."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds, of which each entry of ``experts`` runs the first ``seed_counts``."""
     seed_counts: list[int] = field(default_factory=lambda: [3, 2])
     """How many of ``seeds`` (the first ones) run at each of ``experts``, in order."""
     unseen_tasks: list[str] = field(default_factory=lambda: list(UNSEEN_TASKS))
@@ -48,6 +51,7 @@ class RobustnessSettings:
     unseen_subset: list[str] = field(default_factory=lambda: list(UNSEEN_TASKS))
     """A named subset of ``unseen_tasks`` reported on its own: the study's original unseen tasks."""
     max_unseen_per_task: int = 40
+    """Most examples scored per unseen task."""
     cells_dir: str = ""
     """Its cell files; empty: ``<report_dir>/<name>_robustness_cells``."""
 
@@ -80,17 +84,24 @@ class StudySettings:
     """The scaling sweep of ``radargate study``: every method x experts x seed cell, per axis."""
 
     methods: list[str] = field(default_factory=lambda: ["lora", "softmax", "topk", "radar"])
+    """The methods of the sweep (the untrained base model is scored too)."""
     experts: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32])
+    """Numbers of experts n, each a column of the sweep."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds each method runs at each n."""
     axes: list[str] = field(default_factory=lambda: ["fixed_r"])
     """``fixed_r``: each expert keeps ``adapter.r``; ``fixed_total_rank``: ``r = total_rank / n``."""
     total_rank: int = 32
+    """Axis ``fixed_total_rank``: the experts' ranks add up to this."""
     unseen_tasks: list[str] = field(default_factory=lambda: list(UNSEEN_TASKS))
+    """BIG-bench tasks outside the training suite, each cell scored on them zero-shot."""
     max_unseen_per_task: int = 50
+    """Most examples scored per unseen task."""
     unseen_split: str = "all"
     """Which examples of an unseen task are scored: ``all`` (none was trained on, so every split is held out)
     or ``test`` (its test split only, 10% of the task)."""
     report_dir: str = "reports"
+    """Where the study's report (``<name>.md``, CSV, JSON, plots) is written."""
     cells_dir: str = ""
     """One small JSON file per finished cell (``radargate.experiment.cells``), meant to be committed;
     the report is rebuilt from these files alone. Empty: ``<report_dir>/<name>_cells``."""
@@ -98,6 +109,7 @@ class StudySettings:
     """Learning rates each method tries at ``lr_experts`` experts (first seed); every cell of the method then
     trains at the rate with the lowest validation answer NLL. Empty: ``train.lr`` for every method."""
     lr_experts: int = 8
+    """The number of experts at which the learning-rate search runs."""
     lr_extend: int = 1
     """Rates a method may try beyond the grid's end when its best rate lies there, one grid step at a time
     (``radargate.experiment.plan.searched_rates``); 0: the grid alone."""
@@ -105,7 +117,9 @@ class StudySettings:
     """The paper's per-task fitting experiment: each task trained alone at ``headline_experts`` experts by
     each of ``headline_methods`` (first seed, ``headline_steps`` steps). Empty: skipped."""
     headline_methods: list[str] = field(default_factory=lambda: ["softmax", "topk", "radar"])
+    """The methods of the per-task fitting experiment."""
     headline_experts: int = 8
+    """The number of experts in the per-task fitting experiment."""
     headline_steps: int | None = None
     """Steps of a headline cell (``None``: ``train.steps``)."""
     robustness: RobustnessSettings | None = None

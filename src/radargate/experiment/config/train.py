@@ -19,16 +19,22 @@ class TrainSettings:
     batch_size: int = 8
     """Sequences per device per micro-batch."""
     grad_accum: int = 1
+    """Micro-batches per optimizer step (gradient accumulation)."""
     lr: float = 2e-4
+    """Peak learning rate (after warm-up, before the cosine decay)."""
     weight_decay: float = 0.0
+    """The optimizer's weight decay."""
     optimizer: str = "adamw"
     """``adamw`` or ``sgd`` (momentum 0.9; its update is linear in the gradient, which makes runs comparable
     to float rounding: AdamW's first steps divide near-zero gradients by their own size)."""
     warmup_steps: int = 10
+    """Steps of linear warm-up of the learning rate."""
     max_grad_norm: float = 1.0
+    """Gradients are clipped to this total norm."""
     precision: str = "auto"
     """``auto``: bf16 autocast on a GPU that supports it, else full precision; or ``no``/``bf16``/``fp16``."""
     seed: int = 0
+    """Seed of the adapter's initialisation, the batches and dropout."""
     eval_every: int = 0
     """Validation accuracy every this many steps (0: only at the end)."""
     save_every: int = 50
