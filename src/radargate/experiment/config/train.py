@@ -32,7 +32,8 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     """Gradients are clipped to this total norm."""
     precision: str = "auto"
-    """``auto``: bf16 autocast on a GPU that supports it, else full precision; or ``no``/``bf16``/``fp16``."""
+    """``auto``: bf16 autocast where the hardware computes bf16 natively (a GPU that has it, a CPU with AVX512-BF16 or
+    AMX), else full precision; or ``no``/``bf16``/``fp16``."""
     seed: int = 0
     """Seed of the adapter's initialisation, the batches and dropout."""
     eval_every: int = 0
