@@ -10,6 +10,7 @@ import types
 import typing
 
 import pytest
+import torch
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from radargate.cli import main
 from radargate.config import MoLoRAConfig
 from radargate.experiment.config import READINGS, ExperimentConfig, method_names
+from radargate.experiment.evaluate import mixed_precision
 from radargate.gates import GATES
 
 
@@ -249,3 +251,14 @@ def test_gates_lists_every_method_a_config_may_name(capsys):
     assert listed == set(GATES) | set(READINGS)
     assert "radar-sparse   the radar gate with adapter.stretch=topk" in printed
     assert "Baselines: lora (PEFT's LoRA at rank num_experts * r), base (the untrained model)" in printed
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [(False, False, "no"), (True, False, "bf16"),
+                                                              (False, True, "bf16")])
+def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it_natively(monkeypatch, avx512_bf16, amx, expected):
+    """Emulated bf16 is several times slower than float32 on the CPU (an AVX2-only machine: 8x for a matmul)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert mixed_precision("auto") == expected
+    assert mixed_precision("bf16") == "bf16" and mixed_precision("no") == "no"
