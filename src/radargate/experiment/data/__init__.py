@@ -45,18 +45,18 @@ def fetch_distribution(project: str, filename: str, sha256: str, dest: Path) -> 
     installed (``pip download`` would prepare the sdist's metadata, which newer pips refuse for
     ``bigbench``). It is written atomically (``radargate.files``) and only once its sha256 matches the
     pinned one: an interrupted or wrong download never leaves a file behind. Processes that need it at once
-    take turns through a lock file in ``dest`` (resolved where ``dest`` is a symbolic link): one downloads, the
-    others then find the file.
+    take turns through a lock file beside ``dest`` (where ``dest`` is a symbolic link, beside the folder it
+    points at, which it creates): one downloads, the others then find the file.
     """
     target = dest / filename
     if target.is_file():
         return target
-    dest = dest.resolve()
-    dest.mkdir(parents=True, exist_ok=True)
-    with FileLock(dest / f".{filename}.lock"):
-        if not (dest / filename).is_file():
+    folder = dest.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder.parent / f".{filename}.lock"):
+        if not target.is_file():
             _download_checked(project, filename, sha256, dest)
-    return dest / filename
+    return target
 
 
 def _download_checked(project: str, filename: str, sha256: str, dest: Path) -> None:
