@@ -15,6 +15,7 @@ from radargate.experiment.cells import Cell, CellStore, cells_directory
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.bigbench import MCExample
 from radargate.experiment.data.held_out import _rank, held_out_tasks
+from radargate.experiment.plan import best_reading, headline_cells, sweep_cells
 from radargate.experiment.report.intervals import Difference, hierarchical_difference, paired_difference
 from radargate.experiment.report.study.robustness import (
     Comparison,
@@ -209,7 +210,7 @@ def test_best_reading_has_the_lowest_validation_nll_and_ignores_test_and_unseen_
         "radar": 1e-2, "radar-sparse": 1e-2, "radar-fusion": 1e-3, "signed": 1e-3}
     scores = robustness.reading_scores(config, study_store, store, rates)
     assert scores == {"radar": 1.1, "radar-sparse": 0.9, "radar-fusion": 1.0}
-    assert robustness.best_reading(scores) == "radar-sparse"  # although radar-fusion has the best test and unseen NLL
+    assert best_reading(scores) == "radar-sparse"  # although radar-fusion has the best test and unseen NLL
 
 
 def test_the_search_is_read_at_its_own_first_seed_and_the_default_reading_at_the_studys(tmp_path):
@@ -222,8 +223,8 @@ def test_the_search_is_read_at_its_own_first_seed_and_the_default_reading_at_the
 
 
 def test_no_reading_is_chosen_on_part_of_the_evidence_and_a_tie_goes_to_the_default():
-    assert robustness.best_reading({"radar": 1.0, "radar-sparse": None}) is None
-    assert robustness.best_reading({"radar-sparse": 0.7, "radar": 0.7, "radar-fusion": 0.8}) == "radar"
+    assert best_reading({"radar": 1.0, "radar-sparse": None}) is None
+    assert best_reading({"radar-sparse": 0.7, "radar": 0.7, "radar-fusion": 0.8}) == "radar"
 
 
 def test_decisive_cells_run_the_best_reading_beside_the_compared_at_each_n_with_its_seeds(tmp_path):
@@ -264,7 +265,7 @@ def test_the_study_command_runs_the_protocol_and_reports_it(config_file, tmp_pat
     scores = {"radar": study_radar["metrics"]["validation"][-1]["macro_answer_nll"],
               "radar-sparse": validation["radar-sparse-n2-r2-s0-lr0.01"]}
     report = (tmp_path / "reports" / "tiny.md").read_text()
-    assert f"The best reading is **{robustness.best_reading(scores)}**." in report
+    assert f"The best reading is **{best_reading(scores)}**." in report
     assert "## Robustness" in report and "signed - radar" in report and "radar-sparse - radar" not in report
     again = subprocess.run(command, capture_output=True, text=True, check=False)
     assert again.returncode == 0 and "done" not in again.stderr  # nothing trained the second time
@@ -327,3 +328,46 @@ def test_a_replay_that_step_4_calls_for_is_reported_against_the_studys_task_cell
     assert "radar-sparse fits better than every other gate in 1 of 2 tasks (50%" in text
     assert "against softmax better in 1, no detectable difference in 1, worse in 0" in text
     assert "against radar" not in text  # the default reading's replay is the study's, not compared here
+
+
+# -- a design in blocks, and the best reading in the fitting experiment (the reasoning-gym protocol) -------------
+
+GRIDS = ["study.methods=[lora,topk,radar,radar-sparse,signed]", "study.experts=[2,8,32]", "study.seeds=[0,1,2]",
+         "study.grids=[{experts: [8], seeds: [0, 1, 2]}, {experts: [32], seeds: [0, 1]},"
+         " {experts: [2], seeds: [0, 1], methods: [lora, topk, radar]}]"]
+
+
+def test_grids_run_each_block_and_nothing_else():
+    config = ExperimentConfig.load(None, GRIDS)
+    rates = dict.fromkeys(config.study.methods, 1e-3)
+    cells = {(cell.method, cell.n, cell.seed) for cell in sweep_cells(config, rates)["fixed_r"]}
+    methods = config.study.methods
+    expected = ({(m, 8, s) for m in methods for s in (0, 1, 2)} | {(m, 32, s) for m in methods for s in (0, 1)}
+                | {(m, 2, s) for m in ("lora", "topk", "radar") for s in (0, 1)})
+    assert cells == expected and len(cells) == 15 + 10 + 6
+
+
+@pytest.mark.parametrize(("grid", "message"), [
+    ("{experts: [4], seeds: [0]}", r"study\.grids names experts \[4\], which are not in study\.experts=\[2, 8, 32\]"),
+    ("{experts: [8], seeds: [5]}", r"study\.grids names seeds \[5\]"),
+    ("{experts: [8], seeds: [0], methods: [softmax]}", r"study\.grids names methods \['softmax'\]"),
+    ("{experts: [8]}", r"needs experts and seeds")])
+def test_a_grid_outside_the_studys_lists_is_named(grid, message):
+    with pytest.raises(ValueError, match=message):
+        ExperimentConfig.load(None, [*GRIDS[:3], f"study.grids=[{grid}]"])
+
+
+def test_the_best_reading_joins_the_fitting_experiment_once_the_search_has_chosen_it(tmp_path):
+    config = ExperimentConfig.load(None, [*GRIDS, "study.lr_grid=[1e-3,1e-2]", "study.lr_extend=0",
+                                          "study.headline_tasks=[navigate]",
+                                          "study.headline_methods=[topk,radar,best-reading]",
+                                          f"study.report_dir={tmp_path}"])
+    store = CellStore(cells_directory(config))
+    rates = dict.fromkeys(config.study.methods, 1e-2)
+    assert [cell.method for cell in headline_cells(config, rates, store)] == ["topk", "radar"]  # not chosen yet
+    validation = {"radar": 1.0, "radar-sparse": 0.9, "topk": 0.1, "signed": 0.2}  # topk, signed: not readings
+    for method, nll in validation.items():
+        cells_module.write_record(store, _record(Cell(method, 8, config.adapter.r, 0, 1e-2), config, nll))
+    assert [cell.method for cell in headline_cells(config, rates, store)] == ["topk", "radar", "radar-sparse"]
+    cells_module.write_record(store, _record(Cell("radar", 8, config.adapter.r, 0, 1e-2), config, 0.5))
+    assert [cell.method for cell in headline_cells(config, rates, store)] == ["topk", "radar"]  # radar is the best

@@ -8,8 +8,11 @@ from typing import Any
 
 from radargate.experiment.cells import Cell, CellStore
 from radargate.experiment.config import ExperimentConfig
+from radargate.experiment.config.names import READINGS
+from radargate.experiment.config.study import BEST_READING
 
 BASE = Cell("base")
+DEFAULT_READING = "radar"
 
 
 def learning_rate_cells(config: ExperimentConfig, store: CellStore | None = None) -> list[Cell]:
@@ -113,12 +116,45 @@ def sweep_cells(config: ExperimentConfig, rates: Mapping[str, float | None]) -> 
         ranks = {n: (study.total_rank // n if axis == "fixed_total_rank" else config.adapter.r) for n in study.experts
                  if axis == "fixed_r" or study.total_rank % n == 0}
         axes[axis] = [Cell(method, n, r, seed, rates[method]) for seed in study.seeds for n, r in ranks.items()
-                      for method in study.methods if rates.get(method) is not None]
+                      for method in study.methods
+                      if rates.get(method) is not None and study.in_sweep(method, n, seed)]
     return axes
 
 
-def headline_cells(config: ExperimentConfig, rates: Mapping[str, float | None]) -> list[Cell]:
+def headline_cells(config: ExperimentConfig, rates: Mapping[str, float | None],
+                   store: CellStore | None = None) -> list[Cell]:
+    """Each of ``study.headline_tasks`` trained alone by each headline method; ``best-reading`` stands for the
+    reading :func:`searched_best_reading` picks from the search's cells in ``store`` (left out while unknown)."""
     study = config.study
+    methods = [searched_best_reading(config, store, rates) if method == BEST_READING else method
+               for method in study.headline_methods]
     return [Cell(method, study.headline_experts, config.adapter.r, study.seeds[0], rates[method], task,
                  study.headline_steps)
-            for task in study.headline_tasks for method in study.headline_methods if rates.get(method) is not None]
+            for task in study.headline_tasks for method in dict.fromkeys(methods)
+            if method is not None and rates.get(method) is not None]
+
+
+def searched_best_reading(config: ExperimentConfig, store: CellStore | None,
+                          rates: Mapping[str, float | None]) -> str | None:
+    """Among the study's readings of RadarGate (``radar`` and those of ``READINGS`` in ``study.methods``), the one
+    with the lowest validation answer NLL at its chosen rate (``study.lr_experts`` experts, first seed), by
+    :func:`best_reading`. A reading whose every rate diverged is out."""
+    readings = [method for method in config.study.methods
+                if (method == DEFAULT_READING or method in READINGS) and rates.get(method) is not None]
+    if store is None or not readings:
+        return None
+    scores = {}
+    for method in readings:
+        record = store.load(Cell(method, config.study.lr_experts, config.adapter.r, config.study.seeds[0],
+                                 rates[method]), config)
+        scores[method] = validation_answer_nll(record) if record is not None else None
+    return best_reading(scores)
+
+
+def best_reading(scores: Mapping[str, float | None]) -> str | None:
+    """The reading with the lowest validation answer NLL (the default reading on a tie, then the order given);
+    ``None`` while a reading has no score yet, so that nothing is chosen on part of the evidence."""
+    if any(score is None for score in scores.values()):
+        return None
+    order = list(scores)
+    return min(order, key=lambda method: (scores[method], method != DEFAULT_READING, order.index(method)))

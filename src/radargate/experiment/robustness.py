@@ -23,10 +23,14 @@ from pathlib import Path
 from radargate.experiment.cells import Cell, CellStore, evaluation
 from radargate.experiment.config import READINGS, ExperimentConfig, RobustnessSettings
 from radargate.experiment.data.held_out import bigbench_held_out_tasks
-from radargate.experiment.plan import headline_cells, learning_rate_cells, learning_rates, validation_answer_nll
+from radargate.experiment.plan import (
+    DEFAULT_READING,
+    headline_cells,
+    learning_rate_cells,
+    learning_rates,
+    validation_answer_nll,
+)
 from radargate.experiment.report.intervals import paired_difference
-
-DEFAULT_READING = "radar"
 
 
 def settings(config: ExperimentConfig) -> RobustnessSettings:
@@ -82,15 +86,6 @@ def reading_scores(config: ExperimentConfig, study_store: CellStore, store: Cell
             record = where.load(cell, source)
         scores[method] = validation_answer_nll(record) if record is not None else None
     return scores
-
-
-def best_reading(scores: Mapping[str, float | None]) -> str | None:
-    """The reading with the lowest validation answer NLL (the default reading on a tie, then the order given);
-    ``None`` while a reading has no score yet, so that nothing is chosen on part of the evidence."""
-    if any(score is None for score in scores.values()):
-        return None
-    order = list(scores)
-    return min(order, key=lambda method: (scores[method], method != DEFAULT_READING, order.index(method)))
 
 
 def decisive_cells(config: ExperimentConfig, best: str, chosen: Mapping[str, float | None]) -> list[Cell]:

@@ -40,7 +40,14 @@ from radargate.experiment import robustness
 from radargate.experiment.cells import Cell, CellStore, cells_directory, run_cell, write_record
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.custom import load_splits
-from radargate.experiment.plan import BASE, headline_cells, learning_rate_cells, learning_rates, sweep_cells
+from radargate.experiment.plan import (
+    BASE,
+    best_reading,
+    headline_cells,
+    learning_rate_cells,
+    learning_rates,
+    sweep_cells,
+)
 from radargate.experiment.report.study import write_study_report
 from radargate.logs import quiet_bitsandbytes_kernel_hint
 
@@ -59,7 +66,7 @@ def study(config: ExperimentConfig, *, workers: int = 1, time_limit_s: float | N
             sweep = _unique(cell for cells in sweep_cells(config, rates).values() for cell in cells)
             early = config.study.seeds[:2]
             runner.run([cell for cell in sweep if cell.seed in early])
-            runner.run(headline_cells(config, rates))
+            runner.run(headline_cells(config, rates, store))
             runner.run([cell for cell in sweep if cell.seed not in early])
             if config.study.robustness is not None:
                 _run_robustness(config, store, runner)
@@ -79,7 +86,7 @@ def _run_robustness(config: ExperimentConfig, study_store: CellStore, study_runn
         for _ in range(config.study.lr_extend):
             runner.run(robustness.search_cells(config, store))
         chosen = robustness.rates(config, study_store, store)
-        best = robustness.best_reading(robustness.reading_scores(config, study_store, store, chosen or {}))
+        best = best_reading(robustness.reading_scores(config, study_store, store, chosen or {}))
         if chosen is None or best is None:
             return
         decisive = robustness.decisive_cells(config, best, chosen)

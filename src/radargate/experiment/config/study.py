@@ -79,6 +79,28 @@ class RobustnessSettings:
         require_int("study.robustness.max_unseen_per_task", self.max_unseen_per_task, minimum=1)
 
 
+BEST_READING = "best-reading"
+"""In ``study.headline_methods``: the reading of RadarGate with the lowest validation answer NLL in the
+learning-rate search (radar on a tie), known once that search has run."""
+
+
+@dataclass
+class GridSettings:
+    """One block of the sweep: ``methods`` x ``experts`` x ``seeds`` (a design that is not one full product, such
+    as fewer seeds at a large n, or a few methods at a small one, is several blocks)."""
+
+    experts: list[int] = field(default_factory=list)
+    """Numbers of experts, each one of ``study.experts``."""
+    seeds: list[int] = field(default_factory=list)
+    """Seeds, each one of ``study.seeds``."""
+    methods: list[str] = field(default_factory=list)
+    """Methods, each one of ``study.methods``; empty: all of them."""
+
+    def __post_init__(self) -> None:
+        if not (self.experts and self.seeds):
+            raise ValueError(f"study.grids entry {self.experts=}, {self.seeds=} needs experts and seeds")
+
+
 @dataclass
 class StudySettings:
     """The scaling sweep of ``radargate study``: every method x experts x seed cell, per axis."""
@@ -89,6 +111,8 @@ class StudySettings:
     """Numbers of experts n, each a column of the sweep."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds each method runs at each n."""
+    grids: list[GridSettings] = field(default_factory=list)
+    """The sweep's blocks (:class:`GridSettings`); empty: one block, every method x ``experts`` x ``seeds``."""
     axes: list[str] = field(default_factory=lambda: ["fixed_r"])
     """``fixed_r``: each expert keeps ``adapter.r``; ``fixed_total_rank``: ``r = total_rank / n``."""
     total_rank: int = 32
@@ -143,7 +167,10 @@ class StudySettings:
             if not lr > 0:
                 raise ValueError(f"study.lr_grid holds lr={lr!r}; every learning rate must be > 0")
         for method in self.headline_methods:
-            require_choice("study.headline_methods", method, [m for m in method_names() if m != "base"])
+            require_choice("study.headline_methods", method, [*(m for m in method_names() if m != "base"),
+                                                              BEST_READING])
+        for grid in self.grids:
+            self._check_grid(grid)
         require_int("study.lr_experts", self.lr_experts, minimum=1)
         require_int("study.lr_extend", self.lr_extend, minimum=0)
         if len(self.lr_grid) == 1 and self.lr_extend:
@@ -154,6 +181,20 @@ class StudySettings:
             require_int("study.headline_steps", self.headline_steps, minimum=1)
         if self.robustness is not None:
             self._check_robustness(self.robustness)
+
+    def _check_grid(self, grid: GridSettings) -> None:
+        for name, values, allowed in (("experts", grid.experts, self.experts), ("seeds", grid.seeds, self.seeds),
+                                      ("methods", grid.methods, self.methods)):
+            outside = [value for value in values if value not in allowed]
+            if outside:
+                raise ValueError(f"study.grids names {name} {outside}, which are not in study.{name}={allowed}")
+
+    def in_sweep(self, method: str, n: int, seed: int) -> bool:
+        """Whether the sweep runs ``method`` at ``n`` experts with ``seed`` (every combination without grids)."""
+        if not self.grids:
+            return True
+        return any(n in grid.experts and seed in grid.seeds and (not grid.methods or method in grid.methods)
+                   for grid in self.grids)
 
     def _check_robustness(self, robustness: RobustnessSettings) -> None:
         """Its protocol chooses on the learning-rate search, and every compared method needs a rate from a search."""

@@ -51,5 +51,5 @@ def gather(config: ExperimentConfig, store: CellStore) -> Gathered:
     if rates is not None:
         found.sweep = {axis: {cell: store.load(cell, config) for cell in cells}
                        for axis, cells in sweep_cells(config, rates).items()}
-        found.headline = {cell: store.load(cell, config) for cell in headline_cells(config, rates)}
+        found.headline = {cell: store.load(cell, config) for cell in headline_cells(config, rates, store)}
     return found

@@ -16,7 +16,7 @@ from radargate.experiment import robustness
 from radargate.experiment.cells import Cell, CellStore, cells_directory, evaluation
 from radargate.experiment.config import READINGS, ExperimentConfig
 from radargate.experiment.evaluate import mean
-from radargate.experiment.plan import learning_rates
+from radargate.experiment.plan import best_reading, learning_rates
 from radargate.experiment.report.comparison import markdown_table
 from radargate.experiment.report.format import VERDICT_SHORT, number, signed_difference
 from radargate.experiment.report.intervals import Difference, hierarchical_difference, paired_difference
@@ -96,7 +96,7 @@ def gather(config: ExperimentConfig, study_store: CellStore, softmax: dict[int, 
     provisional = rates or {**(learning_rates(config, study_store) or {}),
                             **(learning_rates(derived, store, provisional=True) or {})}
     scores = robustness.reading_scores(config, study_store, store, provisional) if provisional else {}
-    best = robustness.best_reading(scores) if rates is not None else None
+    best = best_reading(scores) if rates is not None else None
     search = {cell: store.load(cell, derived) for cell in robustness.search_cells(config, store)}
     found = Found(config, rates, scores, best, search, softmax=softmax, study_replay=study_replay)
     if best is not None:
