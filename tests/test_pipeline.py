@@ -18,9 +18,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 import radargate.experiment.train as train_module
 from radargate.cli import main
 from radargate.experiment.config import ExperimentConfig
-from radargate.experiment.data.bigbench import MCExample
-from radargate.experiment.data.custom import load_splits
+from radargate.experiment.data.examples import MCExample
 from radargate.experiment.data.gsm8k import GSM8KExample, is_correct
+from radargate.experiment.data.sources import load_splits
 from radargate.experiment.evaluate import (
     _aggregate,
     _choice_records,

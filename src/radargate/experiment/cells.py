@@ -23,7 +23,7 @@ from typing import Any
 from radargate import __version__
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.bigbench import load_suite
-from radargate.experiment.data.custom import load_splits
+from radargate.experiment.data.sources import load_splits
 from radargate.experiment.evaluate import METRICS, autocast_dtype, evaluate_examples
 from radargate.experiment.methods import load_trained
 from radargate.experiment.run import config_differences, run_or_record_failure

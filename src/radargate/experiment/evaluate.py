@@ -29,9 +29,10 @@ from transformers.utils import ModelOutput
 
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.batching import IGNORE_INDEX, answer_logprobs, collate, pair_ids
-from radargate.experiment.data.bigbench import MCExample, load_suite
-from radargate.experiment.data.custom import Example, check_lengths, encode_example, load_splits
+from radargate.experiment.data.bigbench import load_suite
+from radargate.experiment.data.examples import Example, MCExample, encode_example
 from radargate.experiment.data.gsm8k import GSM8KExample, is_correct, load_gsm8k_test
+from radargate.experiment.data.sources import check_lengths, load_splits
 from radargate.experiment.methods import model_to_evaluate
 
 

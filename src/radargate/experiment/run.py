@@ -23,7 +23,8 @@ from transformers import PreTrainedTokenizerBase
 
 from radargate.errors import TrainingDiverged
 from radargate.experiment.config import ExperimentConfig
-from radargate.experiment.data.custom import Example, check_lengths, load_splits
+from radargate.experiment.data.examples import Example
+from radargate.experiment.data.sources import check_lengths, load_splits
 from radargate.experiment.evaluate import autocast_dtype, evaluate_examples
 from radargate.experiment.methods import build_model, describe_adapter, trainable_parameters, trains_anything
 from radargate.experiment.model_card import write_model_card

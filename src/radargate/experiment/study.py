@@ -39,7 +39,7 @@ import torch
 from radargate.experiment import robustness
 from radargate.experiment.cells import Cell, CellStore, cells_directory, run_cell, write_record
 from radargate.experiment.config import ExperimentConfig
-from radargate.experiment.data.custom import load_splits
+from radargate.experiment.data.sources import load_splits
 from radargate.experiment.plan import BASE, headline_cells, learning_rate_cells, learning_rates, sweep_cells
 from radargate.experiment.report.study import write_study_report
 from radargate.logs import quiet_bitsandbytes_kernel_hint

@@ -68,6 +68,10 @@ def _typed(name: str, value: Any, kind: Any) -> Any:
         kind = options[0]
     if dataclasses.is_dataclass(kind):  # an optional section such as model.quantization
         return build(kind, value, prefix=f"{name}.")
+    if typing.get_origin(kind) is dict:  # free-form settings (a generator's own): their reader types the values
+        if not isinstance(value, dict):
+            raise ValueError(f"{name}={value!r} is not allowed; expected a mapping such as {{key: value}}")
+        return dict(value)
     if typing.get_origin(kind) is list:
         if not isinstance(value, list):
             raise ValueError(f"{name}={value!r} is not allowed; expected a list such as [a, b]")
