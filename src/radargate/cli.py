@@ -382,13 +382,20 @@ def _bundle_unpack(args: argparse.Namespace) -> int:
 
 
 def _accuracy_table(method: str, result: dict) -> str:
-    """Per-task test accuracy (plain and length-normalised) and answer NLL of one method, with counts and the
-    macro row; ``-`` where a task has no accuracy (completion and chat sources are scored by NLL alone)."""
-    rows = [(task, r["n"], r["acc"], r["acc_norm"], r["answer_nll"]) for task, r in result["per_task"].items()]
-    rows.append(("macro", result["n"], result["macro_acc"], result["macro_acc_norm"], result["macro_answer_nll"]))
-    lines = [f"| task ({method}) | n | acc (%) | acc_norm (%) | answer NLL |", "|---|---|---|---|---|"]
-    lines += [f"| {task} | {n} | {_shown(acc, 100, '.1f')} | {_shown(norm, 100, '.1f')} | {_shown(nll, 1, '.3f')} |"
-              for task, n, acc, norm, nll in rows]
+    """Per-task test accuracy (plain and length-normalised), answer NLL and, where there are completion rows, exact
+    match of one method, with counts and the macro row; ``-`` where a task lacks a metric (completion and chat
+    sources have no accuracy, only completions have exact match)."""
+    metrics = [("acc (%)", "acc", 100, ".1f"), ("acc_norm (%)", "acc_norm", 100, ".1f"),
+               ("answer NLL", "answer_nll", 1, ".3f")]
+    if result.get("macro_exact_match") is not None:
+        metrics.append(("exact match (%)", "exact_match", 100, ".1f"))
+    rows = [(task, r["n"], [r.get(key) for _, key, _, _ in metrics]) for task, r in result["per_task"].items()]
+    rows.append(("macro", result["n"], [result.get(f"macro_{key}") for _, key, _, _ in metrics]))
+    lines = [f"| task ({method}) | n | {' | '.join(header for header, *_ in metrics)} |",
+             "|---|---|" + "---|" * len(metrics)]
+    lines += [f"| {task} | {n} | " + " | ".join(_shown(value, scale, spec) for value, (_, _, scale, spec)
+                                               in zip(values, metrics, strict=True)) + " |"
+              for task, n, values in rows]
     return "\n".join(lines)
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from radargate.experiment import robustness
-from radargate.experiment.cells import Cell, CellStore, cells_directory, run_cell, write_record
+from radargate.experiment.cells import Cell, CellStore, cells_directory, run_cell, study_data_versions, write_record
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.sources import load_splits
 from radargate.experiment.plan import BASE, headline_cells, learning_rate_cells, learning_rates, sweep_cells
@@ -116,6 +116,8 @@ class CellRunner:
 
     def run(self, cells: list[Cell]) -> None:
         missing = _unique(cell for cell in cells if self.store.load(cell, self.config) is None)
+        if missing:  # new cells must be made from the same generated rows as the ones already there
+            self.store.check_versions(study_data_versions(self.config), "the installed packages")
         if self.workers == 1 or len(missing) <= 1:
             for index, cell in enumerate(missing):
                 if self._out_of_time():
@@ -153,7 +155,7 @@ class CellRunner:
 
     def _splits_for(self, cell: Cell) -> dict[str, list]:
         config = cell.config(self.config)
-        key = tuple(config.data.tasks)
+        key = tuple(config.data.task_names)
         if key not in self.splits:
             self.splits[key] = load_splits(config)
         return self.splits[key]

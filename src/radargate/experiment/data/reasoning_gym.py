@@ -156,7 +156,8 @@ def completion_rows(source: SourceSettings) -> list[dict[str, str]]:
     for number, entry in enumerate(entries(source.task, size=size, seed=source_seed(source), config=source.config)):
         question, answer = entry.get("question"), entry.get("answer")
         if not isinstance(question, str) or answer is None:
-            raise ValueError(f"reasoning_gym task {source.task!r} entry {number} has question={question!r} and "
-                             f"answer={answer!r}; a completion row needs both as text")
+            shown = f"{question[:60]!r}..." if isinstance(question, str) and len(question) > 60 else repr(question)
+            raise ValueError(f"reasoning_gym task {source.task!r} entry {number} has question {shown} and answer "
+                             f"{answer!r}; a completion row needs both as text (this generator cannot be a source)")
         rows.setdefault(question, {"prompt": question.rstrip() + ANSWER_CUE, "completion": " " + str(answer)})
     return list(rows.values())

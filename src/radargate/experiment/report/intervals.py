@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-HIGHER_IS_BETTER = {"acc": True, "acc_norm": True, "answer_nll": False}
+HIGHER_IS_BETTER = {"acc": True, "acc_norm": True, "answer_nll": False, "exact_match": True}
 """Per-example metrics of ``evaluate.evaluate_examples`` and their direction."""
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
