@@ -198,3 +198,16 @@ def test_teacher_forced_exact_match_agrees_with_greedy_generation():
         greedy = {example.id: float(greedy_begins_with_answer(model, tokenizer, example)) for example in examples}
     assert taught == greedy
     assert 0 < sum(greedy.values()) < len(greedy)  # some right, some wrong
+
+
+def test_tasks_lists_every_generator_with_its_median_lengths_through_the_cli():
+    status, out, err = run_cli("tasks", "--reasoning-gym")
+    assert status == 0, err
+    cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines()
+             if line.startswith("| ") and not line.startswith("| generator")]
+    rows = {row[0]: row for row in cells}
+    assert sorted(rows) == rg.generators() and len(rows) > 100
+    _, prompt, answer, _ = rows["basic_arithmetic"]
+    assert 5 < float(prompt) < 60 and 1 <= float(answer) < 10
+    assert rows["propositional_logic"][1:3] == ["-", "-"]
+    assert "without a text question and answer" in rows["propositional_logic"][3]

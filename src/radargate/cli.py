@@ -131,7 +131,11 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
 def _add_listing_commands(commands: argparse._SubParsersAction) -> None:
     """``gates`` and ``tasks``."""
     commands.add_parser("gates", help="list the registered gates")
-    tasks = commands.add_parser("tasks", help="list the BIG-bench multiple-choice tasks (fetches BIG-bench once)")
+    tasks = commands.add_parser("tasks", help="list the BIG-bench multiple-choice tasks (fetches BIG-bench once), or "
+                                "reasoning-gym's generators")
+    tasks.add_argument("--reasoning-gym", action="store_true",
+                       help="instead, reasoning-gym's generators with the median prompt and answer lengths in tokens "
+                            "of 20 entries each (the config's model's tokenizer; default settings and seeds)")
     tasks.add_argument("--held-out", type=int, metavar="FAMILIES",
                        help="instead, the unseen tasks for a study by the written rule: its unseen tasks plus this "
                             "many task families it neither trains on nor replays (radargate.experiment.data.held_out)")
@@ -346,6 +350,8 @@ def _gates(args: argparse.Namespace) -> int:
 def _tasks(args: argparse.Namespace) -> int:
     from radargate.experiment.data.bigbench import list_tasks
 
+    if args.reasoning_gym:
+        return _reasoning_gym_tasks(args)
     if args.held_out is not None:
         from radargate.experiment.config import ExperimentConfig
         from radargate.experiment.robustness import study_held_out_tasks
@@ -355,6 +361,21 @@ def _tasks(args: argparse.Namespace) -> int:
         return 0
 
     print("\n".join(list_tasks()))
+    return 0
+
+
+def _reasoning_gym_tasks(args: argparse.Namespace) -> int:
+    from radargate.experiment.config import ExperimentConfig
+    from radargate.experiment.data.reasoning_gym import generator_lengths, version
+    from radargate.experiment.loading import load_model_and_tokenizer
+
+    config = ExperimentConfig.load(args.config, args.overrides)
+    tokenizer = load_model_and_tokenizer(config.model.name)[1]
+    print(f"reasoning-gym {version()}: median tokens over 20 entries per generator (default settings and seed; "
+          f"{config.model.name}'s tokenizer; the answer without its end-of-sequence token)\n")
+    print("| generator | prompt tokens | answer tokens | note |\n|---|---|---|---|")
+    for task, prompt, answer, note in generator_lengths(tokenizer):
+        print(f"| {task} | {_shown(prompt, 1, 'g')} | {_shown(answer, 1, 'g')} | {note} |")
     return 0
 
 

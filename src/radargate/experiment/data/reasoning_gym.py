@@ -156,8 +156,38 @@ def completion_rows(source: SourceSettings) -> list[dict[str, str]]:
     for number, entry in enumerate(entries(source.task, size=size, seed=source_seed(source), config=source.config)):
         question, answer = entry.get("question"), entry.get("answer")
         if not isinstance(question, str) or answer is None:
-            shown = f"{question[:60]!r}..." if isinstance(question, str) and len(question) > 60 else repr(question)
-            raise ValueError(f"reasoning_gym task {source.task!r} entry {number} has question {shown} and answer "
-                             f"{answer!r}; a completion row needs both as text (this generator cannot be a source)")
+            raise ValueError(f"reasoning_gym task {source.task!r} gives entries without a text question and answer "
+                             f"(entry {number}: answer {answer!r}; it is scored by its own checker), so it cannot be "
+                             "a completion source")
         rows.setdefault(question, {"prompt": question.rstrip() + ANSWER_CUE, "completion": " " + str(answer)})
     return list(rows.values())
+
+
+def generator_lengths(tokenizer, *, sample: int = 20) -> list[tuple[str, float | None, float | None, str]]:
+    """``(generator, median prompt tokens, median answer tokens, note)`` for every generator, from ``sample``
+    entries at its default settings and seed (what ``radargate tasks --reasoning-gym`` prints).
+
+    Prompt tokens as trained (with the tokenizer's special tokens), answer tokens of ``" " + answer`` without the
+    end-of-sequence token. A generator that fails (one needs settings, some give no answer) gets ``None`` and the
+    reason in ``note``; what generators print is swallowed.
+    """
+    import contextlib
+    import io
+    import statistics
+
+    from radargate.experiment.config import SourceSettings
+
+    table = []
+    for task in generators():
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                rows = completion_rows(SourceSettings(name=task, package="reasoning_gym", task=task, size=sample))
+        except Exception as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            table.append((task, None, None, reason.removeprefix(f"reasoning_gym task {task!r} ")))
+            continue
+        prompts = [len(tokenizer(row["prompt"], add_special_tokens=True)["input_ids"]) for row in rows]
+        answers = [len(tokenizer(row["completion"], add_special_tokens=False)["input_ids"]) for row in rows]
+        note = f"{len(rows)} distinct questions of {sample}" if len(rows) < sample else ""
+        table.append((task, statistics.median(prompts), statistics.median(answers), note))
+    return table
