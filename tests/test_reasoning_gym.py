@@ -211,3 +211,25 @@ def test_tasks_lists_every_generator_with_its_median_lengths_through_the_cli():
     assert 5 < float(prompt) < 60 and 1 <= float(answer) < 10
     assert rows["propositional_logic"][1:3] == ["-", "-"]
     assert "without a text question and answer" in rows["propositional_logic"][3]
+
+
+def test_a_study_trains_on_generators_and_scores_unseen_generators_zero_shot(tmp_path, tiny_model_dir):
+    sources = [{"name": task, "package": "reasoning_gym", "task": task, "size": 30}
+               for task in ("basic_arithmetic", "word_sorting")]
+    config = write_config(tmp_path, tiny_model_dir, sources, max_test_per_task=4)
+    values = yaml.safe_load(config.read_text())
+    values["train"]["steps"] = 2
+    values["study"] = {"methods": ["softmax"], "experts": [2], "seeds": [0], "lr_grid": [],
+                       "max_unseen_per_task": 5, "report_dir": str(tmp_path / "reports"),
+                       "unseen_sources": [{"name": "gcd", "package": "reasoning_gym", "task": "gcd", "size": 50},
+                                          {"name": "dice", "package": "reasoning_gym", "task": "dice", "size": 50}]}
+    config.write_text(yaml.safe_dump(values))
+    status, _, err = run_cli("study", "--config", str(config))
+    assert status == 0, err
+    record = json.loads((tmp_path / "reports" / "rg_cells" / "softmax-n2-r2-s0-lr0.01.json").read_text())
+    assert record["data_versions"] == {"reasoning-gym": "0.1.25"}
+    unseen = record["examples"]["unseen"]
+    assert sorted(set(unseen["task"])) == ["dice", "gcd"] and len(unseen["task"]) == 10
+    assert set(unseen["exact_match"]) <= {0.0, 1.0} and len(unseen["answer_nll"]) == 10
+    assert record["unseen_settings"]["unseen_sources"][0]["task"] == "gcd"
+    assert record["metrics"]["unseen"]["macro_exact_match"] is not None
