@@ -36,9 +36,10 @@ splits = load_splits(config)
 rows = [[split, e.task, e.id, e.prompt, e.completion] for split, examples in splits.items() for e in examples]
 open(sys.argv[2], "w", encoding="utf-8").write(json.dumps(rows, ensure_ascii=False))
 """
-# generators whose questions come from word lists, names and sets as well as numbers
+# generators whose questions come from word lists, names and sets as well as numbers; isomorphic_strings and
+# list_functions iterate over sets of strings (generated in this process, their rows change with the hash salt)
 GENERATORS = ["basic_arithmetic", "word_sorting", "family_relationships", "syllogism", "letter_jumble",
-              "knights_knaves", "course_schedule", "number_sorting"]
+              "knights_knaves", "course_schedule", "number_sorting", "isomorphic_strings", "list_functions"]
 
 
 def source(task: str, **settings) -> SourceSettings:

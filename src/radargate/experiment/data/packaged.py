@@ -32,6 +32,8 @@ class Packaged:
     """Called when the config is read: refuses settings that cannot work (a one-line ValueError)."""
     distribution: str = ""
     """The installed distribution whose version decides the rows (recorded in runs and study cells)."""
+    prepare: Callable[[list[SourceSettings]], None] | None = None
+    """Called with all of a config's sources of this package before their rows are asked for (one batch)."""
 
 
 def _gsm8k_rows(source: SourceSettings) -> list[dict[str, Any]]:
@@ -48,7 +50,7 @@ def _check_reasoning_gym(source: SourceSettings) -> None:
 PACKAGED: dict[str, Packaged] = {
     "gsm8k": Packaged("completion", _gsm8k_rows),
     "reasoning_gym": Packaged("completion", reasoning_gym.completion_rows, ("task", "config", "size", "seed"),
-                              _check_reasoning_gym, reasoning_gym.DISTRIBUTION),
+                              _check_reasoning_gym, reasoning_gym.DISTRIBUTION, reasoning_gym.prepare),
 }
 
 

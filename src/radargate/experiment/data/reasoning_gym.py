@@ -15,24 +15,33 @@ hash split (:mod:`radargate.experiment.data.splits`) then applies as to any sour
 
 **Determinism.** The rows depend only on the task, its settings and the installed reasoning-gym version, which
 every run and study cell records (:func:`version`); a study refuses a cell made with another version than its
-siblings (``radargate.experiment.cells``).
+siblings (``radargate.experiment.cells``). Generators run in a child process with ``PYTHONHASHSEED=0``
+(:func:`prepare`), because some iterate over sets of strings, whose order would otherwise change from process to
+process; the order of such a set also depends on the Python version's string hash (the same from 3.11 on). Some
+draw from Python's global random generator besides their own, which :func:`entries` seeds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
 import importlib.metadata
+import json
+import os
+import random
+import subprocess
+import sys
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 SourceSettings = Any
 """A ``radargate.experiment.config.SourceSettings`` (not imported: the config imports this module)."""
 
-__all__ = ["ANSWER_CUE", "DEFAULT_SIZE", "completion_rows", "default_seed", "entries", "generators", "typed_config",
-           "version"]
+__all__ = ["ANSWER_CUE", "DEFAULT_SIZE", "completion_rows", "default_seed", "entries", "generators", "prepare",
+           "typed_config", "version"]
 
 DISTRIBUTION = "reasoning-gym"
 ANSWER_CUE = "\nAnswer:"
@@ -131,34 +140,105 @@ def _for_generator(task: str, config: Mapping[str, Any]) -> dict[str, Any]:
 def entries(task: str, *, size: int, seed: int, config: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """``size`` entries of generator ``task`` (``question``, ``answer``, ``metadata``), in the generator's order.
 
-    A setting the generator refuses (its own ``validate()``) raises a one-line ValueError naming the task.
+    A setting the generator refuses (its own ``validate()``) raises a one-line ValueError naming the task. Python's
+    global random generator is seeded with ``seed`` meanwhile (and restored after), because some generators draw
+    from it instead of their own.
     """
     import reasoning_gym
 
     settings = typed_config(task, config or {})
+    state = random.getstate()
+    random.seed(seed)  # some generators draw from the global generator too (list_functions in 0.1.25)
     try:
         dataset = reasoning_gym.create_dataset(task, size=size, seed=seed, **_for_generator(task, settings))
         return [dataset[index] for index in range(size)]
     except (AssertionError, ValueError, TypeError, KeyError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
         raise ValueError(f"reasoning_gym task {task!r} with settings {dict(settings)} failed: {reason}") from None
+    finally:
+        random.setstate(state)
 
 
 def source_seed(source: SourceSettings) -> int:
     return source.seed if source.seed is not None else default_seed(source.task)
 
 
+Request = tuple[str, int, int, str]
+"""What decides a source's rows: (task, size, seed, its settings as sorted JSON)."""
+_ROWS: dict[Request, list[dict[str, str]] | str] = {}
+"""Rows already generated in this process (or the one-line error of a generator that failed)."""
+
+
+def request_of(source: SourceSettings) -> Request:
+    size = source.size if source.size is not None else DEFAULT_SIZE
+    return source.task, size, source_seed(source), json.dumps(source.config, sort_keys=True)
+
+
 def completion_rows(source: SourceSettings) -> list[dict[str, str]]:
     """The source's rows (module docstring): ``prompt`` = question + :data:`ANSWER_CUE`, ``completion`` =
-    ``" " + answer``; a question seen before is dropped."""
-    size = source.size if source.size is not None else DEFAULT_SIZE
+    ``" " + answer``; a question seen before is dropped. Generated once per process (:func:`prepare`)."""
+    request = request_of(source)
+    prepare([source])
+    found = _ROWS[request]
+    if isinstance(found, str):
+        raise ValueError(found)
+    return [dict(row) for row in found]
+
+
+def prepare(sources: Iterable[SourceSettings]) -> None:
+    """Generate the rows of every source not generated yet, in one child process whose string hashing is fixed
+    (``PYTHONHASHSEED=0``; in this process already when it was started so).
+
+    Some generators iterate over sets of strings (``isomorphic_strings``, ``list_functions`` in 0.1.25), whose
+    order follows Python's per-process hash salt: generated in the calling process, their rows would differ
+    from one run to the next.
+    """
+    requests = list(dict.fromkeys(request_of(source) for source in sources))
+    missing = [request for request in requests if request not in _ROWS]
+    if not missing:
+        return
+    if os.environ.get("PYTHONHASHSEED") == HASH_SEED:
+        found = [_generate(request) for request in missing]
+    else:
+        found = _generate_in_child(missing)
+    _ROWS.update(zip(missing, found, strict=True))
+
+
+HASH_SEED = "0"
+_CHILD = "from radargate.experiment.data.reasoning_gym import _child_main; _child_main()"
+
+
+def _generate_in_child(requests: list[Request]) -> list[list[dict[str, str]] | str]:
+    env = {**os.environ, "PYTHONHASHSEED": HASH_SEED}
+    done = subprocess.run([sys.executable, "-c", _CHILD], input=json.dumps(requests), capture_output=True,
+                          text=True, encoding="utf-8", env=env, check=False)
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ValueError(f"reasoning-gym's generators failed in their process ({last})")
+    return json.loads(done.stdout)
+
+
+def _child_main() -> None:
+    """The child of :func:`_generate_in_child`: requests as JSON on stdin, rows (or errors) as JSON on stdout."""
+    requests = [tuple(request) for request in json.loads(sys.stdin.read())]
+    with contextlib.redirect_stdout(sys.stderr):  # what generators print must not reach the answer
+        found = [_generate(request) for request in requests]
+    sys.stdout.write(json.dumps(found, ensure_ascii=False))
+
+
+def _generate(request: Request) -> list[dict[str, str]] | str:
+    """One source's rows, or its one-line error."""
+    task, size, seed, config = request
+    try:
+        drawn = entries(task, size=size, seed=seed, config=json.loads(config))
+    except ValueError as error:
+        return str(error)
     rows: dict[str, dict[str, str]] = {}
-    for number, entry in enumerate(entries(source.task, size=size, seed=source_seed(source), config=source.config)):
+    for number, entry in enumerate(drawn):
         question, answer = entry.get("question"), entry.get("answer")
         if not isinstance(question, str) or answer is None:
-            raise ValueError(f"reasoning_gym task {source.task!r} gives entries without a text question and answer "
-                             f"(entry {number}: answer {answer!r}; it is scored by its own checker), so it cannot be "
-                             "a completion source")
+            return (f"reasoning_gym task {task!r} gives entries without a text question and answer (entry {number}: "
+                    f"answer {answer!r}; it is scored by its own checker), so it cannot be a completion source")
         rows.setdefault(question, {"prompt": question.rstrip() + ANSWER_CUE, "completion": " " + str(answer)})
     return list(rows.values())
 
@@ -171,17 +251,16 @@ def generator_lengths(tokenizer, *, sample: int = 20) -> list[tuple[str, float |
     end-of-sequence token. A generator that fails (one needs settings, some give no answer) gets ``None`` and the
     reason in ``note``; what generators print is swallowed.
     """
-    import contextlib
-    import io
     import statistics
 
     from radargate.experiment.config import SourceSettings
 
+    sources = [SourceSettings(name=task, package="reasoning_gym", task=task, size=sample) for task in generators()]
+    prepare(sources)
     table = []
-    for task in generators():
+    for task, source in zip(generators(), sources, strict=True):
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                rows = completion_rows(SourceSettings(name=task, package="reasoning_gym", task=task, size=sample))
+            rows = completion_rows(source)
         except Exception as error:
             reason = " ".join(str(error).split()) or type(error).__name__
             table.append((task, None, None, reason.removeprefix(f"reasoning_gym task {task!r} ")))

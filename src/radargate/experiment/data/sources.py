@@ -90,6 +90,10 @@ def load_splits(config: ExperimentConfig) -> dict[str, list[Example]]:
 
 def load_sources(sources: Iterable[SourceSettings], data: DataSettings, **options: Any) -> dict[str, list[Example]]:
     """Several sources' examples by split, source after source (``options`` as :func:`load_source`'s)."""
+    sources = list(sources)
+    for package, entry in PACKAGED.items():  # a package's sources generated together (one child process)
+        if entry.prepare is not None:
+            entry.prepare([source for source in sources if source.package == package])
     splits: dict[str, list[Example]] = {split: [] for split in SPLITS}
     for source in sources:
         for split, examples in load_source(source, data, **options).items():
