@@ -17,8 +17,8 @@ hash split (:mod:`radargate.experiment.data.splits`) then applies as to any sour
 every run and study cell records (:func:`version`); a study refuses a cell made with another version than its
 siblings (``radargate.experiment.cells``). Generators run in a child process with ``PYTHONHASHSEED=0``
 (:func:`prepare`), because some iterate over sets of strings, whose order would otherwise change from process to
-process; the order of such a set also depends on the Python version's string hash (the same from 3.11 on). Some
-draw from Python's global random generator besides their own, which :func:`entries` seeds.
+process; that order also depends on the Python version's string hash (CPython 3.11 and later share one, 3.10's
+differs). Some draw from Python's global random generator besides their own, which :func:`entries` seeds.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def prepare(sources: Iterable[SourceSettings]) -> None:
     missing = [request for request in requests if request not in _ROWS]
     if not missing:
         return
-    if os.environ.get("PYTHONHASHSEED") == HASH_SEED:
+    if not sys.flags.hash_randomization:  # this process was started with PYTHONHASHSEED=0
         found = [_generate(request) for request in missing]
     else:
         found = _generate_in_child(missing)
