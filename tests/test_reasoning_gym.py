@@ -234,3 +234,19 @@ def test_a_study_trains_on_generators_and_scores_unseen_generators_zero_shot(tmp
     assert set(unseen["exact_match"]) <= {0.0, 1.0} and len(unseen["answer_nll"]) == 10
     assert record["unseen_settings"]["unseen_sources"][0]["task"] == "gcd"
     assert record["metrics"]["unseen"]["macro_exact_match"] is not None
+
+
+def test_a_study_refuses_unseen_rows_longer_than_max_length_before_training(tmp_path, tiny_model_dir):
+    sources = [{"name": "sums", "package": "reasoning_gym", "task": "basic_arithmetic", "size": 30}]
+    config = write_config(tmp_path, tiny_model_dir, sources, max_length=96)
+    values = yaml.safe_load(config.read_text())
+    values["study"] = {"methods": ["softmax"], "experts": [2], "seeds": [0], "lr_grid": [],
+                       "report_dir": str(tmp_path / "reports"),
+                       "unseen_sources": [{"name": "rotate", "package": "reasoning_gym", "task": "rotate_matrix",
+                                           "size": 20}]}
+    config.write_text(yaml.safe_dump(values))
+    status, _, err = run_cli("study", "--config", str(config))
+    last = err.strip().splitlines()[-1]  # above it: the tokenizer's model loading progress
+    assert status == 2 and "Traceback" not in err and last.startswith("radargate study: error: ")
+    assert "package data set 'reasoning_gym' (source 'rotate') row" in last and "data.max_length=96" in last
+    assert not (tmp_path / "reports" / "rg_cells").exists() and not (tmp_path / "runs").exists()

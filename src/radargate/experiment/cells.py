@@ -31,6 +31,7 @@ from radargate.experiment.data.bigbench import load_suite
 from radargate.experiment.data.packaged import data_versions
 from radargate.experiment.data.sources import check_lengths, load_sources, load_splits
 from radargate.experiment.evaluate import METRICS, autocast_dtype, evaluate_examples
+from radargate.experiment.loading import load_model_and_tokenizer
 from radargate.experiment.methods import load_trained
 from radargate.experiment.run import config_differences, run_or_record_failure
 from radargate.files import atomic_write_json, read_json
@@ -162,19 +163,32 @@ def evaluate_unseen(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     """Zero-shot scores on the study's unseen tasks (``study.unseen_sources``, else the BIG-bench
     ``study.unseen_tasks``): generalisation off the training data."""
     model, tokenizer, _ = load_trained(run_dir)
-    study = config.study
-    fractions = (0.0, 0.0, 1.0) if study.unseen_split == "all" else (0.8, 0.1, 0.1)
-    if study.unseen_sources:
-        examples = load_sources(study.unseen_sources, config.data, fractions=fractions,
-                                caps={"test": study.max_unseen_per_task}, min_test_per_task=0)["test"]
+    examples = unseen_examples(config)
+    if config.study.unseen_sources:
         check_lengths(tokenizer, examples, config.data.max_length)
-    else:
-        examples = load_suite(study.unseen_tasks, seed=config.data.split_seed, fractions=fractions,
-                              max_per_split={"test": study.max_unseen_per_task})["test"]
     return evaluate_examples(
         model, tokenizer, examples, batch_size=config.eval.batch_size, max_length=config.data.max_length,
         autocast_dtype=autocast_dtype(config.train.precision),
     )
+
+
+def unseen_examples(config: ExperimentConfig) -> list:
+    """The examples of the study's unseen tasks that a suite cell scores (``study.unseen_split``)."""
+    study = config.study
+    fractions = (0.0, 0.0, 1.0) if study.unseen_split == "all" else (0.8, 0.1, 0.1)
+    if study.unseen_sources:
+        return load_sources(study.unseen_sources, config.data, fractions=fractions,
+                            caps={"test": study.max_unseen_per_task}, min_test_per_task=0)["test"]
+    return load_suite(study.unseen_tasks, seed=config.data.split_seed, fractions=fractions,
+                      max_per_split={"test": study.max_unseen_per_task})["test"]
+
+
+def check_unseen_lengths(config: ExperimentConfig) -> None:
+    """Refuse unseen sources with a row longer than ``data.max_length`` before any cell trains (the check after
+    training would throw the trained cell's unseen scores away)."""
+    if config.study.unseen_sources:
+        tokenizer = load_model_and_tokenizer(config.model.name)[1]  # loading.py has no tokenizer alone
+        check_lengths(tokenizer, unseen_examples(config), config.data.max_length)
 
 
 def cell_record(cell: Cell, config: ExperimentConfig, result: dict[str, Any], unseen: dict[str, Any] | None,

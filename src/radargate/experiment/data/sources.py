@@ -134,7 +134,8 @@ def read_tables(source: SourceSettings) -> list[tuple[str | None, str, Any]]:
     """``(split or None, label for errors, rows)`` per table of the source: a packaged data set's one table, or
     your files' (:func:`radargate.experiment.data.custom.read_tables`)."""
     if source.package:
-        return [(None, f"package data set {source.package!r}", PACKAGED[source.package].rows(source))]
+        label = f"package data set {source.package!r} (source {source.name!r})"
+        return [(None, label, PACKAGED[source.package].rows(source))]
     return custom.read_tables(source)
 
 
