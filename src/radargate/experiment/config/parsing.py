@@ -45,6 +45,12 @@ def build(cls: type, values: Any, prefix: str) -> Any:
             return cls(**built)
         except ValueError as error:  # its messages start with the field name: say which section
             raise ValueError(f"{prefix}{error}") from None
+    home = getattr(cls, "SECTION", None)  # a section also used elsewhere (a source among study.unseen_sources)
+    if home and prefix and not prefix.startswith(home):
+        try:
+            return cls(**built)
+        except ValueError as error:
+            raise ValueError(str(error).replace(home, prefix.rstrip("."), 1)) from None
     return cls(**built)
 
 

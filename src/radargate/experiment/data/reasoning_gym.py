@@ -252,10 +252,9 @@ def generator_lengths(tokenizer, *, sample: int = 20) -> list[tuple[str, float |
     reason in ``note``; what generators print is swallowed.
     """
     import statistics
+    import types
 
-    from radargate.experiment.config import SourceSettings
-
-    sources = [SourceSettings(name=task, package="reasoning_gym", task=task, size=sample) for task in generators()]
+    sources = [types.SimpleNamespace(task=task, size=sample, seed=None, config={}) for task in generators()]
     prepare(sources)
     table = []
     for task, source in zip(generators(), sources, strict=True):
