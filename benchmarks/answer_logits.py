@@ -28,7 +28,7 @@ import torch
 from radargate import MoLoRAModel
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.batching import IGNORE_INDEX, Batch, answer_logprobs, collate
-from radargate.experiment.data.custom import load_splits
+from radargate.experiment.data.sources import load_splits
 from radargate.experiment.methods import attach_method, load_base, trainable_parameters
 from radargate.experiment.train import BatchSchedule, autocast_dtype, encode_training_examples
 from radargate.hardware import cpu_description

@@ -31,7 +31,7 @@ from radargate.experiment import bundle
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data import bigbench as bb
 from radargate.experiment.data import gsm8k
-from radargate.experiment.data.custom import load_splits
+from radargate.experiment.data.sources import load_splits
 from radargate.experiment.loading import (
     DEFAULT_MODEL,
     GGUF_FILE,

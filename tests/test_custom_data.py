@@ -16,15 +16,9 @@ import yaml
 from radargate.cli import main
 from radargate.experiment.config import DataSettings, ExperimentConfig, SourceSettings
 from radargate.experiment.data.batching import IGNORE_INDEX, collate
-from radargate.experiment.data.bigbench import split_of
-from radargate.experiment.data.custom import (
-    ChatExample,
-    check_lengths,
-    encode_example,
-    load_source,
-    load_splits,
-    sampling_weights,
-)
+from radargate.experiment.data.examples import ChatExample, encode_example
+from radargate.experiment.data.sources import check_lengths, load_source, load_splits, sampling_weights
+from radargate.experiment.data.splits import split_of
 from radargate.experiment.train import BatchSchedule
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"

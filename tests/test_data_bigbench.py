@@ -16,24 +16,26 @@ from hypothesis import strategies as st
 import radargate.experiment.data as data
 from radargate.cli import main
 from radargate.experiment.data import bigbench as bb
+from radargate.experiment.data import splits as hash_split
+from radargate.experiment.data.examples import SPLITS, MCExample
 from tests import bigbench_fixture as fixture
 
 
 @pytest.fixture(scope="module")
-def suite() -> dict[str, list[bb.MCExample]]:
+def suite() -> dict[str, list[MCExample]]:
     """The default suite from the stand-in sdist (the tests' cache)."""
     return bb.load_tasks(bb.DEFAULT_SUITE)
 
 
 @pytest.fixture(scope="module")
-def real_suite(real_cache: Path) -> dict[str, list[bb.MCExample]]:
+def real_suite(real_cache: Path) -> dict[str, list[MCExample]]:
     return bb.load_tasks(bb.DEFAULT_SUITE, real_cache)
 
 
-def fake(task: str, text: str, n_choices: int = 2) -> bb.MCExample:
+def fake(task: str, text: str, n_choices: int = 2) -> MCExample:
     choices = tuple(f"c{i}" for i in range(n_choices))
     scores = tuple(float(i == 0) for i in range(n_choices))
-    return bb.MCExample(task, f"{task}|{text}", text, text, choices, scores, 0)
+    return MCExample(task, f"{task}|{text}", text, text, choices, scores, 0)
 
 
 texts = st.lists(st.text(max_size=12), min_size=1, max_size=60, unique=True)
@@ -42,7 +44,7 @@ texts = st.lists(st.text(max_size=12), min_size=1, max_size=60, unique=True)
 # ------------------------------------------------------------------------------------ the loader
 
 
-def test_default_suite_is_indexed_multiple_choice_and_loads(suite: dict[str, list[bb.MCExample]]) -> None:
+def test_default_suite_is_indexed_multiple_choice_and_loads(suite: dict[str, list[MCExample]]) -> None:
     available = set(bb.list_tasks())
     assert set(bb.DEFAULT_SUITE) <= available
     assert list(suite) == list(bb.DEFAULT_SUITE)
@@ -55,7 +57,7 @@ def test_default_suite_is_indexed_multiple_choice_and_loads(suite: dict[str, lis
     assert suite["logical_deduction/three_objects"][0].family == "logical_deduction"
 
 
-def test_exact_duplicates_are_dropped(suite: dict[str, list[bb.MCExample]]) -> None:
+def test_exact_duplicates_are_dropped(suite: dict[str, list[MCExample]]) -> None:
     # The stand-in repeats each plain task's first example once; comparisons may repeat by chance too.
     raw = json.loads((bb.fetch_bigbench().parent / "tasks" / "social_iqa" / "task.json").read_text())["examples"]
     distinct = {json.dumps(e, sort_keys=True) for e in raw}
@@ -82,14 +84,14 @@ def test_index_is_cached_next_to_the_tarball() -> None:
     assert json.loads(index.read_text())["tarball_size"] == tarball.stat().st_size
 
 
-def test_prompt_with_task_prefix_and_output_prefix(suite: dict[str, list[bb.MCExample]]) -> None:
+def test_prompt_with_task_prefix_and_output_prefix(suite: dict[str, list[MCExample]]) -> None:
     example = next(e for e in suite[fixture.PREFIXED_TASK] if e.input.startswith("Is "))
     assert example.prompt == f"Decide whether the statement is true or false:\nStatement: {example.input}\nTrue/false? "
     a, b = map(int, example.input.removeprefix("Is ").removesuffix("?").split(" larger than "))
     assert example.choices[example.answer] == ("yes" if a > b else "no")
 
 
-def test_prompt_with_appended_choices_uses_default_prefixes(suite: dict[str, list[bb.MCExample]]) -> None:
+def test_prompt_with_appended_choices_uses_default_prefixes(suite: dict[str, list[MCExample]]) -> None:
     example = next(e for e in suite["social_iqa"] if len(e.choices) == 4)
     choice_lines = "".join(f"\n  choice: {c}" for c in example.choices)
     assert example.prompt == f"Q: {example.input}{choice_lines}\nA: "
@@ -97,13 +99,13 @@ def test_prompt_with_appended_choices_uses_default_prefixes(suite: dict[str, lis
     assert example.choices[example.answer] == str(a + b)
 
 
-def test_choices_not_appended_when_the_task_says_so(suite: dict[str, list[bb.MCExample]]) -> None:
+def test_choices_not_appended_when_the_task_says_so(suite: dict[str, list[MCExample]]) -> None:
     example = next(e for e in suite[fixture.UNAPPENDED_TASK] if len(e.choices) == 4)
     assert example.prompt == "Q: " + example.input + "\nA: "
     assert not any(choice in example.prompt for choice in example.choices)
 
 
-def test_scoring_pairs_move_trailing_space_to_the_choices(suite: dict[str, list[bb.MCExample]]) -> None:
+def test_scoring_pairs_move_trailing_space_to_the_choices(suite: dict[str, list[MCExample]]) -> None:
     example = suite["strategyqa"][0]
     context, continuations = example.scoring_pairs()
     assert context.endswith("\nA:")
@@ -121,13 +123,13 @@ def test_task_outside_the_suite_is_extracted_on_demand() -> None:
 # ------------------------------------------------------------------------------ the real tasks
 
 
-def test_the_real_default_suite_loads(real_cache: Path, real_suite: dict[str, list[bb.MCExample]]) -> None:
+def test_the_real_default_suite_loads(real_cache: Path, real_suite: dict[str, list[MCExample]]) -> None:
     assert set(bb.DEFAULT_SUITE) <= set(bb.list_tasks(real_cache))
     assert len(bb.list_tasks(real_cache)) > 300
     assert all(len({e.id for e in examples}) == len(examples) for examples in real_suite.values())
 
 
-def test_example_counts_after_deduplication(real_suite: dict[str, list[bb.MCExample]]) -> None:
+def test_example_counts_after_deduplication(real_suite: dict[str, list[MCExample]]) -> None:
     # Raw counts 1954/2290/2865/1000; the rest are exact duplicates, dropped as BIG-bench does.
     counts = {name: len(examples) for name, examples in real_suite.items()}
     assert counts == {
@@ -144,7 +146,7 @@ def test_example_counts_after_deduplication(real_suite: dict[str, list[bb.MCExam
     }
 
 
-def test_real_prompt_with_task_prefix_and_output_prefix(real_suite: dict[str, list[bb.MCExample]]) -> None:
+def test_real_prompt_with_task_prefix_and_output_prefix(real_suite: dict[str, list[MCExample]]) -> None:
     example = next(e for e in real_suite["sports_understanding"] if e.input == "Jamal Murray was perfect from the line")
     assert example.prompt == (
         "Determine whether the following statement or statements are plausible or implausible:"
@@ -154,7 +156,7 @@ def test_real_prompt_with_task_prefix_and_output_prefix(real_suite: dict[str, li
     assert example.choices[example.answer] == "plausible"
 
 
-def test_real_prompt_with_appended_choices(real_suite: dict[str, list[bb.MCExample]]) -> None:
+def test_real_prompt_with_appended_choices(real_suite: dict[str, list[MCExample]]) -> None:
     example = next(e for e in real_suite["social_iqa"] if e.input.startswith("Tracy didn't go home that evening"))
     choice_lines = "".join(f"\n  choice: {c}" for c in example.choices)
     assert example.prompt == f"Q: {example.input}{choice_lines}\nA: "
@@ -162,7 +164,7 @@ def test_real_prompt_with_appended_choices(real_suite: dict[str, list[bb.MCExamp
 
 
 def test_shuffled_choices_remove_the_first_position_bias(real_cache: Path,
-                                                         real_suite: dict[str, list[bb.MCExample]]) -> None:
+                                                         real_suite: dict[str, list[MCExample]]) -> None:
     # date_understanding lists the right answer first in 364 of 369 examples.
     original = bb.load_task("date_understanding", real_cache, shuffle_choices=False)
     assert sum(e.answer == 0 for e in original) > 350
@@ -171,17 +173,17 @@ def test_shuffled_choices_remove_the_first_position_bias(real_cache: Path,
     assert [e.choices[e.answer] for e in shuffled] == [e.choices[e.answer] for e in original]
 
 
-def test_split_sizes_are_pinned_across_machines(real_suite: dict[str, list[bb.MCExample]]) -> None:
+def test_split_sizes_are_pinned_across_machines(real_suite: dict[str, list[MCExample]]) -> None:
     # Golden numbers: a change here means every saved result was made on different splits.
-    splits = bb.split_examples(real_suite["date_understanding"])
+    splits = hash_split.split_examples(real_suite["date_understanding"])
     assert {s: len(v) for s, v in splits.items()} == {"train": 297, "validation": 32, "test": 40}
-    splits = bb.split_examples(real_suite["date_understanding"], seed=1)
+    splits = hash_split.split_examples(real_suite["date_understanding"], seed=1)
     assert {s: len(v) for s, v in splits.items()} != {"train": 297, "validation": 32, "test": 40}
 
 
 def test_a_study_config_gives_small_suite_tasks_100_test_examples(real_suite) -> None:
     examples = (example for task in real_suite.values() for example in task)
-    splits = bb.split_examples(examples, max_per_split={"test": 100}, min_test_per_task=100)
+    splits = hash_split.split_examples(examples, max_per_split={"test": 100}, min_test_per_task=100)
     per_task = {task: sum(e.task == task for e in splits["test"]) for task in real_suite}
     assert per_task == dict.fromkeys(real_suite, 100)  # every default task has at least 300 examples
 
@@ -245,40 +247,40 @@ def test_cache_dir_comes_from_the_environment(tmp_path: Path, monkeypatch) -> No
 @pytest.mark.parametrize("fractions", [(0.8, 0.1), (0.8, 0.3, -0.1), (0.5, 0.3, 0.1)])
 def test_bad_fractions_are_rejected(fractions: tuple[float, ...]) -> None:
     with pytest.raises(ValueError, match="fractions must be"):
-        bb.split_examples([fake("t", "a")], fractions=fractions)
+        hash_split.split_examples([fake("t", "a")], fractions=fractions)
 
 
 def test_cap_for_unknown_split_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown splits"):
-        bb.split_examples([fake("t", "a")], max_per_split={"dev": 3})
+        hash_split.split_examples([fake("t", "a")], max_per_split={"dev": 3})
 
 
 # ------------------------------------------------------------------------------------------- splits
 
 
-def test_suite_splits_are_deterministic_disjoint_and_complete(suite: dict[str, list[bb.MCExample]]) -> None:
+def test_suite_splits_are_deterministic_disjoint_and_complete(suite: dict[str, list[MCExample]]) -> None:
     examples = [e for task in suite.values() for e in task]
     first = bb.load_suite()
     assert first == bb.load_suite()
-    ids = {split: {e.id for e in first[split]} for split in bb.SPLITS}
+    ids = {split: {e.id for e in first[split]} for split in SPLITS}
     assert not ids["train"] & ids["validation"] and not ids["train"] & ids["test"]
     assert not ids["validation"] & ids["test"]
     assert set().union(*ids.values()) == {e.id for e in examples}
     shuffled = examples[:]
     random.Random(7).shuffle(shuffled)
-    assert bb.split_examples(shuffled) == first
+    assert hash_split.split_examples(shuffled) == first
 
 
-def test_shared_inputs_share_a_split(suite: dict[str, list[bb.MCExample]]) -> None:
+def test_shared_inputs_share_a_split(suite: dict[str, list[MCExample]]) -> None:
     examples = suite["logical_deduction/three_objects"]
     by_input: dict[str, set[str]] = {}
     for example in examples:
-        by_input.setdefault(example.input, set()).add(bb.split_of(example))
+        by_input.setdefault(example.input, set()).add(hash_split.split_of(example))
     assert len(by_input) < len(examples)  # several questions per paragraph
     assert all(len(splits) == 1 for splits in by_input.values())
 
 
-def test_caps_per_task_and_split_keep_a_stable_subset(suite: dict[str, list[bb.MCExample]]) -> None:
+def test_caps_per_task_and_split_keep_a_stable_subset(suite: dict[str, list[MCExample]]) -> None:
     capped = bb.load_suite(max_per_split={"train": 50, "test": 20})
     train = Counter(e.task for e in capped["train"])
     assert set(train.values()) == {50}
@@ -292,22 +294,22 @@ def test_caps_per_task_and_split_keep_a_stable_subset(suite: dict[str, list[bb.M
 @given(texts, st.integers(0, 3), st.randoms(use_true_random=False))
 def test_split_is_a_partition_independent_of_order(inputs: list[str], seed: int, rng: random.Random) -> None:
     examples = [fake("t", text) for text in inputs]
-    splits = bb.split_examples(examples, seed=seed, fractions=(0.6, 0.2, 0.2))
-    ids = [e.id for split in bb.SPLITS for e in splits[split]]
+    splits = hash_split.split_examples(examples, seed=seed, fractions=(0.6, 0.2, 0.2))
+    ids = [e.id for split in SPLITS for e in splits[split]]
     assert sorted(ids) == sorted(e.id for e in examples)
     rng.shuffle(examples)
-    assert bb.split_examples(examples, seed=seed, fractions=(0.6, 0.2, 0.2)) == splits
-    for split in bb.SPLITS:
-        assert all(bb.split_of(e, (0.6, 0.2, 0.2), seed) == split for e in splits[split])
+    assert hash_split.split_examples(examples, seed=seed, fractions=(0.6, 0.2, 0.2)) == splits
+    for split in SPLITS:
+        assert all(hash_split.split_of(e, (0.6, 0.2, 0.2), seed) == split for e in splits[split])
 
 
 @settings(max_examples=30, deadline=None)
 @given(texts, st.integers(1, 5))
 def test_cap_takes_a_prefix_of_the_uncapped_split(inputs: list[str], cap: int) -> None:
     examples = [fake(task, text) for task in ("a", "b") for text in inputs]
-    full = bb.split_examples(examples)
-    capped = bb.split_examples(examples, max_per_split=cap)
-    for split in bb.SPLITS:
+    full = hash_split.split_examples(examples)
+    capped = hash_split.split_examples(examples, max_per_split=cap)
+    for split in SPLITS:
         for task in ("a", "b"):
             whole = [e for e in full[split] if e.task == task]
             assert [e for e in capped[split] if e.task == task] == whole[:cap]
@@ -315,11 +317,11 @@ def test_cap_takes_a_prefix_of_the_uncapped_split(inputs: list[str], cap: int) -
 
 def test_fractions_are_respected_on_many_examples() -> None:
     examples = [fake("t", str(i)) for i in range(20000)]
-    sizes = {s: len(v) for s, v in bb.split_examples(examples, fractions=(0.7, 0.2, 0.1)).items()}
+    sizes = {s: len(v) for s, v in hash_split.split_examples(examples, fractions=(0.7, 0.2, 0.1)).items()}
     assert abs(sizes["train"] - 14000) < 300
     assert abs(sizes["validation"] - 4000) < 250
     assert abs(sizes["test"] - 2000) < 200
-    assert bb.split_examples(examples, fractions=(1.0, 0.0, 0.0))["train"].__len__() == 20000
+    assert hash_split.split_examples(examples, fractions=(1.0, 0.0, 0.0))["train"].__len__() == 20000
 
 
 @settings(max_examples=40, deadline=None)
@@ -327,8 +329,8 @@ def test_fractions_are_respected_on_many_examples() -> None:
 def test_a_small_task_s_test_split_is_topped_up_from_its_training_examples(size: int, minimum: int,
                                                                            rng: random.Random) -> None:
     examples = [fake("t", str(i)) for i in range(size)]
-    plain = bb.split_examples(examples)
-    topped = bb.split_examples(examples, min_test_per_task=minimum)
+    plain = hash_split.split_examples(examples)
+    topped = hash_split.split_examples(examples, min_test_per_task=minimum)
     wanted = max(len(plain["test"]), min(minimum, size // 3))
     assert len(topped["test"]) == wanted
     assert topped["validation"] == plain["validation"]  # only training examples move
@@ -337,4 +339,4 @@ def test_a_small_task_s_test_split_is_topped_up_from_its_training_examples(size:
         {e.id for e in plain["train"]} | {e.id for e in plain["test"]})
     assert not {e.id for e in topped["train"]} & {e.id for e in topped["test"]}
     rng.shuffle(examples)
-    assert bb.split_examples(examples, min_test_per_task=minimum) == topped  # independent of order
+    assert hash_split.split_examples(examples, min_test_per_task=minimum) == topped  # independent of order

@@ -10,7 +10,7 @@ import yaml
 
 from radargate.cli import main
 from radargate.experiment.config import ExperimentConfig
-from radargate.experiment.data.custom import load_splits
+from radargate.experiment.data.sources import load_splits
 from radargate.experiment.evaluate import evaluate_examples
 from radargate.experiment.harness import evaluate_with_harness, export_tasks, task_name
 from radargate.experiment.methods import model_to_evaluate

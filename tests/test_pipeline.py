@@ -18,9 +18,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 import radargate.experiment.train as train_module
 from radargate.cli import main
 from radargate.experiment.config import ExperimentConfig
-from radargate.experiment.data.bigbench import MCExample
-from radargate.experiment.data.custom import load_splits
+from radargate.experiment.data.examples import MCExample
 from radargate.experiment.data.gsm8k import GSM8KExample, is_correct
+from radargate.experiment.data.sources import load_splits
 from radargate.experiment.evaluate import (
     _aggregate,
     _choice_records,
@@ -71,8 +71,9 @@ def test_accuracy_is_argmax_plain_and_per_byte():
     scores = [[-1.0, -5.0], [-2.0, -6.0], [-3.0, -1.0]]
     answer_tokens = [1, 2, 1]  # the correct answer's token count: its NLL per token is -score / count
     result = _aggregate(_choice_records(examples, scores, answer_tokens))
-    assert result["per_task"]["t"] == {"acc": 0.5, "acc_norm": 0.5, "answer_nll": (1.0 + 3.0) / 2, "n": 2}
-    assert result["per_task"]["u"] == {"acc": 1.0, "acc_norm": 1.0, "answer_nll": 1.0, "n": 1}
+    assert result["per_task"]["t"] == {"acc": 0.5, "acc_norm": 0.5, "answer_nll": (1.0 + 3.0) / 2, "exact_match": None,
+                                       "n": 2}  # exact match: completions only
+    assert result["per_task"]["u"] == {"acc": 1.0, "acc_norm": 1.0, "answer_nll": 1.0, "exact_match": None, "n": 1}
     assert result["macro_acc"] == 0.75 and result["macro_answer_nll"] == 1.5 and result["n"] == 3
     assert [(r["id"], r["acc"], r["answer_nll"]) for r in result["examples"]] == [
         ("a", 1.0, 1.0), ("b", 0.0, 3.0), ("c", 1.0, 1.0)]

@@ -127,6 +127,26 @@ def test_data_without_choices_is_reported_by_answer_nll_alone(tmp_path):
     assert not (tmp_path / "plots" / "task_accuracy.png").exists()
 
 
+def test_completion_data_is_reported_by_exact_match_beside_answer_nll_with_intervals(tmp_path):
+    def scored(hits: list[float]) -> dict:
+        examples = [{"task": "sums", "id": str(i), "acc": None, "acc_norm": None, "answer_nll": 1.0 - hit / 2,
+                     "exact_match": hit} for i, hit in enumerate(hits)]
+        em = sum(hits) / len(hits)
+        return {"test": {"per_task": {"sums": {"acc": None, "answer_nll": 1.0, "exact_match": em, "n": len(hits)}},
+                         "macro_acc": None, "macro_answer_nll": 1.0, "macro_exact_match": em, "n": len(hits),
+                         "examples": examples}}
+    results = {"name": "q", "tasks": ["sums"], "methods": {"softmax": scored([1.0, 0.0, 0.0, 1.0]),
+                                                           "radar": scored([1.0, 1.0, 1.0, 1.0])}}
+    table = comparison_table(results)
+    header = [cell.strip() for cell in table.splitlines()[0].split("|")[1:-1]]
+    assert header[header.index("test answer NLL") + 1] == "test exact match (%)"
+    assert {row[0]: row[header.index("test exact match (%)")] for row in table_rows(table, "method")} == {
+        "softmax": "50.0", "radar": "100.0"}
+    text = write_report(results, tmp_path).read_text()
+    difference = next(row for row in table_rows(text, "comparison") if row[2] == "exact_match")
+    assert difference[:4] == ["radar - softmax", "test", "exact_match", "+50.0"]
+
+
 # -- the report ----------------------------------------------------------------------------------
 
 

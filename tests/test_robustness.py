@@ -13,7 +13,7 @@ import radargate.experiment.cells as cells_module
 from radargate.experiment import robustness
 from radargate.experiment.cells import Cell, CellStore, cells_directory
 from radargate.experiment.config import ExperimentConfig
-from radargate.experiment.data.bigbench import MCExample
+from radargate.experiment.data.examples import MCExample
 from radargate.experiment.data.held_out import _rank, held_out_tasks
 from radargate.experiment.plan import best_reading, headline_cells, sweep_cells
 from radargate.experiment.report.intervals import Difference, hierarchical_difference, paired_difference

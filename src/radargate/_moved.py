@@ -17,7 +17,8 @@ from typing import Any
 
 MOVED: dict[str, tuple[str, ...]] = {
     "radargate.train": ("radargate.experiment.train", "radargate.experiment.run", "radargate.experiment.methods",
-                        "radargate.experiment.data.bigbench"),
+                        "radargate.experiment.data.bigbench", "radargate.experiment.data.examples",
+                        "radargate.experiment.data.splits"),
     "radargate.compare": ("radargate.experiment.compare", "radargate.experiment.run", "radargate.hardware"),
     "radargate.study": ("radargate.experiment.study", "radargate.experiment.report.study",
                         "radargate.experiment.report.study.rows"),

@@ -137,7 +137,11 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
 def _add_listing_commands(commands: argparse._SubParsersAction) -> None:
     """``gates`` and ``tasks``."""
     commands.add_parser("gates", help="list the registered gates")
-    tasks = commands.add_parser("tasks", help="list the BIG-bench multiple-choice tasks (fetches BIG-bench once)")
+    tasks = commands.add_parser("tasks", help="list the BIG-bench multiple-choice tasks (fetches BIG-bench once), or "
+                                "reasoning-gym's generators")
+    tasks.add_argument("--reasoning-gym", action="store_true",
+                       help="instead, reasoning-gym's generators with the median prompt and answer lengths in tokens "
+                            "of 20 entries each (the config's model's tokenizer; default settings and seeds)")
     tasks.add_argument("--held-out", type=int, metavar="FAMILIES",
                        help="instead, the unseen tasks for a study by the written rule: its unseen tasks plus this "
                             "many task families it neither trains on nor replays (radargate.experiment.data.held_out)")
@@ -352,6 +356,8 @@ def _gates(args: argparse.Namespace) -> int:
 def _tasks(args: argparse.Namespace) -> int:
     from radargate.experiment.data.bigbench import list_tasks
 
+    if args.reasoning_gym:
+        return _reasoning_gym_tasks(args)
     if args.held_out is not None:
         from radargate.experiment.config import ExperimentConfig
         from radargate.experiment.robustness import study_held_out_tasks
@@ -361,6 +367,21 @@ def _tasks(args: argparse.Namespace) -> int:
         return 0
 
     print("\n".join(list_tasks()))
+    return 0
+
+
+def _reasoning_gym_tasks(args: argparse.Namespace) -> int:
+    from radargate.experiment.config import ExperimentConfig
+    from radargate.experiment.data.reasoning_gym import generator_lengths, version
+    from radargate.experiment.loading import load_model_and_tokenizer
+
+    config = ExperimentConfig.load(args.config, args.overrides)
+    tokenizer = load_model_and_tokenizer(config.model.name)[1]
+    print(f"reasoning-gym {version()}: median tokens over 20 entries per generator (default settings and seed; "
+          f"{config.model.name}'s tokenizer; the answer without its end-of-sequence token)\n")
+    print("| generator | prompt tokens | answer tokens | note |\n|---|---|---|---|")
+    for task, prompt, answer, note in generator_lengths(tokenizer):
+        print(f"| {task} | {_shown(prompt, 1, 'g')} | {_shown(answer, 1, 'g')} | {note} |")
     return 0
 
 
@@ -388,13 +409,20 @@ def _bundle_unpack(args: argparse.Namespace) -> int:
 
 
 def _accuracy_table(method: str, result: dict) -> str:
-    """Per-task test accuracy (plain and length-normalised) and answer NLL of one method, with counts and the
-    macro row; ``-`` where a task has no accuracy (completion and chat sources are scored by NLL alone)."""
-    rows = [(task, r["n"], r["acc"], r["acc_norm"], r["answer_nll"]) for task, r in result["per_task"].items()]
-    rows.append(("macro", result["n"], result["macro_acc"], result["macro_acc_norm"], result["macro_answer_nll"]))
-    lines = [f"| task ({method}) | n | acc (%) | acc_norm (%) | answer NLL |", "|---|---|---|---|---|"]
-    lines += [f"| {task} | {n} | {_shown(acc, 100, '.1f')} | {_shown(norm, 100, '.1f')} | {_shown(nll, 1, '.3f')} |"
-              for task, n, acc, norm, nll in rows]
+    """Per-task test accuracy (plain and length-normalised), answer NLL and, where there are completion rows, exact
+    match of one method, with counts and the macro row; ``-`` where a task lacks a metric (completion and chat
+    sources have no accuracy, only completions have exact match)."""
+    metrics = [("acc (%)", "acc", 100, ".1f"), ("acc_norm (%)", "acc_norm", 100, ".1f"),
+               ("answer NLL", "answer_nll", 1, ".3f")]
+    if result.get("macro_exact_match") is not None:
+        metrics.append(("exact match (%)", "exact_match", 100, ".1f"))
+    rows = [(task, r["n"], [r.get(key) for _, key, _, _ in metrics]) for task, r in result["per_task"].items()]
+    rows.append(("macro", result["n"], [result.get(f"macro_{key}") for _, key, _, _ in metrics]))
+    lines = [f"| task ({method}) | n | {' | '.join(header for header, *_ in metrics)} |",
+             "|---|---|" + "---|" * len(metrics)]
+    lines += [f"| {task} | {n} | " + " | ".join(_shown(value, scale, spec) for value, (_, _, scale, spec)
+                                               in zip(values, metrics, strict=True)) + " |"
+              for task, n, values in rows]
     return "\n".join(lines)
 
 

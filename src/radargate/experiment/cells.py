@@ -9,6 +9,11 @@ Its result file, ``<cells_dir>/<name>.json`` (about 100 KB), holds everything th
 cell's full config, every metric, the per-example correctness and answer NLL of every evaluated
 example (for paired bootstrap intervals), the training curve, the routing summary, timings and the
 hardware. The report is built from these files alone; checkpoints stay in ``<output_dir>`` (not in git).
+
+A study whose data (training or unseen) comes from a generator package records that package's version in each
+cell file (``data_versions``; reasoning-gym, whose rows change with its version), and :class:`CellStore` refuses
+a cell made with another version than its siblings in the folder, and running a new cell with another version
+than theirs: a comparison of cells trained or scored on different rows would be meaningless.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from typing import Any
 from radargate import __version__
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.bigbench import load_suite
-from radargate.experiment.data.custom import load_splits
+from radargate.experiment.data.packaged import data_versions
+from radargate.experiment.data.sources import check_lengths, load_sources, load_splits
 from radargate.experiment.evaluate import METRICS, autocast_dtype, evaluate_examples
+from radargate.experiment.loading import load_model_and_tokenizer
 from radargate.experiment.methods import load_trained
 from radargate.experiment.run import config_differences, run_or_record_failure
 from radargate.files import atomic_write_json, read_json
@@ -60,7 +67,11 @@ class Cell:
             return study.for_method("base")
         adapter = dataclasses.replace(study.adapter, num_experts=self.n, r=self.r)
         train = dataclasses.replace(study.train, seed=self.seed, lr=self.lr, steps=self.steps or study.train.steps)
-        data = dataclasses.replace(study.data, tasks=[self.task]) if self.task else study.data
+        data = study.data
+        if self.task and data.sources:  # a single-task cell trains on that source alone
+            data = dataclasses.replace(data, sources=[source for source in data.sources if source.name == self.task])
+        elif self.task:
+            data = dataclasses.replace(data, tasks=[self.task])
         return dataclasses.replace(study, adapter=adapter, train=train, data=data).for_method(self.method)
 
 
@@ -73,6 +84,29 @@ class CellStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
+        self._versions: dict[str, dict[str, str]] | None = None
+
+    def sibling_versions(self) -> dict[str, dict[str, str]]:
+        """``{cell file name: its data_versions}`` for the cell files in the folder that record any (read once)."""
+        if self._versions is None:
+            self._versions = {}
+            for path in sorted(self.directory.glob("*.json")) if self.directory.is_dir() else []:
+                versions = read_json(path).get("data_versions")
+                if versions:
+                    self._versions[path.name] = versions
+        return self._versions
+
+    def check_versions(self, versions: dict[str, str], what: str) -> None:
+        """Refuse ``versions`` (of ``what``: a cell file, or the installed packages) where a sibling cell recorded
+        another version of the same package."""
+        for name, recorded in self.sibling_versions().items():
+            clashing = {package: (version, recorded[package]) for package, version in versions.items()
+                        if package in recorded and recorded[package] != version}
+            if clashing and name != what:
+                package, (mine, theirs) = next(iter(clashing.items()))
+                raise ValueError(f"{what} was made with {package} {mine}, but the cell {self.directory / name} "
+                                 f"with {package} {theirs}: their rows differ; install {package}=={theirs}, or move "
+                                 "the cells of the other version away")
 
     def path(self, cell: Cell) -> Path:
         return self.directory / f"{cell.name}.json"
@@ -84,6 +118,7 @@ class CellStore:
         if not path.is_file():
             return None
         record = read_json(path)
+        self.check_versions(record.get("data_versions") or {}, path.name)
         # read back through the config class, as a resumed run is: a setting added since fills its default
         saved = ExperimentConfig.from_dict(record["config"]).to_dict()
         changed = config_differences(saved, cell.config(study).to_dict())
@@ -99,14 +134,18 @@ def unseen_settings(cell: Cell, study: ExperimentConfig) -> dict[str, Any]:
     if cell.task is not None:
         return {}
     settings = study.study
-    return {"unseen_tasks": settings.unseen_tasks, "max_unseen_per_task": settings.max_unseen_per_task,
-            "unseen_split": settings.unseen_split}
+    unseen = {"unseen_tasks": settings.unseen_tasks, "max_unseen_per_task": settings.max_unseen_per_task,
+              "unseen_split": settings.unseen_split}
+    if settings.unseen_sources:  # left out otherwise, so cell files from before the field still match
+        unseen["unseen_sources"] = [dataclasses.asdict(source) for source in settings.unseen_sources]
+    return unseen
 
 
 def run_cell(study: ExperimentConfig, cell: Cell, splits: dict[str, list] | None = None) -> dict[str, Any]:
     """Train and evaluate one cell in ``<output_dir>/<name>/<cell>/`` (resuming what is there) and
     return its record; a diverged run gives a record marked failed."""
     config = cell.config(study)
+    versions = study_data_versions(study)
     run_dir = study.run_dir / cell.name
     result = run_or_record_failure(config, run_dir, show_progress=False, splits=splits or load_splits(config))
     unseen, unseen_seconds = None, None
@@ -115,20 +154,41 @@ def run_cell(study: ExperimentConfig, cell: Cell, splits: dict[str, list] | None
         unseen = evaluate_unseen(config, run_dir)
         unseen_seconds = time.perf_counter() - started
     record = cell_record(cell, config, result, unseen, unseen_seconds)
+    if versions:  # left out otherwise: cell files of BIG-bench studies stay as they were
+        record["data_versions"] = versions
     return {**record, "unseen_settings": unseen_settings(cell, study)}
 
 
 def evaluate_unseen(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
-    """Zero-shot scores on the study's unseen tasks: generalisation off the training suite."""
+    """Zero-shot scores on the study's unseen tasks (``study.unseen_sources``, else the BIG-bench
+    ``study.unseen_tasks``): generalisation off the training data."""
     model, tokenizer, _ = load_trained(run_dir)
-    study = config.study
-    fractions = (0.0, 0.0, 1.0) if study.unseen_split == "all" else (0.8, 0.1, 0.1)
-    examples = load_suite(study.unseen_tasks, seed=config.data.split_seed, fractions=fractions,
-                          max_per_split={"test": study.max_unseen_per_task})["test"]
+    examples = unseen_examples(config)
+    if config.study.unseen_sources:
+        check_lengths(tokenizer, examples, config.data.max_length)
     return evaluate_examples(
         model, tokenizer, examples, batch_size=config.eval.batch_size, max_length=config.data.max_length,
         autocast_dtype=autocast_dtype(config.train.precision),
     )
+
+
+def unseen_examples(config: ExperimentConfig) -> list:
+    """The examples of the study's unseen tasks that a suite cell scores (``study.unseen_split``)."""
+    study = config.study
+    fractions = (0.0, 0.0, 1.0) if study.unseen_split == "all" else (0.8, 0.1, 0.1)
+    if study.unseen_sources:
+        return load_sources(study.unseen_sources, config.data, fractions=fractions,
+                            caps={"test": study.max_unseen_per_task}, min_test_per_task=0)["test"]
+    return load_suite(study.unseen_tasks, seed=config.data.split_seed, fractions=fractions,
+                      max_per_split={"test": study.max_unseen_per_task})["test"]
+
+
+def check_unseen_lengths(config: ExperimentConfig) -> None:
+    """Refuse unseen sources with a row longer than ``data.max_length`` before any cell trains (the check after
+    training would throw the trained cell's unseen scores away)."""
+    if config.study.unseen_sources:
+        tokenizer = load_model_and_tokenizer(config.model.name)[1]  # loading.py has no tokenizer alone
+        check_lengths(tokenizer, unseen_examples(config), config.data.max_length)
 
 
 def cell_record(cell: Cell, config: ExperimentConfig, result: dict[str, Any], unseen: dict[str, Any] | None,
@@ -208,4 +268,11 @@ def _compact_routing(routing: dict[str, Any] | None) -> dict[str, Any] | None:
 def write_record(store: CellStore, record: dict[str, Any]) -> Path:
     path = store.directory / f"{record['cell']['name']}.json"
     atomic_write_json(path, record)
+    if record.get("data_versions"):
+        store.sibling_versions()[path.name] = record["data_versions"]
     return path
+
+
+def study_data_versions(study: ExperimentConfig) -> dict[str, str]:
+    """The installed versions of the packages that generate the study's training and unseen data."""
+    return data_versions([*study.data.sources, *study.study.unseen_sources])

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from radargate.experiment.config import ExperimentConfig
-from radargate.experiment.data.custom import load_splits
+from radargate.experiment.data.sources import load_splits
 from radargate.experiment.report.comparison import write_report
 from radargate.experiment.run import run_or_record_failure
 from radargate.files import atomic_write_json

@@ -1,5 +1,5 @@
-"""Multiple-choice evaluation by per-choice log-likelihood; GSM8K by generation and exact match;
-``evaluate_run``, what ``radargate eval`` does.
+"""Multiple-choice evaluation by per-choice log-likelihood; completions by answer NLL and teacher-forced exact
+match; GSM8K by generation and exact match; ``evaluate_run``, what ``radargate eval`` does.
 
 Each choice is scored as the summed log-probability of its tokens after the prompt. ``acc`` picks
 the highest sum; ``acc_norm`` divides by the choice's length in UTF-8 bytes first (as
@@ -7,9 +7,17 @@ lm-evaluation-harness does), which removes the bias towards short answers. Accur
 per task with the number of examples, and macro-averaged over tasks.
 
 ``answer_nll`` is the mean negative log-likelihood per token of the correct answer (nats): the
-low-variance signal that separates methods long before accuracy does. Every result also lists each
-example (``examples``: task, id, acc, acc_norm, answer_nll), so that methods evaluated on the same
-examples can be compared by a paired bootstrap (``report/intervals.py``).
+low-variance signal that separates methods long before accuracy does.
+
+``exact_match`` (completion rows only; None elsewhere) is 1 when every token of the completion, the end-of-sequence
+token excluded, is the argmax after the prompt and the completion tokens before it: exactly when greedy decoding
+from the prompt begins with these tokens (``generate(do_sample=False)``; a text the model would spell with other
+tokens does not count). It comes from the same forward pass as answer NLL (``batching.answer_scores``), so it costs
+no generation. The EOS token is left out because a greedy answer that goes on after the right answer (small models
+ramble) is still the right answer.
+
+Every result also lists each example (``examples``: task, id, acc, acc_norm, answer_nll, exact_match), so that
+methods evaluated on the same examples can be compared by a paired bootstrap (``report/intervals.py``).
 
 Speed: BIG-bench prompts are long (they list the choices) and the choices short, so each prompt
 runs once and its KV cache is shared by all of its choices, instead of once per choice.
@@ -28,10 +36,11 @@ from transformers import Cache
 from transformers.utils import ModelOutput
 
 from radargate.experiment.config import ExperimentConfig
-from radargate.experiment.data.batching import IGNORE_INDEX, answer_logprobs, collate, pair_ids
-from radargate.experiment.data.bigbench import MCExample, load_suite
-from radargate.experiment.data.custom import Example, check_lengths, encode_example, load_splits
+from radargate.experiment.data.batching import IGNORE_INDEX, answer_scores, collate, pair_ids
+from radargate.experiment.data.bigbench import load_suite
+from radargate.experiment.data.examples import CompletionExample, Example, MCExample, encode_example
 from radargate.experiment.data.gsm8k import GSM8KExample, is_correct, load_gsm8k_test
+from radargate.experiment.data.sources import check_lengths, load_splits
 from radargate.experiment.methods import model_to_evaluate
 
 
@@ -157,7 +166,8 @@ def evaluate_examples(
     autocast_dtype: torch.dtype | None = None,
 ) -> dict:
     """Per task and macro-averaged over tasks: multiple-choice examples by accuracy (plain and
-    length-normalised) and answer NLL, completion and chat examples by answer NLL alone (``acc`` is None)."""
+    length-normalised) and answer NLL, completion examples by answer NLL and exact match, chat examples by answer NLL
+    alone (a metric an example does not have is None)."""
     choice = [example for example in examples if isinstance(example, MCExample)]
     text = [example for example in examples if not isinstance(example, MCExample)]
     with _evaluating(model, autocast_dtype):
@@ -186,23 +196,35 @@ def _evaluating(model, autocast_dtype: torch.dtype | None) -> Iterator[None]:
 
 @torch.no_grad()
 def _text_records(model, tokenizer, examples: Sequence[Example], *, batch_size: int, max_length: int) -> list[dict]:
-    """Each completion or conversation's mean NLL per answer token, its loss as trained (``answer_logprobs``)."""
+    """Each completion or conversation's mean NLL per answer token, its loss as trained, and for completions
+    whether greedy decoding would begin with it (module docstring), from one forward pass (``answer_scores``)."""
     device = next(model.parameters()).device
     records = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         batch = collate([encode_example(tokenizer, e, max_length) for e in chunk], tokenizer.pad_token_id)
-        logprobs, _ = answer_logprobs(model, batch.to(device))
-        per_row = logprobs.float().split((batch.labels[:, 1:] != IGNORE_INDEX).sum(dim=1).tolist())
+        logprobs, greedy = answer_scores(model, batch.to(device))
+        counts = (batch.labels[:, 1:] != IGNORE_INDEX).sum(dim=1).tolist()
+        rows = zip(chunk, logprobs.float().split(counts), greedy.split(counts), strict=True)
         records += [
             {"task": example.task, "id": example.id, "acc": None, "acc_norm": None,
-             "answer_nll": -float(row.sum()) / max(1, row.numel())}
-            for example, row in zip(chunk, per_row, strict=True)
+             "answer_nll": -float(row.sum()) / max(1, row.numel()),
+             "exact_match": _exact_match(example, hits, tokenizer)}
+            for example, row, hits in rows
         ]
     return records
 
 
-METRICS = ("acc", "acc_norm", "answer_nll")
+def _exact_match(example: Example, hits: torch.Tensor, tokenizer) -> float | None:
+    """1.0 when every completion token but the trailing end-of-sequence one is the argmax, else 0.0; None for
+    a conversation (its turns are several answers)."""
+    if not isinstance(example, CompletionExample):
+        return None
+    answer = hits[:-1] if tokenizer.eos_token_id is not None else hits
+    return float(bool(answer.all()))
+
+
+METRICS = ("acc", "acc_norm", "answer_nll", "exact_match")
 """Per-example metrics, averaged per task and then over tasks (``macro_<metric>``)."""
 
 
@@ -242,6 +264,7 @@ def _example_record(example: MCExample, choice_scores: Sequence[float], answer_l
         "acc": float(_argmax(choice_scores) == example.answer),
         "acc_norm": float(_argmax(normed) == example.answer),
         "answer_nll": -choice_scores[example.answer] / max(1, answer_length),
+        "exact_match": None,
     }
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from radargate.experiment.data.bigbench import MCExample
+from radargate.experiment.data.examples import MCExample
 from radargate.experiment.methods import generating_model
 from radargate.files import atomic_write_directory
 

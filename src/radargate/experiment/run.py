@@ -23,7 +23,9 @@ from transformers import PreTrainedTokenizerBase
 
 from radargate.errors import TrainingDiverged
 from radargate.experiment.config import ExperimentConfig
-from radargate.experiment.data.custom import Example, check_lengths, load_splits
+from radargate.experiment.data.examples import Example
+from radargate.experiment.data.packaged import data_versions
+from radargate.experiment.data.sources import check_lengths, load_splits
 from radargate.experiment.evaluate import autocast_dtype, evaluate_examples
 from radargate.experiment.methods import build_model, describe_adapter, trainable_parameters, trains_anything
 from radargate.experiment.model_card import write_model_card
@@ -196,6 +198,9 @@ def run_method(
             atomic_write_json(result_path, failed_result(config, error))
         raise
     result = summarize(config, model, state)
+    versions = data_versions(config.data.sources)
+    if versions:  # the rows of a generated source depend on its package's version
+        result["data_versions"] = versions
     result.update(evaluate_with_routing(model, tokenizer, config, splits))
     result["wall_time_s"] = time.perf_counter() - started
     if processes().is_main_process:

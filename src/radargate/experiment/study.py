@@ -37,9 +37,17 @@ from typing import Any
 import torch
 
 from radargate.experiment import robustness
-from radargate.experiment.cells import Cell, CellStore, cells_directory, run_cell, write_record
+from radargate.experiment.cells import (
+    Cell,
+    CellStore,
+    cells_directory,
+    check_unseen_lengths,
+    run_cell,
+    study_data_versions,
+    write_record,
+)
 from radargate.experiment.config import ExperimentConfig
-from radargate.experiment.data.custom import load_splits
+from radargate.experiment.data.sources import load_splits
 from radargate.experiment.plan import (
     BASE,
     best_reading,
@@ -114,15 +122,22 @@ class CellRunner:
         self.deadline = time.monotonic() + time_limit_s if time_limit_s else None
         self.left = 0
         self.splits: dict[tuple[str, ...], dict[str, list]] = {}
+        self.unseen_checked = False
 
     def alongside(self, config: ExperimentConfig, store: CellStore) -> CellRunner:
         """A runner for another set of cells (``config``, ``store``) with this one's workers, commits and deadline."""
         other = copy.copy(self)
         other.config, other.store, other.left, other.splits = config, store, 0, {}
+        other.unseen_checked = False
         return other
 
     def run(self, cells: list[Cell]) -> None:
         missing = _unique(cell for cell in cells if self.store.load(cell, self.config) is None)
+        if missing:  # new cells must be made from the same generated rows as the ones already there
+            self.store.check_versions(study_data_versions(self.config), "the installed packages")
+            if not self.unseen_checked:
+                check_unseen_lengths(self.config)
+                self.unseen_checked = True
         if self.workers == 1 or len(missing) <= 1:
             for index, cell in enumerate(missing):
                 if self._out_of_time():
@@ -160,7 +175,7 @@ class CellRunner:
 
     def _splits_for(self, cell: Cell) -> dict[str, list]:
         config = cell.config(self.config)
-        key = tuple(config.data.tasks)
+        key = tuple(config.data.task_names)
         if key not in self.splits:
             self.splits[key] = load_splits(config)
         return self.splits[key]

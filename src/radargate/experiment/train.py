@@ -43,7 +43,8 @@ from transformers import get_cosine_schedule_with_warmup
 from radargate.errors import TrainingDiverged
 from radargate.experiment.config import ExperimentConfig
 from radargate.experiment.data.batching import EncodedSequence, answer_logprobs, collate
-from radargate.experiment.data.custom import Example, encode_example, sampling_weights
+from radargate.experiment.data.examples import Example, encode_example
+from radargate.experiment.data.sources import sampling_weights
 from radargate.experiment.evaluate import autocast_dtype, evaluate_examples, mixed_precision
 from radargate.experiment.methods import save_adapter, trainable_parameters
 from radargate.experiment.tracking import start_trackers, step_metrics

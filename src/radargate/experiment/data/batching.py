@@ -98,6 +98,25 @@ def answer_logprobs(model, batch: Batch, **forward_kwargs) -> tuple[torch.Tensor
     prompts and padding, and the log-softmax only on the logits of real answer tokens: for a
     49k-token vocabulary these were a large share of a training step on the CPU.
     """
+    logits, targets, output = _answer_logits(model, batch, **forward_kwargs)
+    return -torch.nn.functional.cross_entropy(logits, targets, reduction="none"), output
+
+
+def answer_scores(model, batch: Batch, **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per answer token, ``[N]`` each (as :func:`answer_logprobs`): its log-probability, and whether it is the
+    argmax of the logits that predict it, given the prompt and the answer tokens before it (teacher forcing).
+
+    An answer whose tokens are all argmax is exactly what greedy decoding from the prompt begins with
+    (first index on ties, as ``torch.argmax`` and ``generate()`` both take), so one forward pass gives exact
+    match without generating.
+    """
+    logits, targets, _ = _answer_logits(model, batch, **forward_kwargs)
+    logprobs = -torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    return logprobs, logits.argmax(dim=-1) == targets
+
+
+def _answer_logits(model, batch: Batch, **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """The logits that predict each answer token ``[N, V]`` (at least float32), its targets ``[N]``, the output."""
     keep = answer_positions(batch)
     output = model(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep, **forward_kwargs
@@ -106,5 +125,4 @@ def answer_logprobs(model, batch: Batch, **forward_kwargs) -> tuple[torch.Tensor
     is_answer = targets != IGNORE_INDEX
     logits = output.logits[is_answer]
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    logprobs = -torch.nn.functional.cross_entropy(logits, targets[is_answer], reduction="none")
-    return logprobs, output
+    return logits, targets[is_answer], output

@@ -37,18 +37,10 @@ appended unless the task sets ``append_choices_to_input`` to false. A choice is 
 ``prompt + choice``, whitespace exactly as the task defines it; :meth:`MCExample.scoring_pairs` moves the
 prompt's trailing space onto the choices for subword tokenizers.
 
-**Splits.** Each example goes to a split by ``u``, the first 64 bits of
-``sha256(f"{seed}\\0{task}\\0{input}")`` divided by 2**64, a number in [0, 1): ``train`` if
-``u < f_train``, ``validation`` if ``u < f_train + f_validation``, else ``test``. The rule depends only on
-the content, so splits are disjoint, cover every example, and are the same on every machine and whatever
-the input order; examples sharing an input (``logical_deduction`` asks several questions about one
-paragraph) share a split. A cap keeps the examples with the smallest ``u`` in that (task, split), and each
-split is sorted by (task, ``u``, id).
-
-**Known limit.** ``min_test_per_task`` moves a task's last training examples by (``u``, id) to its test split and
-may cut a same-input group there: with ``configs/study.yaml`` (100), 3 ``logical_deduction`` test examples share
-their paragraph with training examples. Left as it is while the committed study's cells rest on these splits (a
-fix would change them under a resumed study).
+**Splits.** BIG-bench has none: examples go to train / validation / test by the content hash of
+:mod:`radargate.experiment.data.splits` (examples sharing an input, such as ``logical_deduction``'s several
+questions about one paragraph, share a split). The example type and prompt format are
+:mod:`radargate.experiment.data.examples`'.
 """
 
 from __future__ import annotations
@@ -60,27 +52,22 @@ import os
 import re
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from radargate.experiment.data import cache_root, fetch_distribution
+from radargate.experiment.data.examples import MCExample, PromptFormat
+from radargate.experiment.data.splits import split_examples
 from radargate.files import atomic_write_bytes
 
 __all__ = [
     "DEFAULT_SUITE",
-    "SPLITS",
-    "MCExample",
-    "PromptFormat",
     "fetch_bigbench",
-    "hash_position",
     "list_tasks",
     "load_suite",
     "load_task",
     "load_tasks",
     "offline_files",
-    "split_examples",
-    "split_of",
 ]
 
 SDIST = "bigbench-1.0.0.tar.gz"
@@ -88,8 +75,6 @@ SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2
 _INDEX_FORMAT = 1
 _TASKS_DIR = "/bigbench/benchmark_tasks/"
 _NAME_PART = re.compile(r"[A-Za-z0-9_.+-]+")
-
-SPLITS = ("train", "validation", "test")
 
 # The multi-task training suite, resolved against the sdist: logical_deduction exists only as three
 # subtasks (different puzzles, all kept); elementary_math_qa has five renderings of the same 7688
@@ -107,64 +92,6 @@ DEFAULT_SUITE: tuple[str, ...] = (
     "elementary_math_qa/question_only",
     "intent_recognition",
 )
-
-
-@dataclass(frozen=True)
-class MCExample:
-    """One multiple-choice example; ``prompt + choices[answer]`` is the right completion."""
-
-    task: str
-    id: str
-    input: str
-    prompt: str
-    choices: tuple[str, ...]
-    target_scores: tuple[float, ...]
-    answer: int
-    origin: str = ""
-    """Where a row of your own data came from (``file row 3``), for error messages; empty for BIG-bench."""
-
-    @property
-    def family(self) -> str:
-        """The top-level task (``logical_deduction`` for ``logical_deduction/three_objects``)."""
-        return self.task.split("/", 1)[0]
-
-    def scoring_pairs(self) -> tuple[str, tuple[str, ...]]:
-        """(context, continuations) with the prompt's trailing whitespace moved onto each choice.
-
-        ``context + continuations[i] == prompt + choices[i]``; subword tokenizers encode ``"A:" + " Yes"``
-        far more naturally than ``"A: " + "Yes"``.
-        """
-        context = self.prompt.rstrip()
-        space = self.prompt[len(context) :]
-        return context, tuple(space + choice for choice in self.choices)
-
-
-@dataclass(frozen=True)
-class PromptFormat:
-    """The prompt fields of a task.json, with BIG-bench's defaults (see the module docstring)."""
-
-    task_prefix: str = ""
-    input_prefix: str = "\nQ: "
-    choice_prefix: str = "\n  choice: "
-    output_prefix: str = "\nA: "
-    append_choices: bool = True
-
-    @classmethod
-    def from_task(cls, task: Mapping[str, Any]) -> PromptFormat:
-        """Read the fields from a parsed task.json."""
-        default = cls()
-        return cls(
-            task_prefix=str(task.get("task_prefix", default.task_prefix)),
-            input_prefix=str(task.get("example_input_prefix", default.input_prefix)),
-            choice_prefix=str(task.get("choice_prefix", default.choice_prefix)),
-            output_prefix=str(task.get("example_output_prefix", default.output_prefix)),
-            append_choices=bool(task.get("append_choices_to_input", default.append_choices)),
-        )
-
-    def render(self, text: str, choices: Sequence[str]) -> str:
-        """The zero-shot prompt for one example."""
-        body = text + (self.choice_prefix + self.choice_prefix.join(choices) if self.append_choices else "")
-        return (self.task_prefix + self.input_prefix + body + self.output_prefix).lstrip()
 
 
 # ---------------------------------------------------------------------------------------------- cache
@@ -373,82 +300,8 @@ def load_task(
     return load_tasks([name], cache_dir, shuffle_choices=shuffle_choices)[name]
 
 
-# -------------------------------------------------------------------------------------------- splits
-
-
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def hash_position(example: MCExample, seed: int) -> float:
-    """The example's position in [0, 1), from sha256 of seed, task and input (64 bits)."""
-    return int(_sha(f"{seed}\0{example.task}\0{example.input}")[:16], 16) / 2**64
-
-
-def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-9:
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
-    train, validation, test = (float(f) for f in fractions)
-    return train, validation, test
-
-
-def split_of(example: MCExample, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> str:
-    """The split (``train``, ``validation`` or ``test``) of one example; see the module docstring."""
-    train, validation, _ = _check_fractions(fractions)
-    u = hash_position(example, seed)
-    return "train" if u < train else "validation" if u < train + validation else "test"
-
-
-def _caps(max_per_split: int | Mapping[str, int] | None) -> dict[str, int | None]:
-    if max_per_split is None or isinstance(max_per_split, int):
-        return dict.fromkeys(SPLITS, max_per_split)
-    unknown = set(max_per_split) - set(SPLITS)
-    if unknown:
-        raise ValueError(f"max_per_split has unknown splits {sorted(unknown)}; use {SPLITS}")
-    return {split: max_per_split.get(split) for split in SPLITS}
-
-
-def split_examples(
-    examples: Iterable[MCExample],
-    *,
-    fractions: Sequence[float] = (0.8, 0.1, 0.1),
-    seed: int = 0,
-    max_per_split: int | Mapping[str, int] | None = None,
-    min_test_per_task: int = 0,
-) -> dict[str, list[MCExample]]:
-    """Deterministic train/validation/test split, with optional caps per task and split.
-
-    ``max_per_split`` is one cap for every split or a mapping such as ``{"train": 1000, "test": 200}``
-    (a split left out is uncapped). ``min_test_per_task`` tops up the test split of a task whose
-    hash share is smaller (up to a third of the task) with its training examples of the highest hash
-    position, so small tasks are tested on enough examples. The result does not depend on the order of
-    ``examples``.
-    """
-    _check_fractions(fractions)
-    caps = _caps(max_per_split)
-    groups: dict[str, dict[str, list[tuple[float, str, MCExample]]]] = {}
-    for example in examples:
-        splits = groups.setdefault(example.task, {split: [] for split in SPLITS})
-        splits[split_of(example, fractions, seed)].append((hash_position(example, seed), example.id, example))
-    result: dict[str, list[MCExample]] = {split: [] for split in SPLITS}
-    for task in sorted(groups):
-        splits = groups[task]
-        for members in splits.values():
-            members.sort(key=lambda member: member[:2])
-        _top_up_test(splits, min_test_per_task)
-        for split in SPLITS:
-            result[split].extend(example for _, _, example in splits[split][: caps[split]])
-    return result
-
-
-def _top_up_test(splits: dict[str, list[tuple[float, str, MCExample]]], minimum: int) -> None:
-    """Move a task's last training examples (by hash position) to its test split until it holds
-    ``minimum`` examples or a third of the task."""
-    total = sum(len(members) for members in splits.values())
-    missing = min(minimum, total // 3) - len(splits["test"])
-    if missing > 0:
-        moved, splits["train"] = splits["train"][-missing:], splits["train"][:-missing]
-        splits["test"] = sorted(splits["test"] + moved, key=lambda member: member[:2])
 
 
 def load_suite(

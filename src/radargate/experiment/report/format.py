@@ -29,8 +29,9 @@ def percent(value: object) -> str:
 
 
 def signed_difference(metric: str, value: float) -> str:
-    """A difference as the reports write it: accuracy in points (+1.8), answer NLL in nats (-0.062)."""
-    return f"{100 * value:+.1f}" if metric == "acc" else f"{value:+.3f}"
+    """A difference as the reports write it: accuracy and exact match in points (+1.8), answer NLL in nats
+    (-0.062)."""
+    return f"{100 * value:+.1f}" if metric in ("acc", "exact_match") else f"{value:+.3f}"
 
 
 def validation_text(record: dict | None) -> str:

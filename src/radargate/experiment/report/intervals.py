@@ -9,6 +9,7 @@ only when the interval excludes zero; otherwise "no detectable difference".
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-HIGHER_IS_BETTER = {"acc": True, "acc_norm": True, "answer_nll": False}
+HIGHER_IS_BETTER = {"acc": True, "acc_norm": True, "answer_nll": False, "exact_match": True}
 """Per-example metrics of ``evaluate.evaluate_examples`` and their direction."""
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
@@ -35,6 +36,8 @@ class Difference:
     @property
     def verdict(self) -> str:
         """``better``/``worse`` for method a when the interval excludes zero, by the metric's direction."""
+        if self.n == 0:
+            return "no examples"
         if self.low <= 0 <= self.high:
             return "no detectable difference"
         return "better" if (self.low > 0) == HIGHER_IS_BETTER[self.metric] else "worse"
@@ -72,6 +75,8 @@ def paired_contrast(
         raise ValueError(f"the sides scored different examples ({' vs '.join(str(len(v)) for v in values)}); "
                          "compare methods only on the same examples")
     keys = sorted(values[0])
+    if not keys:  # no example has the metric (accuracy of completion data): nothing to compare
+        return Difference(metric, math.nan, math.nan, math.nan, 0)
     differences = np.array([sum(weight * found[key] for (weight, _), found in zip(terms, values, strict=True))
                             for key in keys])
     mean = float(differences.mean())

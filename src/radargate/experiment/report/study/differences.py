@@ -35,8 +35,9 @@ def contrast(terms: Sequence[tuple[float, Sequence[dict]]], split: str, metric: 
 
 
 def describe(found: Difference | None, *, short: bool = False) -> str:
-    """``-0.052 [-0.071, -0.034] better``: accuracy in points, NLL in nats per answer token."""
-    if found is None:
+    """``-0.052 [-0.071, -0.034] better``: accuracy in points, NLL in nats per answer token; ``-`` where no
+    example has the metric (accuracy of completion data)."""
+    if found is None or found.n == 0:
         return "-"
     verdict = VERDICT_SHORT[found.verdict] if short else found.verdict
     return (f"{signed_difference(found.metric, found.mean)} [{signed_difference(found.metric, found.low)}, "
