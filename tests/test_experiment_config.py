@@ -262,3 +262,10 @@ def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it_natively(monkeypa
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     assert mixed_precision("auto") == expected
     assert mixed_precision("bf16") == "bf16" and mixed_precision("no") == "no"
+
+
+@pytest.mark.parametrize("key", ["data.sources", "study.unseen_sources"])
+def test_two_sources_of_one_name_are_refused(key):
+    twice = "[{name: gcd, package: reasoning_gym, task: gcd}, {name: gcd, package: reasoning_gym, task: lcm}]"
+    with pytest.raises(ValueError, match=rf"{key} repeats the name\(s\) \['gcd'\]; each source needs its own name"):
+        ExperimentConfig.load(None, [f"{key}={twice}"])

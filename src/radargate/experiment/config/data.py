@@ -169,10 +169,7 @@ class DataSettings:
             raise ValueError(f"data.tasks={self.tasks!r} and data.sources are alternatives; "
                              "drop data.tasks to train on your sources")
         self.tasks = []
-        names = [source.name for source in self.sources]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"data.sources repeats the name(s) {repeated}; each source needs its own name")
+        refuse_repeated_names("data.sources", self.sources)
 
     @property
     def task_names(self) -> list[str]:
@@ -188,3 +185,11 @@ class DataSettings:
         }
 
 
+
+
+def refuse_repeated_names(label: str, sources: list[SourceSettings]) -> None:
+    """Each source is a task, reported under its name: two sources of one name would merge silently."""
+    names = [source.name for source in sources]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{label} repeats the name(s) {repeated}; each source needs its own name")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from radargate.experiment.config.data import SourceSettings
+from radargate.experiment.config.data import SourceSettings, refuse_repeated_names
 from radargate.experiment.config.names import BASELINES, READINGS, method_names
 from radargate.validation import require_choice, require_int
 
@@ -209,10 +209,7 @@ class StudySettings:
             raise ValueError(f"study.unseen_tasks={self.unseen_tasks!r} and study.unseen_sources are alternatives; "
                              "drop study.unseen_tasks to score the sources")
         self.unseen_tasks = []
-        names = [source.name for source in self.unseen_sources]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"study.unseen_sources repeats the name(s) {repeated}; each source needs its own name")
+        refuse_repeated_names("study.unseen_sources", self.unseen_sources)
 
     def _check_robustness(self, robustness: RobustnessSettings) -> None:
         """Its protocol chooses on the learning-rate search, and every compared method needs a rate from a search."""
