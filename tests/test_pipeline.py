@@ -18,7 +18,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 import radargate.experiment.train as train_module
 from radargate.cli import main
 from radargate.experiment.config import ExperimentConfig
-from radargate.experiment.data.examples import MCExample
+from radargate.experiment.data.examples import CompletionExample, MCExample
 from radargate.experiment.data.gsm8k import GSM8KExample, is_correct
 from radargate.experiment.data.sources import load_splits
 from radargate.experiment.evaluate import (
@@ -95,6 +95,24 @@ def test_answer_nll_is_the_correct_answers_mean_token_nll(tokenizer):
         logprobs = torch.log_softmax(model(input_ids=torch.tensor([prompt + answer])).logits[0].double(), dim=-1)
     expected = -sum(float(logprobs[len(prompt) - 1 + j, token]) for j, token in enumerate(answer)) / len(answer)
     assert record["answer_nll"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_completions_are_scored_the_same_in_any_batch_and_come_back_in_their_order(tokenizer):
+    """Evaluation batches sequences of similar length together; each record must still be its own example's."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)).eval()
+    examples = [CompletionExample(task=f"t{i % 2}", id=str(i), input=str(i), origin="test",
+                                  prompt="Question: " + "word " * (7 * i % 23) + "?\nAnswer:",
+                                  completion=" " + "x" * (i % 4 + 1))
+                for i in range(11)]
+    together = evaluate_examples(model, tokenizer, examples, batch_size=4, max_length=128)["examples"]
+    alone = [evaluate_examples(model, tokenizer, [example], batch_size=1, max_length=128)["examples"][0]
+             for example in examples]
+    assert [record["id"] for record in together] == [example.id for example in examples]
+    for batched, single in zip(together, alone, strict=True):
+        assert batched["answer_nll"] == pytest.approx(single["answer_nll"], abs=1e-4)
+        assert batched["exact_match"] == single["exact_match"]
 
 
 def test_batch_schedule_depends_on_the_step_only():
