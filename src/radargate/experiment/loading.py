@@ -201,13 +201,12 @@ def ensure_default_model_cache(cache_dir: str | os.PathLike[str] | None = None) 
     cannot replace a link).
     """
     target = default_model_cache_path(cache_dir)
-    if _is_complete_cache(target):
-        return target
-    target = target.resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(target.parent / f".{target.name}.lock"):
-        if not _is_complete_cache(target):
-            _build_default_cache(target)
+    if not _is_complete_cache(target):
+        folder = target.resolve()
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(folder.parent / f".{folder.name}.lock"):
+            if not _is_complete_cache(folder):
+                _build_default_cache(folder)
     return target
 
 
